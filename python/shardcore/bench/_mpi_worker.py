@@ -1,0 +1,29 @@
+"""One MPI rank of a sweep: ``mpirun -n N python -m shardcore.bench._mpi_worker CFG.json OUT.json``.
+
+Rank 0 gathers every rank's raw results and writes them, in rank order, to OUT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .backends import MPIBackend
+from .sweep import SweepConfig, run_sweep
+
+
+def main(argv: list[str]) -> int:
+    cfg_path, out_path = argv
+    with open(cfg_path) as f:
+        cfg = SweepConfig(**json.load(f))
+    backend = MPIBackend()
+    result = run_sweep(backend, cfg)
+    gathered = backend.comm.gather(result, root=0)
+    if backend.rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(gathered, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

