@@ -68,7 +68,9 @@ def configs_from_args(args) -> list[SweepConfig]:
             modes = [False]
         for inplace in modes:
             configs.append(SweepConfig(
-                op=op, sizes=sizes, dtype=args.dtype, inplace=inplace, algorithm=args.algorithm,
+                op=op, sizes=sizes, dtype=args.dtype, inplace=inplace,
+                # only all-reduce has a choice of algorithm
+                algorithm=args.algorithm if op == "all_reduce" else None,
                 warmup=args.warmup, iters=args.iters, min_time=args.min_time, hot=args.hot,
                 check=args.check, progress=progress))
     return configs

@@ -43,9 +43,8 @@ def format_table(rows: list[dict], title: str = "") -> str:
     for (backend, op, n, dtype, inplace), group in groups.items():
         stat = next((r.get("stat") for r in group if "stat" in r), "mean")
         out.write(f"# {title or backend} {op} {dtype}, {n} ranks, "
-                  f"{'in-place' if inplace else 'out-of-place'}; "
-                  f"time = mean over ranks and iterations, max = slowest rank, median = median "
-                  f"iteration of the slowest rank; bandwidth from the {stat}\n")
+                  f"{'in-place' if inplace else 'out-of-place'}, bandwidth from the {stat} time "
+                  f"(time: mean over ranks, max: slowest rank, median: median iteration)\n")
         out.write("  ".join(h.rjust(w) for h, w, _ in _COLUMNS).rstrip() + "\n")
         for r in group:
             if "skipped" in r:

@@ -274,7 +274,7 @@ def _traffic_columns(op: str, n: int, nbytes: int, traffic: list) -> dict:
         bytes_exact=sum(t["sent"] for t in traffic) == metrics.model_sent_total(op, n, nbytes)
         * calls[0],
     )
-    algorithms = {t.get("algorithm") for t in traffic} - {None}
+    algorithms = {a for t in traffic for a in t.get("algorithms", {})}
     if algorithms:
         cols["algorithm"] = ",".join(sorted(algorithms))
     return cols

@@ -12,7 +12,8 @@ is the communication's alone), run for a number of steps of T tokens:
 - ep=l: every rank holds T tokens and E/l experts; each block routes each token's top_k copies
   to their experts' ranks with an all-to-all and brings them back with another. Model (the
   seed's): top_k*h*b/l bytes per token of the global batch, per rank and all-to-all; exactly,
-  only copies bound for another rank move: top_k*h*b*(l-1)/l^2.
+  only copies bound for another rank move: top_k*h*b*(l-1)/l^2 when the router spreads each
+  rank's T*top_k copies evenly (it does when l divides T*top_k).
 Bytes are the core's own counters; time is what the collective calls took on each rank.
 """
 
@@ -68,19 +69,24 @@ def pp_rank(comm, cfg: dict) -> dict:
     return _measure(comm, step, spent, cfg, "send")
 
 
-def ep_route(rank: int, world: int, tokens: int, top_k: int, experts: int) -> np.ndarray:
-    """Destination rank of each of this rank's tokens' top_k copies, balanced and deterministic:
-    copy j of global token g goes to expert (g*top_k + j) mod E, owned by rank expert // (E/l)."""
-    g = rank * tokens + np.arange(tokens)[:, None]
-    expert = (g * top_k + np.arange(top_k)[None, :]) % experts
-    return (expert // (experts // world)).reshape(-1)
+def ep_route(rank: int, world: int, tokens: int, top_k: int) -> np.ndarray:
+    """Destination rank of each of this rank's tokens' top_k copies: copy j of local token t
+    goes to rank (rank + t*top_k + j) mod l, so the copies spread evenly over the ranks (exactly
+    when l divides T*top_k) as a balanced router's would."""
+    slot = np.arange(tokens)[:, None] * top_k + np.arange(top_k)[None, :]
+    return ((rank + slot) % world).reshape(-1)
+
+
+def remote_copies(rank: int, world: int, tokens: int, top_k: int) -> int:
+    """How many of this rank's token copies the router sends to another rank."""
+    return int(np.count_nonzero(ep_route(rank, world, tokens, top_k) != rank))
 
 
 def ep_rank(comm, cfg: dict) -> dict:
     """One expert-parallel rank: dispatch and combine all-to-alls of top_k token copies per block."""
     dtype = metrics.numpy_dtype(cfg["dtype"])
     T, h, k = cfg["tokens"], cfg["hidden"], cfg["top_k"]
-    dest = ep_route(comm.rank, comm.size, T, k, cfg["experts"])
+    dest = ep_route(comm.rank, comm.size, T, k)
     order = np.argsort(dest, kind="stable")
     counts = np.bincount(dest, minlength=comm.size).tolist()
     x = np.random.default_rng(comm.rank).standard_normal((T, h)).astype(dtype)
@@ -134,8 +140,9 @@ def model_bytes_per_token(mode: str, degree: int, cfg: dict) -> dict:
     if mode == "pp":  # whole pipeline: one (T, h) send per stage boundary
         seed = (n - 1) * h * b
         return {"seed": seed, "exact": seed, "formula": f"(m-1)h*{b}", "per": "pipeline"}
-    top_k = cfg["top_k"]  # per rank, per all-to-all, per token of the global batch
-    return {"seed": top_k * h * b / n, "exact": top_k * h * b * (n - 1) / n ** 2,
+    top_k, T = cfg["top_k"], cfg["tokens"]  # per rank and all-to-all, per global token
+    remote = sum(remote_copies(r, n, T, top_k) for r in range(n)) / n  # (l-1)/l*T*top_k if even
+    return {"seed": top_k * h * b / n, "exact": remote * h * b / (n * T),
             "formula": f"top_k*h*{b}/l", "per": "rank, all-to-all"}
 
 
