@@ -159,7 +159,21 @@ def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
                 if p.is_alive():
                     p.terminate()
                     p.join()
+            if peer == "deepspeed":
+                _remove_deepspeed_segments(rendezvous)
     return [results[r] for r in range(world_size)]
+
+
+def _remove_deepspeed_segments(port: str) -> None:
+    """DeepSpeed's shared-memory all-reduce leaves its buffers in /dev/shm, named after the
+    rendezvous address; remove this run's."""
+    import glob
+
+    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------- MPI
