@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 # Sub-command modules, each exposing ``register(subparsers)``.
-_SUBCOMMANDS = ("collectives", "model", "compare", "tp_vs_pp")
+_SUBCOMMANDS = ("collectives", "model", "compare", "tp_vs_pp", "stream")
 
 
 def register(subparsers) -> None:

@@ -108,7 +108,8 @@ def main(args) -> int:
         for cfg in configs:
             for backend in backends:
                 dtype = metrics.numpy_dtype(cfg.dtype)
-                reason = _static_unsupported(backend, cfg.op, dtype)
+                reason = _static_unsupported(backend, cfg.op, dtype) or \
+                    _symmetric_missing(backend)
                 if reason:
                     failures.append({"backend": backend, "op": cfg.op, "world_size": n,
                                      "reason": reason})
@@ -118,7 +119,7 @@ def main(args) -> int:
                     raw = run_backend("shardcore" if backend == "shardcore-sym" else backend,
                                       cfg, n, symmetric=backend == "shardcore-sym")
                 except Exception as exc:  # noqa: BLE001  (a failing peer must not stop the rest)
-                    if backend.startswith("shardcore"):
+                    if backend == "shardcore":
                         raise
                     failures.append({"backend": backend, "op": cfg.op, "world_size": n,
                                      "reason": str(exc).strip().splitlines()[-1][:300]})
@@ -155,6 +156,16 @@ def main(args) -> int:
         for p in paths:
             sys.stdout.write(f"wrote {p}\n")
     return 0
+
+
+def _symmetric_missing(backend: str) -> str | None:
+    if backend != "shardcore-sym":
+        return None
+    from shardcore.comm import Communicator
+
+    if not hasattr(Communicator, "empty"):
+        return "this build has no Communicator.empty (symmetric buffers)"
+    return None
 
 
 def _static_unsupported(backend: str, op: str, dtype) -> str | None:

@@ -46,6 +46,16 @@ def _size_axis(ax) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _plain_log_y(ax) -> None:
+    """Log y axis with plain numbers (matplotlib's 3.85x10^2 is unreadable over a short span)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    lo, hi = ax.get_ylim()
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt if hi / max(lo, 1e-300) < 20 else NullFormatter())
+
+
 def plot_busbw(rows: list[dict], op: str, path: str, title: str = "") -> str:
     """busbw against message size, one line per (backend, world size)."""
     plt = _pyplot()
@@ -77,6 +87,9 @@ def plot_bytes(rows: list[dict], op: str, path: str, title: str = "") -> str:
                 mfc="none", color=line.get_color(), label=f"measured, {n} ranks")
     _size_axis(ax)
     ax.set_yscale("log", base=2)
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: metrics.format_bytes(v)))
     ax.set_ylabel("bytes sent per rank per call")
     model = {"all_reduce": "2(n-1)/n S  (= 4(n-1)h/n for h bf16 elements)",
              "sendrecv": "S", "broadcast": "S/n"}.get(op, "(n-1)/n S")
@@ -107,6 +120,7 @@ def plot_fit(rows: list[dict], fits: list[AlphaBetaFit], op: str, path: str,
                     label=f"model: alpha {fit.alpha_s * 1e6:.2f} us, beta {beta}")
     _size_axis(ax)
     ax.set_yscale("log")
+    _plain_log_y(ax)
     ax.set_ylabel("time (us)")
     ax.set_title(title or f"{op}: time vs alpha-beta model")
     ax.legend(fontsize=7)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The many-core measurements of docs/performance.md in one command: builds shardcore in place,
+# installs carried wheels (DeepSpeed and what it needs), then runs stream, compare, model and
+# tp-vs-pp, writing JSON, the log and a tar of the plots to $OUT.
+#   OUT=/tmp/out WHL=/path/to/wheels bash bench/device_run.sh        (QUICK=1: tiny sizes)
+# Every step has its own time limit so that the whole run ends inside ten minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/shardcore-bench-out}
+PY=${PYTHON:-python3}
+QUICK=${QUICK:-0}
+mkdir -p "$OUT/img"
+exec > >(tee "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+if [ -n "${WHL:-}" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$WHL"/*.whl && export PYTHONPATH=/tmp/site
+fi
+echo "== machine"; nproc; lscpu | grep -E "Model name|Socket|Core|Thread|L3|NUMA node0"; free -g | head -2
+$PY -c "import sys, numpy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'torch', torch.__version__)"
+$PY -c "import mpi4py.MPI as M; print(M.Get_library_version().splitlines()[0])" || true
+$PY -c "import deepspeed; print('deepspeed', deepspeed.__version__)" || true
+
+echo "== build"
+start=$(date +%s)
+cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DPython_EXECUTABLE="$($PY -c 'import sys; print(sys.executable)')" \
+  -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" >/dev/null && cmake --build build/dev -j"${JOBS:-16}" >/dev/null \
+  || { echo "build failed"; exit 1; }
+ln -sf "$(pwd)/$(ls build/dev/_core*.so)" python/shardcore/
+export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+echo "built in $(( $(date +%s) - start )) s"
+SC="$PY -m shardcore.cli bench"
+step() {  # step SECONDS NAME COMMAND...: run with a limit, report how long it took
+  local limit=$1 name=$2; shift 2
+  echo "== $name: $*"; local t0=$(date +%s)
+  timeout "$limit" "$@"; echo "== $name: exit $? after $(( $(date +%s) - t0 )) s"
+}
+
+if [ "$QUICK" = 1 ]; then
+  step 60 stream $SC stream -p 1,2 --size 32M --json "$OUT/stream.json"
+  step 150 compare-allreduce $SC compare --op all_reduce -n 2,4 --sizes 8:64K --factor 64 \
+    --json "$OUT/compare_all_reduce.json" --plots "$OUT/img"
+  step 60 model $SC model --op all_reduce -n 2 --sizes 8:64K --factor 8 --plots "$OUT/img" \
+    --prefix model_ --json "$OUT/model.json"
+  step 60 tp-vs-pp $SC tp-vs-pp --tp 2 --pp 2 --ep 2 --json "$OUT/tp_vs_pp.json"
+else
+  step 40 stream $SC stream -p 1,2,4,8,16 --size 256M --json "$OUT/stream.json"
+  step 250 compare-allreduce $SC compare --op all_reduce -n 2,4,8 --sizes 8:256M --factor 4 \
+    --symmetric --json "$OUT/compare_all_reduce.json" --plots "$OUT/img"
+  step 90 compare-gather-a2a $SC compare --op all_gather,all_to_all -n 2,8 --sizes 1K:64M \
+    --factor 8 --peers gloo,mpi --json "$OUT/compare_gather_a2a.json" --plots "$OUT/img"
+  step 130 model $SC model --op all_reduce,all_gather,reduce_scatter,all_to_all -n 2,4,8 \
+    --sizes 8:256M --factor 4 --plots "$OUT/img" --prefix model_ --json "$OUT/model.json"
+  step 30 tp-vs-pp $SC tp-vs-pp --hidden 4096 --blocks 8 --tokens 16 --tp 2,4,8 --pp 2,4,8 \
+    --ep 2,4,8 --json "$OUT/tp_vs_pp.json"
+fi
+tar cf "$OUT/img.tar" -C "$OUT" img && rm -rf "$OUT/img"
+ls -la "$OUT"
