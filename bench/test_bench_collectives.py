@@ -4,8 +4,8 @@
 
 The pytest process is rank 0; the other ranks are forked helpers that join the same segment and
 make exactly as many calls as pytest-benchmark's pedantic mode makes (rounds + warm-up rounds).
-Buffers rotate among sets larger than twice the last-level cache, as ``shardcore bench
-collectives`` does, so no call finds its input in cache.
+Buffers rotate among sets as ``shardcore bench collectives`` does (see
+``shardcore.bench.sweep.rotation_bytes``), so no call finds its input in cache.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 from shardcore.bench.backends import ShardcoreBackend, buffer_shapes
 from shardcore.bench.metrics import element_count, numpy_dtype
-from shardcore.bench.sweep import last_level_cache_bytes, rank_data
+from shardcore.bench.sweep import fill, rotation_bytes
 
 ROUNDS, WARMUP = 200, 20
 
@@ -28,10 +28,11 @@ ROUNDS, WARMUP = 200, 20
 def _buffer_sets(backend, op, count, dtype, inplace):
     send_elems, recv_elems = buffer_shapes(op, count, backend.size, inplace)
     set_bytes = (send_elems + (recv_elems or 0)) * dtype.itemsize
-    nsets = max(1, min(64, math.ceil(2 * last_level_cache_bytes() / set_bytes)))
+    nsets = max(1, min(64, math.ceil(rotation_bytes(backend.size) / set_bytes)))
     calls = []
     for s in range(nsets):
-        send = rank_data(backend.rank, s, send_elems, dtype)
+        send = np.empty(send_elems, dtype)
+        fill(send, backend.rank, s)
         recv = None if recv_elems is None else np.zeros(recv_elems, dtype)
         calls.append(backend.caller(op, send, recv, None))
     state = {"i": 0}

@@ -137,3 +137,30 @@ def test_traffic_columns_detect_a_byte_off():
     assert "sent/model" in format_table([row])
     with pytest.raises(AssertionError, match="disagree"):
         _traffic_columns("all_reduce", n, nbytes, [{"calls": 1, "sent": 0}, *exact[1:]])
+
+
+def test_fill_is_deterministic_and_not_constant():
+    from shardcore.bench.sweep import fill
+
+    a = np.empty(200_001, np.float32)
+    b = np.empty(200_001, np.float32)
+    fill(a, 1, 3)
+    fill(b, 1, 3)
+    assert np.array_equal(a, b) and np.unique(a).size > 1000
+    fill(b, 2, 3)
+    assert not np.array_equal(a, b)
+
+
+def test_check_catches_a_collective_that_writes_nothing():
+    from shardcore.bench.backends import Backend
+    from shardcore.bench.sweep import SweepConfig, check_result
+
+    class Lazy(Backend):
+        name = "lazy"
+
+        def caller(self, op, send, recv, algorithm):
+            return lambda: None  # never writes its output
+
+    cfg = SweepConfig(op="all_gather", sizes=[64])
+    with pytest.raises(AssertionError, match="relative error nan"):
+        check_result(Lazy(0, 1), cfg, 16, np.dtype(np.float32))

@@ -14,26 +14,59 @@ import numpy as np
 from . import metrics
 from .backends import Backend, buffer_shapes
 
-# Buffer sets rotate so that their total exceeds this many bytes: twice the last-level cache
-# (from sysfs, else 32 MiB) keeps a repeated call from finding its inputs in cache.
+# Buffer sets rotate (see rotation_bytes) so that a repeated call does not find its inputs in
+# cache; at most this many sets, so that tiny sizes do not allocate thousands of arrays.
 _MAX_SETS = 64
 _CONNECT_WARMUP = 20  # untimed calls before the first size
 
 
-def last_level_cache_bytes() -> int:
-    """Size of the largest CPU cache sysfs reports for cpu0 (32 MiB when it reports none)."""
-    best = 0
+def cache_sizes() -> dict[int, int]:
+    """{level: bytes} of cpu0's data and unified caches from sysfs (empty when unreadable)."""
+    sizes: dict[int, int] = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        for entry in os.listdir(base):
-            try:
-                with open(os.path.join(base, entry, "size")) as f:
-                    best = max(best, metrics.parse_size(f.read().strip()))
-            except (OSError, ValueError):
-                continue
+        entries = os.listdir(base)
     except OSError:
-        pass
-    return best or 32 << 20
+        return sizes
+    for entry in entries:
+        try:
+            with open(os.path.join(base, entry, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(base, entry, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(base, entry, "size")) as f:
+                sizes[level] = max(sizes.get(level, 0), metrics.parse_size(f.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return sizes
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache sysfs reports for cpu0 (32 MiB when it reports none)."""
+    return max(cache_sizes().values(), default=32 << 20)
+
+
+def rotation_bytes(world_size: int) -> int:
+    """Bytes of buffer sets each rank rotates through so that no call finds its input in cache:
+    the ranks together cover twice the shared last-level cache, and each rank at least four
+    times its private (second-to-last level) cache."""
+    sizes = cache_sizes()
+    if not sizes:
+        return 64 << 20
+    levels = sorted(sizes)
+    private = sizes[levels[-2]] if len(levels) > 1 else 0
+    return max(2 * sizes[levels[-1]] // world_size, 4 * private, 1 << 20)
+
+
+def fill(x: np.ndarray, rank: int, salt: int) -> None:
+    """Fill ``x`` with non-trivial values cheaply: a random block of 64 Ki elements, repeated
+    (generating hundreds of megabytes of random numbers per size would dominate a sweep)."""
+    block = rank_data(rank, salt, min(x.size, 1 << 16), x.dtype)
+    flat = x.reshape(-1)
+    for start in range(0, flat.size, block.size):
+        n = min(block.size, flat.size - start)
+        flat[start:start + n] = block[:n]
 
 
 @dataclass
@@ -54,7 +87,7 @@ class SweepConfig:
     check: bool = False
     progress: bool = False
     label: str = ""
-    cache_bytes: int = 0  # 0: twice the last-level cache
+    cache_bytes: int = 0  # bytes of rotating buffer sets per rank; 0: rotation_bytes()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,7 +195,7 @@ def run_sweep(backend: Backend, cfg: SweepConfig) -> dict:
     if reason:
         raise ValueError(f"{backend.name} cannot run {cfg.op} on {cfg.dtype}: {reason}")
     n = backend.size
-    cache = cfg.cache_bytes or 2 * last_level_cache_bytes()
+    cache = cfg.cache_bytes or rotation_bytes(n)
     progress = _Progress(len(cfg.sizes), cfg.label) if cfg.progress and backend.rank == 0 else None
     records = []
     # Libraries set up connections lazily (Open MPI, gloo): pay that before the first size.
@@ -193,7 +226,7 @@ def run_sweep(backend: Backend, cfg: SweepConfig) -> dict:
         calls = []
         for s in range(nsets):
             send = backend.allocate(send_elems, dtype)
-            send[...] = rank_data(backend.rank, s, send_elems, dtype)
+            fill(send, backend.rank, s)
             recv = None
             if recv_elems is not None:
                 recv = backend.allocate(recv_elems, dtype)
