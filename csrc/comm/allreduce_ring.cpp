@@ -22,7 +22,7 @@ Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt,
     throw std::invalid_argument(std::string("all_reduce: algorithm '") + algo_name(algo) +
                                 "' is not available");
   size_t esz = dtype_size(dt);
-  enter(Desc{uint32_t(Kind::kAllReduce), uint32_t(dt), uint32_t(op), uint32_t(algo), 0, count, esz});
+  enter(make_desc(Kind::kAllReduce, dt, op, algo, 0, count, esz));
   ring_all_reduce(static_cast<const char*>(in), static_cast<char*>(out), count, dt, op, esz);
   return algo;
 }

@@ -46,13 +46,25 @@ struct Options {
   double spin_us = -1.0;                // < 0: spin 50 us if ranks <= cores, else 2 us
 };
 
-// Descriptor of a collective, compared across ranks on entry.
+// Descriptor of a collective, compared across ranks on entry (24 bytes: it shares the entry
+// line's first cache line with the sequence word and a small payload).
 struct Desc {
-  uint32_t kind, dtype, op, algo;
-  int64_t root;
+  uint8_t kind, dtype, op, algo;
+  int32_t root;
   uint64_t count;  // elements (per-rank block for all_gather / all_to_all, row width for allv)
-  uint64_t aux;    // element size in bytes
+  uint32_t esz;    // element size in bytes
+  uint32_t flags;  // algorithm-specific (e.g. symmetric buffer)
 };
+static_assert(sizeof(Desc) == 24, "Desc is packed into the entry line");
+
+inline Desc make_desc(Kind k, DType dt, RedOp op, Algo algo, int64_t root, uint64_t count,
+                      size_t esz, uint32_t flags = 0) {
+  return Desc{uint8_t(k), uint8_t(dt), uint8_t(op), uint8_t(algo), int32_t(root), count,
+              uint32_t(esz), flags};
+}
+
+// Bytes of payload that ride in a rank's entry line next to its sequence word and descriptor.
+constexpr size_t kInlineBytes = kLineBytes - sizeof(SyncWord) - sizeof(Desc);
 
 struct TrafficCounts {
   uint64_t calls = 0, sent = 0, recv = 0;
@@ -117,13 +129,15 @@ class Communicator {
   char* mailbox(int src, int dst, uint64_t chunk) const;
 
   // --- synchronisation ---
-  void wait_geq(Counter& c, uint64_t target, int peer);
+  void wait_geq(SyncWord& c, uint64_t target, int peer);
   void check_usable();
   void check_abort();
   [[noreturn]] void fail_from_abort(uint64_t word);
   [[noreturn]] void fail(int reason, const std::string& msg);
   bool peer_gone(int p, std::string* why) const;
-  uint64_t enter(const Desc& d);
+  // Publishes d (and an optional payload of up to kInlineBytes) and checks every peer's.
+  uint64_t enter(const Desc& d, const void* payload = nullptr, size_t payload_bytes = 0);
+  const char* entry_payload(int r, uint64_t k) const;
   void acquire_slot(uint64_t round, const std::vector<int>& readers);
   void publish_posted(uint64_t round);
   void publish_consumed(uint64_t round);
