@@ -13,6 +13,7 @@ times across the stage.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -102,13 +103,22 @@ def check_config(model: ModelSpec, cluster: ClusterSpec | int, config: ParallelC
     problem = first_violation(model, cluster, config, layer_partition)
     if problem is not None:
         world = cluster if isinstance(cluster, int) else cluster.world_size
-        alternatives = feasible_configs(model, cluster)
+        alternatives = nearest_first(feasible_configs(model, cluster), config)
         shown = ", ".join(f"(tp={c.tp}, pp={c.pp}, dp={c.dp}, ep={c.ep})"
-                          for c in alternatives[:24])
-        more = f" and {len(alternatives) - 24} more" if len(alternatives) > 24 else ""
+                          for c in alternatives[:32])
+        more = f" and {len(alternatives) - 32} more" if len(alternatives) > 32 else ""
         raise PlanError(f"{config} is infeasible for {model.name} on {world} devices: {problem}. "
                         f"Configurations that would work: {shown or 'none'}{more}")
     return config_notes(model, cluster, config, layer_partition)
+
+
+def nearest_first(configs: list, wanted: ParallelConfig) -> list:
+    """``configs`` ordered by how few degrees differ from ``wanted``, then by how far."""
+    def distance(c: ParallelConfig) -> tuple:
+        pairs = [(c.tp, wanted.tp), (c.pp, wanted.pp), (c.dp, wanted.dp), (c.ep, wanted.ep)]
+        return (sum(a != b for a, b in pairs),
+                sum(abs(math.log2(a) - math.log2(b)) for a, b in pairs), c.tp, c.pp, c.ep)
+    return sorted(configs, key=distance)
 
 
 def first_violation(model: ModelSpec, cluster: ClusterSpec | int, config: ParallelConfig,
