@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     partition = ([int(x) for x in args.layer_partition.split(",")]
                  if args.layer_partition else None)
     search = None
-    if any(v is not None for v in (args.tp, args.pp, args.dp, args.ep)):
+    if partition is not None or any(v is not None for v in (args.tp, args.pp, args.dp, args.ep)):
         plan = make_plan(model, cluster, tp=args.tp, pp=args.pp, dp=args.dp, ep=args.ep,
                          layer_partition=partition)
     else:

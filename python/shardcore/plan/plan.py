@@ -390,8 +390,11 @@ def make_plan(model: ModelSpec | str, cluster: ClusterSpec, config: ParallelConf
     if isinstance(model, str):
         model = ModelSpec.preset(model)
     if config is None:
-        tp, pp, ep = tp or 1, pp or 1, ep or 1
+        if pp is None and layer_partition is not None:
+            pp = len(layer_partition)
+        tp, pp, ep = (1 if v is None else v for v in (tp, pp, ep))
         if dp is None:
+            ParallelConfig(tp, pp, 1, ep)  # validates the given degrees first
             dp = max(1, cluster.world_size // (tp * pp))
         config = ParallelConfig(tp, pp, dp, ep)
     notes = check_config(model, cluster, config, layer_partition)
