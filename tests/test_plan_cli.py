@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from shardcore.cli import main
 from shardcore.plan import MODEL_PRESETS, ClusterSpec, ParallelConfig, Plan, make_plan
 
@@ -109,3 +108,29 @@ def test_importing_plan_loads_no_core():
 def test_cli_bad_arguments(capsys, bad):
     code, _, err = run(capsys, "qwen3-32b", "--devices", "8", *bad)
     assert code == 2 and err
+
+
+def test_rich_and_plain_tables():
+    import io
+
+    from shardcore.plan import auto_plan
+    from shardcore.plan.format import render, search_rows, text_table
+
+    res = auto_plan("qwen3-32b", ClusterSpec.make("h100-80gb", 8), "throughput")
+    rows = search_rows(res, 4)
+    plain = text_table(rows, "t")
+    assert plain.splitlines()[0] == "t" and len(plain.splitlines()) == 2 + 1 + 4
+    rich = pytest.importorskip("rich.console")
+    buf = io.StringIO()
+    assert render(rows, "t", console=rich.Console(file=buf, width=300)) is None
+    assert "tok/s" in buf.getvalue() and rows[0]["tok/s"] in buf.getvalue()
+
+
+def test_make_plan_on_a_world_size():
+    from shardcore.plan import ModelSpec
+
+    m = ModelSpec(name="t", hidden_size=16, num_layers=3, num_heads=4, num_kv_heads=2,
+                  head_dim=4, ffn_size=8, vocab_size=11, num_experts=4, experts_per_token=2,
+                  expert_ffn_size=6)
+    plan = make_plan(m, 8, tp=2, pp=2, ep=2)
+    assert plan.config == ParallelConfig(2, 2, 2, 2) and plan.cluster.device.name == "cpu"

@@ -3,10 +3,16 @@
 import re
 
 import pytest
-
 from shardcore.errors import PlanError
-from shardcore.plan import (MODEL_PRESETS, ClusterSpec, ModelSpec, ParallelConfig,
-                            default_layer_partition, feasible_configs, make_plan)
+from shardcore.plan import (
+    MODEL_PRESETS,
+    ClusterSpec,
+    ModelSpec,
+    ParallelConfig,
+    default_layer_partition,
+    feasible_configs,
+    make_plan,
+)
 
 QWEN = MODEL_PRESETS["qwen3-235b-a22b"]
 H100x8 = ClusterSpec.make("h100-80gb", 8)

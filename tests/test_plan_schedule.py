@@ -1,7 +1,6 @@
 """GPipe and 1F1B time tables, checked against the scheduling rules."""
 
 import pytest
-
 from shardcore.plan import pipeline_schedule
 
 

@@ -3,10 +3,20 @@ and the per-rank prediction of a run."""
 
 import numpy as np
 import pytest
-
-from shardcore.plan import (MODEL_PRESETS, ClusterSpec, ModelSpec, ParallelConfig, make_plan,
-                            predict_traffic, ring_all_reduce_recv, ring_all_reduce_sent,
-                            seed_ep_bytes, seed_pp_bytes, seed_tp_bytes, token_traffic)
+from shardcore.plan import (
+    MODEL_PRESETS,
+    ClusterSpec,
+    ModelSpec,
+    ParallelConfig,
+    make_plan,
+    predict_traffic,
+    ring_all_reduce_recv,
+    ring_all_reduce_sent,
+    seed_ep_bytes,
+    seed_pp_bytes,
+    seed_tp_bytes,
+    token_traffic,
+)
 
 
 def simulate_ring_all_reduce(inputs):
@@ -162,7 +172,7 @@ def test_predict_traffic_ep_with_routing():
     assert got.exact
     h = m.hidden_size
     sent = [0, 0, 0, 0]
-    for (p, c, layer, d), rows in table.items():
+    for (_pass, _chunk, _layer, d), rows in table.items():
         T = len(rows)
         first = (T + 1) // 2  # TP rank 0 owns the first ceil(T/2) tokens
         own = [rows[:first], rows[first:]]

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..errors import PlanError
-from .config import (ParallelConfig, check_config, default_layer_partition, split_range)
+from .config import ParallelConfig, check_config, default_layer_partition, split_range
 from .specs import GB, GIB, ClusterSpec, DeviceSpec, ModelSpec
 
 PLAN_FORMAT = 1
@@ -382,13 +382,19 @@ def weight_tensors_cached(model: ModelSpec) -> dict:
     return got
 
 
-def make_plan(model: ModelSpec | str, cluster: ClusterSpec, config: ParallelConfig | None = None,
+def make_plan(model: ModelSpec | str, cluster: ClusterSpec | int,
+              config: ParallelConfig | None = None,
               *, tp: int | None = None, pp: int | None = None, dp: int | None = None,
               ep: int | None = None, layer_partition: Sequence[int] | None = None) -> Plan:
     """Validate ``config`` (or tp/pp/dp/ep; dp defaults to what fills the cluster) and build
-    the plan. Raises ``PlanError`` naming the broken constraint and listing what would work."""
+    the plan. Raises ``PlanError`` naming the broken constraint and listing what would work.
+
+    ``model`` may be a preset name; ``cluster`` may be a world size, meaning one host of that
+    many ``cpu`` devices (what ``shardcore.runtime`` runs on)."""
     if isinstance(model, str):
         model = ModelSpec.preset(model)
+    if isinstance(cluster, int):
+        cluster = ClusterSpec.make("cpu", cluster)
     if config is None:
         if pp is None and layer_partition is not None:
             pp = len(layer_partition)

@@ -264,10 +264,11 @@ def auto_plan(model: ModelSpec | str, cluster: ClusterSpec, objective: str = "la
         raise PlanError(f"no configuration of {model.name} fits {cluster.world_size} x "
                         f"{cluster.unit.name}: " + "; ".join(f"({c.config}) {c.why}"
                                                              for c in cands[:8]))
-    if objective == "throughput":
-        key = (lambda c: (-c.throughput, c.latency, c.config.ep, c.config.pp))
-    else:
-        key = (lambda c: (c.latency, -c.throughput, c.config.ep, c.config.pp))
+    def key(c: Candidate) -> tuple:
+        if objective == "throughput":
+            return (-c.throughput, c.latency, c.config.ep, c.config.pp)
+        return (c.latency, -c.throughput, c.config.ep, c.config.pp)
+
     fitting.sort(key=key)
     for c in fitting:
         c.score = c.throughput if objective == "throughput" else c.latency

@@ -92,9 +92,9 @@ def seed_pp_bytes(stages: int, hidden: int, b: float = 2) -> float:
     return (stages - 1) * hidden * b
 
 
-def seed_ep_bytes(moe_blocks: int, top_k: int, hidden: int, l: int, b: float = 2) -> float:
-    """EP bytes per token: two all-to-alls of top_k*h*b/l per MoE block (0 when l == 1)."""
-    return 0.0 if l <= 1 else 2 * moe_blocks * top_k * hidden * b / l
+def seed_ep_bytes(moe_blocks: int, top_k: int, hidden: int, ep: int, b: float = 2) -> float:
+    """EP bytes per token: two all-to-alls of top_k*h*b/l per MoE block, l = ep (0 when l == 1)."""
+    return 0.0 if ep <= 1 else 2 * moe_blocks * top_k * hidden * b / ep
 
 
 def token_traffic(plan, dtype: str | None = None) -> dict:
