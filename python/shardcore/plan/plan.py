@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..errors import PlanError
-from .config import ParallelConfig, check_config, default_layer_partition, split_range
+from .config import ParallelConfig, check_config, default_layer_partition, split_range, split_sizes
 from .specs import GB, GIB, ClusterSpec, DeviceSpec, ModelSpec
 
 PLAN_FORMAT = 1
@@ -167,6 +167,23 @@ class Plan:
         """Every rank of DP replica ``dp``."""
         c = self.config
         return tuple(c.rank(dp, s, t) for s in range(c.pp) for t in range(c.tp))
+
+    def expert_owner(self, rank: int, expert: int) -> int:
+        """The rank of ``rank``'s EP group that holds ``expert`` (``rank`` itself when ep == 1)."""
+        if not 0 <= expert < self.model.num_experts:
+            raise ValueError(f"expert {expert} out of range [0, {self.model.num_experts})")
+        if self.config.ep == 1:
+            return rank
+        return self.ep_group(rank)[expert // (self.model.num_experts // self.config.ep)]
+
+    def owned_tokens(self, rank: int, tokens: int) -> tuple:
+        """(start, stop) of the tokens of a chunk that ``rank`` routes through EP: its TP
+        block of the replica's ``tokens`` (all of them when tp == 1)."""
+        return split_range(tokens, self.config.tp, self.ranks[rank].tp)
+
+    def replica_batches(self, batch: int) -> list:
+        """Sequences per DP replica for a batch of ``batch`` (first ``batch % dp`` one more)."""
+        return split_sizes(batch, self.config.dp)
 
     def stage_of_layer(self, layer: int) -> int:
         """The pipeline stage that runs decoder layer ``layer``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 GB = 1e9
@@ -378,7 +378,6 @@ class ClusterSpec:
     inter_node_bandwidth: float = 50e9
     intra_node_latency: float = 3e-6
     inter_node_latency: float = 10e-6
-    extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.devices_per_node < 1:
