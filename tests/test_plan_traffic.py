@@ -201,3 +201,29 @@ def test_step_collectives_qwen_tp8():
     assert cols["attention"]["sent"] == 94 * 2 * 7 / 8 * 4096 * 2
     assert cols["embedding"]["group"] == list(range(8))
     assert cols["logits"]["sent"] == 7 * (151936 // 8) * 2
+
+
+def test_compare_and_merge_traffic():
+    from shardcore.plan import compare_traffic, merge_traffic
+
+    plan = make_plan(tiny(), ClusterSpec.make("h100-80gb", 4), ParallelConfig(tp=2, pp=2))
+    pred = predict_traffic(plan, 3, 2, batch=1, dtype="float32")
+    # split each rank's prediction over two "communicators" the way Communicator.traffic()
+    # reports them (every kind present, an algorithms entry, bookkeeping under "internal")
+    kinds = ("all_reduce", "all_gather", "send", "recv", "all_to_allv", "barrier")
+    measured = []
+    for r in pred.ranks:
+        tp_comm = {k: {"calls": 0, "sent": 0, "recv": 0, "algorithms": {}} for k in kinds}
+        world = {k: {"calls": 0, "sent": 0, "recv": 0, "algorithms": {}} for k in kinds}
+        world["internal"] = {"calls": 3, "sent": 64, "recv": 64, "algorithms": {}}
+        for k, e in r.items():
+            target = world if k in ("send", "recv") else tp_comm
+            target[k] = dict(e, algorithms={"ring": e["calls"]})
+        measured.append(merge_traffic(tp_comm, world))
+    assert measured == pred.ranks
+    assert compare_traffic(pred, measured) == []
+    measured[3]["all_reduce"]["sent"] += 4
+    assert compare_traffic(pred, measured) == [
+        f"rank 3 all_reduce sent: predicted {pred.ranks[3]['all_reduce']['sent']}, "
+        f"measured {pred.ranks[3]['all_reduce']['sent'] + 4}"]
+    assert compare_traffic(pred, measured[:2]) == ["2 ranks measured, 4 predicted"]

@@ -32,6 +32,8 @@ from .specs import (
 from .traffic import (
                      TrafficPrediction,
                      collective_sent,
+                     compare_traffic,
+                     merge_traffic,
                      predict_traffic,
                      ring_all_reduce_recv,
                      ring_all_reduce_sent,
@@ -46,6 +48,7 @@ __all__ = [
     "DEVICE_PRESETS", "GB", "GIB", "MODEL_PRESETS", "Candidate", "ClusterSpec", "DeviceSpec",
     "MemoryReport", "ModelSpec", "ParallelConfig", "Plan", "PlanError", "RankPlan", "Schedule",
     "SearchResult", "TrafficPrediction", "auto_plan", "check_config", "collective_sent",
+    "compare_traffic", "merge_traffic",
     "default_layer_partition", "dtype_bytes", "evaluate", "feasible_configs",
     "kv_bytes_per_token", "make_plan", "memory_report", "pipeline_schedule",
     "predict_traffic", "ring_all_reduce_recv", "ring_all_reduce_sent", "seed_ep_bytes",
