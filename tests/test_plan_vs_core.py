@@ -9,9 +9,16 @@ import math
 
 import numpy as np
 import pytest
-
-from shardcore.plan import (ModelSpec, ParallelConfig, Plan, compare_traffic, make_plan,
-                            merge_traffic, predict_traffic, split_sizes)
+from shardcore.plan import (
+    ModelSpec,
+    ParallelConfig,
+    Plan,
+    compare_traffic,
+    make_plan,
+    merge_traffic,
+    predict_traffic,
+    split_sizes,
+)
 
 pytest.importorskip("shardcore._core")
 pytestmark = pytest.mark.timeout(120)
