@@ -134,3 +134,15 @@ def test_make_plan_on_a_world_size():
                   expert_ffn_size=6)
     plan = make_plan(m, 8, tp=2, pp=2, ep=2)
     assert plan.config == ParallelConfig(2, 2, 2, 2) and plan.cluster.device.name == "cpu"
+
+
+def test_cli_plan_that_does_not_fit(capsys):
+    code, out, _ = run(capsys, "mixtral-8x7b", "--devices", "2", "--device", "rngd",
+                       "-tp", "8", "-pp", "2")
+    assert code == 0 and "DOES NOT FIT" in out and "card" in out
+    code, out, _ = run(capsys, "mixtral-8x7b", "--devices", "2", "--device", "rngd",
+                       "-tp", "8", "-pp", "2", "--json")
+    assert json.loads(out)["fits"] is False
+    code, out, _ = run(capsys, "mixtral-8x7b", "--devices", "4", "--device", "rngd",
+                       "-tp", "8", "-pp", "4", "--json")
+    assert json.loads(out)["fits"] is True

@@ -96,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         out = {
             "plan": plan.to_dict(),
             "hash": plan.hash,
+            "fits": all(plan.memory(r.rank, kv_dtype=args.kv_dtype).fits for r in plan.ranks),
             "memory": [_memory_dict(plan.memory(r.rank, kv_dtype=args.kv_dtype))
                        for r in plan.ranks],
             "traffic_per_token": token_traffic(plan),

@@ -28,6 +28,12 @@ def plan_text(plan, collectives_rank: int = 0) -> str:
     """The whole plan as plain text: summary, notes, per-rank table, memory, collectives."""
     out = [plan.summary()]
     out += [f"note: {n}" for n in plan.notes]
+    short = [m for m in (plan.memory(r.rank) for r in plan.ranks) if not m.fits]
+    if short:
+        worst = min(short, key=lambda m: m.free)
+        out.append(f"DOES NOT FIT: {len(short)} rank(s) have no room for a KV token; rank "
+                   f"{worst.rank} needs {-worst.free / GB:.2f} GB more than its "
+                   f"{worst.device_bytes / GB:.2f} GB ({worst.weights / GB:.2f} GB of weights)")
     out.append(text_table(plan.rank_rows(), "per rank:"))
     out.append(f"memory of rank {collectives_rank}:")
     out += ["  " + line for line in plan.memory(collectives_rank).lines()]

@@ -367,11 +367,12 @@ class Plan:
             mem = self.memory(r.rank)
             rows.append({
                 "rank": str(r.rank), "node": str(r.node),
+                **({"card": str(r.card)} if self.cluster.ranks_per_card > 1 else {}),
                 "dp,pp,tp,ep": f"{r.dp},{r.pp},{r.tp},{r.ep}",
                 "layers": f"{r.layers[0]}-{r.layers[1] - 1}",
                 "q heads": f"{r.q_heads[0]}-{r.q_heads[1] - 1}",
                 "kv heads": f"{r.kv_heads[0]}-{r.kv_heads[1] - 1}",
-                "experts": (f"{r.experts[0]}-{r.experts[1] - 1}" if self.model.is_moe else "-"),
+                "experts": self._experts_text(r),
                 "vocab": (f"{r.vocab[0]}-{r.vocab[1] - 1}"
                           if r.has_embedding or r.has_lm_head else "-"),
                 "weights GB/GiB": f"{mem.weights / GB:.2f}/{mem.weights / GIB:.2f}",
@@ -380,6 +381,14 @@ class Plan:
                 "KV tokens": f"{mem.kv_capacity_tokens}",
             })
         return rows
+
+    def _experts_text(self, r: RankPlan) -> str:
+        if not self.model.is_moe:
+            return "-"
+        held = f"{r.experts[0]}-{r.experts[1] - 1}"
+        if self.config.ep > 1:
+            return held + " whole"
+        return f"all, ffn {r.expert_ffn[0]}-{r.expert_ffn[1] - 1}"
 
     def __str__(self) -> str:
         from .format import plan_text
