@@ -329,8 +329,9 @@ class Plan:
             raise PlanError(f"unsupported plan format {d.get('format')!r}")
         md = dict(d["model"])
         md["mlp_only_layers"] = tuple(md.get("mlp_only_layers", ()))
-        ranks = tuple(RankPlan(**{k: (tuple(v) if isinstance(v, list) else v)
-                                  for k, v in r.items()}) for r in d["ranks"])
+        fields: list = [{k: (tuple(v) if isinstance(v, list) else v) for k, v in r.items()}
+                        for r in d["ranks"]]
+        ranks = tuple(RankPlan(**f) for f in fields)
         return cls(model=ModelSpec(**md), cluster=ClusterSpec.from_dict(d["cluster"]),
                    config=ParallelConfig(**d["config"]),
                    layer_partition=tuple(d["layer_partition"]), ranks=ranks,

@@ -54,7 +54,7 @@ class Candidate:
     """One configuration with its numbers (filled in by ``evaluate``)."""
 
     config: ParallelConfig
-    plan: Plan | None = None
+    plan: Plan
     fits: bool = True
     weights_gb: float = 0.0
     free_gb: float = 0.0
@@ -63,10 +63,10 @@ class Candidate:
     tp_spans_nodes: bool = False
     sequences: int = 0          # sequences of `context` tokens in flight per replica
     micro_batch: float = 0.0    # B
-    stage: StageCost | None = None   # the slowest stage at B
+    stage: StageCost = field(default_factory=lambda: StageCost(0.0, 0.0, 0.0, 0.0))  # slowest
     throughput: float = 0.0     # tokens/s over all replicas
     latency: float = float("inf")   # seconds per token for one sequence
-    latency_parts: StageCost | None = None  # its compute/weights/KV/comm summed over stages
+    latency_parts: StageCost = field(default_factory=lambda: StageCost(0.0, 0.0, 0.0, 0.0))
     comm_bytes_per_token: float = 0.0
     score: float = 0.0
     why: str = ""
@@ -84,8 +84,8 @@ class Candidate:
             "KV copies": str(self.kv_replication),
             "seqs/replica": str(self.sequences) if self.fits else "-",
             "B": f"{self.micro_batch:.0f}" if self.fits else "-",
-            "step ms": f"{st.step * 1e3:.2f}" if st else "-",
-            "comm ms": f"{st.comm * 1e3:.2f}" if st else "-",
+            "step ms": f"{st.step * 1e3:.2f}" if self.fits else "-",
+            "comm ms": f"{st.comm * 1e3:.2f}" if self.fits else "-",
             "tok/s": f"{self.throughput:.0f}" if self.fits else "-",
             "latency ms": f"{self.latency * 1e3:.2f}" if self.fits else "-",
             "TP spans nodes": "yes" if self.tp_spans_nodes else "",
@@ -205,7 +205,7 @@ def _explain(cand: Candidate, win: Candidate, objective: str) -> str:
         parts.append(f"slowest stage step {st.step * 1e3:.2f} ms (weights "
                      f"{st.weights * 1e3:.2f}, KV {st.kv * 1e3:.2f}, compute "
                      f"{st.compute * 1e3:.2f}, comm {st.comm * 1e3:.2f}) vs {ws.step * 1e3:.2f}")
-    elif cand.latency_parts is not None:
+    else:
         lp, wp = cand.latency_parts, win.latency_parts
         parts.append(f"per token: weights {lp.weights * 1e3:.2f} vs {wp.weights * 1e3:.2f} ms, "
                      f"comm {lp.comm * 1e3:.2f} vs {wp.comm * 1e3:.2f} ms "
