@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import PlanError
 from .config import ParallelConfig, check_config, default_layer_partition, split_range, split_sizes
-from .specs import GB, GIB, ClusterSpec, DeviceSpec, ModelSpec
+from .specs import GB, GIB, ClusterSpec, ModelSpec
 
 PLAN_FORMAT = 1
 
@@ -469,4 +469,4 @@ def make_plan(model: ModelSpec | str, cluster: ClusterSpec | int,
                 ranks=tuple(ranks), notes=tuple(notes))
 
 
-__all__ = ["Plan", "RankPlan", "make_plan", "weight_tensors", "DeviceSpec"]
+__all__ = ["Plan", "RankPlan", "make_plan", "weight_tensors"]
