@@ -146,3 +146,12 @@ def test_cli_plan_that_does_not_fit(capsys):
     code, out, _ = run(capsys, "mixtral-8x7b", "--devices", "4", "--device", "rngd",
                        "-tp", "8", "-pp", "4", "--json")
     assert json.loads(out)["fits"] is True
+
+
+def test_cli_pinned_search(capsys):
+    code, out, _ = run(capsys, "qwen3-235b-a22b", "--devices", "16", "--devices-per-node", "8",
+                       "--objective", "throughput", "--search", "-ep", "1", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert all(c["ep"] == "1" for c in data["search"]["candidates"])
+    assert data["plan"]["config"] == {"tp": 4, "pp": 4, "dp": 1, "ep": 1}
