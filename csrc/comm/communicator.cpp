@@ -36,6 +36,7 @@ struct Header {
   uint32_t version, world_size;
   uint64_t slot_bytes, p2p_bytes, total_bytes;
   uint32_t nbuf, p2p_nbuf;
+  uint64_t one_shot_max, two_shot_max;
   alignas(kLineBytes) Counter attached;
   alignas(kLineBytes) std::atomic<uint64_t> abort_word;  // (reason << 32) | (rank + 1)
   alignas(kLineBytes) std::atomic<uint64_t> magic;
@@ -177,6 +178,8 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     }
     nbuf_ = hdr->nbuf;
     p2p_nbuf_ = hdr->p2p_nbuf;
+    one_shot_max_ = hdr->one_shot_max;
+    two_shot_max_ = hdr->two_shot_max;
     layout(hdr->slot_bytes, hdr->p2p_bytes);
     munmap(h, sizeof(Header));
   }
@@ -197,6 +200,11 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     header_->total_bytes = total_bytes_;
     header_->nbuf = nbuf_;
     header_->p2p_nbuf = p2p_nbuf_;
+    // Defaults measured on 2..16-core x86 hosts (docs/performance.md); `shardcore tune` refines.
+    one_shot_max_ = opt.one_shot_max ? opt.one_shot_max : size_t(16) << 10;
+    two_shot_max_ = opt.two_shot_max ? opt.two_shot_max : ~size_t(0);
+    header_->one_shot_max = one_shot_max_;
+    header_->two_shot_max = two_shot_max_;
     header_->magic.store(kMagic, std::memory_order_release);
   }
   rb(rank_).pid.store(int32_t(getpid()), std::memory_order_relaxed);
