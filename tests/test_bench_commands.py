@@ -32,7 +32,8 @@ def ring_bytes_by_hand(op, n, nbytes):
 def test_collectives_json_every_op(capsys):
     ops = "all_reduce,all_gather,reduce_scatter,all_to_all,broadcast,sendrecv"
     out = run_json(capsys, "bench", "collectives", "--op", ops, "-n", "3", "--sizes", "8:4K",
-                   "--factor", "8", "--iters", "3", "--warmup", "1", "--check")
+                   "--factor", "8", "--iters", "3", "--warmup", "1", "--check",
+                   "--algorithm", "ring")
     rows = out["rows"]
     assert {r["op"] for r in rows} == set(ops.split(","))
     measured = [r for r in rows if "skipped" not in r]
@@ -99,7 +100,7 @@ def test_collectives_rejects_bad_options():
 def test_model_from_json_fits_and_checks_bytes(tmp_path, capsys):
     sweep = tmp_path / "sweep.json"
     assert main(["bench", "collectives", "-n", "2,4", "--sizes", "8:64K", "--factor", "4",
-                 "--iters", "3", "--json", str(sweep)]) == 0
+                 "--iters", "3", "--algorithm", "ring", "--json", str(sweep)]) == 0
     capsys.readouterr()
     argv = ["bench", "model", "--from", str(sweep)]
     try:

@@ -91,7 +91,8 @@ def command_line() -> str:
     """The command as typed, when run through the ``shardcore`` script."""
     import os
 
-    if os.path.basename(sys.argv[0]) == "shardcore":
+    if os.path.basename(sys.argv[0]) == "shardcore" or \
+            sys.argv[0].endswith(os.path.join("shardcore", "cli.py")):
         return "shardcore " + " ".join(sys.argv[1:])
     return " ".join(["python"] + sys.argv)
 

@@ -68,7 +68,8 @@ def ratio_table(rows: list[dict], time_key: str) -> str:
                    f"time = {time_key.replace('time_', '').replace('_us', '')} (us); "
                    f"ratio = shardcore time / peer time (< 1: shardcore faster)")
         head = [f"{'size':>9}"]
-        head += [f"{b[:13]:>13} {'busbw':>7}" for b in backends]
+        head += [f"{b[:13]:>13} {'busbw':>7}" + (f" {'algo':>8}" if b.startswith("shardcore")
+                                                   else "") for b in backends]
         head += [f"{(o.replace('shardcore', 'sc') + '/' + p)[:14]:>14}" for o in ours for p in peers]
         out.append("  ".join(head))
         for s in sizes:
@@ -76,9 +77,12 @@ def ratio_table(rows: list[dict], time_key: str) -> str:
             for b in backends:
                 r = by_backend[b].get(s)
                 if r is None or "skipped" in r:
-                    cells.append(f"{'-':>13} {'-':>7}")
+                    cells.append(f"{'-':>13} {'-':>7}" + (f" {'-':>8}" if b.startswith(
+                        "shardcore") else ""))
                 else:
-                    cells.append(f"{r[time_key]:>13.2f} {r['busbw']:>7.3f}")
+                    algo = r.get("algorithm", "")[:8]
+                    cells.append(f"{r[time_key]:>13.2f} {r['busbw']:>7.3f}" +
+                                 (f" {algo:>8}" if b.startswith("shardcore") else ""))
             for o in ours:
                 for p in peers:
                     a, b = by_backend[o].get(s), by_backend[p].get(s)

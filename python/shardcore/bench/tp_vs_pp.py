@@ -42,12 +42,13 @@ def tp_rank(comm, cfg: dict) -> dict:
     dtype = metrics.numpy_dtype(cfg["dtype"])
     rng = np.random.default_rng(comm.rank)
     hidden = [rng.standard_normal((cfg["tokens"], cfg["hidden"])).astype(dtype) for _ in range(2)]
+    algorithm = None if cfg["algorithm"] == "auto" else cfg["algorithm"]
     spent = [0.0]
 
     def step():
         for _ in range(cfg["blocks"]):
             for x in hidden:  # attention output, then MLP output
-                _timed(spent, comm.all_reduce, x)
+                _timed(spent, comm.all_reduce, x, algorithm=algorithm)
 
     return _measure(comm, step, spent, cfg, "all_reduce")
 
@@ -113,7 +114,8 @@ def _measure(comm, step, spent: list, cfg: dict, kind: str) -> dict:
     wall = time.perf_counter() - start
     entry = comm.traffic().get(kind, {"calls": 0, "sent": 0, "recv": 0})
     return {"rank": comm.rank, "sent": entry["sent"], "calls": entry["calls"],
-            "comm_s": spent[0], "wall_s": wall}
+            "algorithms": sorted(entry.get("algorithms", {})), "comm_s": spent[0],
+            "wall_s": wall}
 
 
 def run_mode(mode: str, degree: int, cfg: dict) -> dict:
@@ -163,6 +165,7 @@ def summarize(mode: str, degree: int, cfg: dict, per_rank: list[dict]) -> dict:
     comm_s = [r["comm_s"] for r in per_rank]
     return {
         "mode": mode, "degree": degree, "per": model["per"], "formula": model["formula"],
+        "algorithms": sorted({a for r in per_rank for a in r.get("algorithms", [])}),
         "measured_bytes_per_token": measured, "seed_bytes_per_token": model["seed"],
         "exact_bytes_per_token": model["exact"],
         "ratio_to_seed": measured / model["seed"] if model["seed"] else None,
@@ -178,16 +181,17 @@ def format_results(results: list[dict], cfg: dict) -> str:
     """The comparison as a table."""
     lines = [f"# synthetic stack: k={cfg['blocks']} blocks, h={cfg['hidden']}, {cfg['dtype']}, "
              f"{cfg['tokens']} tokens/step, {cfg['steps']} steps; EP top_k={cfg['top_k']}, "
-             f"E={cfg['experts']}; communication only",
+             f"E={cfg['experts']}; TP all-reduce {cfg['algorithm']}; communication only",
              f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'seed model':>11} "
              f"{'formula':>14} {'meas/seed':>9} {'meas/exact':>10} {'comm us/token':>13} "
-             f"{'comm ms/step':>12}"]
+             f"{'comm ms/step':>12}  algorithm"]
     for r in results:
         lines.append(
             f"{r['mode']:>4} {r['degree']:>3} {r['measured_bytes_per_token']:>12.1f} "
             f"{r['per']:>16} {r['seed_bytes_per_token']:>11.1f} {r['formula']:>14} "
             f"{r['ratio_to_seed']:>9.4f} {r['ratio_to_exact']:>10.4f} "
-            f"{r['comm_us_per_token_max']:>13.3f} {r['comm_ms_per_step_max']:>12.3f}")
+            f"{r['comm_us_per_token_max']:>13.3f} {r['comm_ms_per_step_max']:>12.3f}  "
+            f"{','.join(r['algorithms']) or '-'}")
     return "\n".join(lines) + "\n"
 
 
@@ -215,6 +219,9 @@ def register(sub) -> None:
     p.add_argument("--ep", default="2", help="EP degrees, comma-separated (default 2)")
     p.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
     p.add_argument("--experts", type=int, default=8, help="experts E (default 8)")
+    p.add_argument("--algorithm", default="ring",
+                   help="TP's all-reduce algorithm: ring (the model's, default), auto (the "
+                        "core's choice by size) or another the core knows")
     p.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
     p.set_defaults(func=main)
 
@@ -229,7 +236,7 @@ def main(args) -> int:
     if args.top_k > args.experts:
         raise ValueError(f"--top-k {args.top_k} exceeds --experts {args.experts}")
     cfg = {k: getattr(args, k) for k in ("hidden", "blocks", "tokens", "steps", "warmup",
-                                         "dtype", "top_k", "experts")}
+                                         "dtype", "top_k", "experts", "algorithm")}
     results = []
     for mode in ("tp", "pp", "ep"):
         for degree in _degrees(getattr(args, mode), mode):
