@@ -13,17 +13,28 @@
 
 namespace shardcore {
 
-Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo) {
+Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
+                              int64_t sym_stride, uint32_t sym_tag, int32_t sym_offset) {
   if (!dtype_reducible(dt))
     throw std::invalid_argument(std::string("all_reduce: cannot reduce dtype ") + dtype_name(dt));
   if (op == RedOp::kNone) throw std::invalid_argument("all_reduce: no reduction op given");
   const size_t esz = dtype_size(dt);
   const size_t bytes = count * esz;
-  if (algo == Algo::kAuto) algo = choose_all_reduce(bytes);
+  const bool sym_in_place = sym_stride != 0 && in == out;
+  if (algo == Algo::kAuto) algo = choose_all_reduce(bytes, sym_in_place);
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
-  const Desc d = make_desc(Kind::kAllReduce, dt, op, algo, 0, count, esz);
+  const bool sym = algo == Algo::kSymmetric;
+  const Desc d = make_desc(Kind::kAllReduce, dt, op, algo, sym ? sym_offset : 0, count, esz,
+                           sym ? sym_tag : 0);
   switch (algo) {
+    case Algo::kSymmetric:
+      if (!sym_in_place)
+        throw std::invalid_argument("all_reduce: the symmetric algorithm runs in place on an array "
+                                    "from Communicator.empty/zeros");
+      enter(d);
+      symmetric_all_reduce(dst, count, dt, op, esz, sym_stride);
+      break;
     case Algo::kRing:
       enter(d);
       ring_all_reduce(src, dst, count, dt, op, esz);
@@ -46,9 +57,10 @@ Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt,
 }
 
 // The size-based choice; every rank makes the same one since the thresholds come from rank 0.
-Algo Communicator::choose_all_reduce(size_t bytes) const {
+Algo Communicator::choose_all_reduce(size_t bytes, bool symmetric) const {
   if (size_ == 1) return Algo::kRing;
   if (bytes <= kInlineBytes || (bytes <= one_shot_max_ && bytes <= slot_bytes_)) return Algo::kOneShot;
+  if (symmetric) return Algo::kSymmetric;
   if (bytes <= two_shot_max_) return Algo::kTwoShot;
   return Algo::kRing;
 }

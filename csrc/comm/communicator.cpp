@@ -74,7 +74,8 @@ const char* kind_name(Kind k) {
 }
 
 const char* algo_name(Algo a) {
-  static const char* names[] = {"auto", "ring", "pairwise", "flat", "one_shot", "two_shot"};
+  static const char* names[] = {"auto",     "ring",     "pairwise", "flat",
+                                "one_shot", "two_shot", "symmetric"};
   return size_t(a) < size_t(Algo::kCount) ? names[size_t(a)] : "?";
 }
 

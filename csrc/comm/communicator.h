@@ -36,7 +36,7 @@ enum class Kind : uint32_t {
 };
 const char* kind_name(Kind k);
 
-enum class Algo : uint32_t { kAuto = 0, kRing, kPairwise, kFlat, kOneShot, kTwoShot, kCount };
+enum class Algo : uint32_t { kAuto = 0, kRing, kPairwise, kFlat, kOneShot, kTwoShot, kSymmetric, kCount };
 const char* algo_name(Algo a);
 
 struct Options {
@@ -98,7 +98,11 @@ class Communicator {
   double timeout() const { return double(timeout_ns_) / 1e9; }
 
   void barrier();
-  Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo);
+  // `sym_stride` != 0 says that `in` lives in a symmetric buffer whose peers' copies are that
+  // many bytes apart (rank r+1's at in + stride); `sym_tag` identifies buffer and offset, and must
+  // agree across ranks. In place on a symmetric buffer, large messages skip the copy in and out.
+  Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
+                  int64_t sym_stride = 0, uint32_t sym_tag = 0, int32_t sym_offset = 0);
   void reduce_scatter(const void* in, void* out, size_t count_per_rank, DType dt, RedOp op);
   void all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
                   Kind account = Kind::kAllGather);
@@ -151,7 +155,8 @@ class Communicator {
   void account(Kind k, Algo a, uint64_t sent, uint64_t recv);
 
   // --- algorithms (one file each) ---
-  Algo choose_all_reduce(size_t bytes) const;
+  Algo choose_all_reduce(size_t bytes, bool symmetric) const;
+  void symmetric_all_reduce(char* x, size_t count, DType dt, RedOp op, size_t esz, int64_t stride);
   void ring_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz);
   void one_shot_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz,
                            const Desc& d);
