@@ -17,7 +17,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-
 from shardcore.bench.backends import ShardcoreBackend, buffer_shapes
 from shardcore.bench.metrics import element_count, numpy_dtype
 from shardcore.bench.sweep import fill, rotation_bytes

@@ -4,7 +4,6 @@ import csv
 import json
 
 import pytest
-
 from shardcore.cli import main
 
 pytestmark = pytest.mark.timeout(240)

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-
 from shardcore.bench import metrics
 from shardcore.bench.modelfit import fit_alpha_beta, fit_rows
 from shardcore.bench.report import bytes_verdict, format_table

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from shardcore.bench.compare import ratio_table
 from shardcore.bench.runners import peer_missing
 from shardcore.cli import main

@@ -122,7 +122,7 @@ def main(args) -> int:
                 try:
                     raw = run_backend("shardcore" if backend == "shardcore-sym" else backend,
                                       cfg, n, symmetric=backend == "shardcore-sym")
-                except Exception as exc:  # noqa: BLE001  (a failing peer must not stop the rest)
+                except Exception as exc:
                     if backend == "shardcore":
                         raise
                     failures.append({"backend": backend, "op": cfg.op, "world_size": n,

@@ -76,7 +76,7 @@ def size_range(spec: str, factor: float | None = None) -> list[int]:
         sizes, s = [], float(lo)
         while round(s) <= hi:
             if not sizes or round(s) != sizes[-1]:
-                sizes.append(int(round(s)))
+                sizes.append(round(s))
             s *= step
     else:
         sizes = [parse_size(spec)]

@@ -15,8 +15,7 @@ import json
 import sys
 
 from . import metrics
-from .collectives import add_sweep_arguments, command_line, configs_from_args, machine_info, \
-    measure
+from .collectives import add_sweep_arguments, command_line, configs_from_args, machine_info, measure
 from .modelfit import fit_rows, format_fits
 from .report import bytes_verdict, format_table, write_json
 

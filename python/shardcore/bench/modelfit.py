@@ -101,10 +101,10 @@ def fit_rows(rows: list[dict], threshold: float = 0.25, time_key: str = "time_av
 
 def format_fits(fits: list[AlphaBetaFit], threshold: float) -> str:
     """A table of fits and, below it, the sizes where measurement departs from the model."""
-    lines = [f"# alpha-beta fit: time = alpha*steps + (ring-model bytes per rank)/beta; "
-             f"departure = |measured/model - 1| > {threshold:g}",
-             f"{'backend':>10} {'op':>15} {'ranks':>5} {'steps':>5} {'alpha(us)':>10} "
-             f"{'beta(GB/s)':>10} {'R2(log)':>8} {'points':>6} {'departs':>7}"]
+    lines = [(f"# alpha-beta fit: time = alpha*steps + (ring-model bytes per rank)/beta; "
+              f"departure = |measured/model - 1| > {threshold:g}"),
+             (f"{'backend':>10} {'op':>15} {'ranks':>5} {'steps':>5} {'alpha(us)':>10} "
+              f"{'beta(GB/s)':>10} {'R2(log)':>8} {'points':>6} {'departs':>7}")]
     for f in fits:
         beta = "inf" if math.isinf(f.beta_Bps) else f"{f.beta_Bps / 1e9:.3f}"
         lines.append(f"{f.backend:>10} {f.op:>15} {f.world_size:>5} {f.steps:>5} "

@@ -88,12 +88,15 @@ CSV_FIELDS = ["backend", "op", "world_size", "dtype", "inplace", "algorithm", "n
 
 def write_csv(rows: list[dict], path: str) -> None:
     """CSV with one line per row ('-' for stdout)."""
-    f = sys.stdout if path == "-" else open(path, "w", newline="")
-    try:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    finally:
-        if f is not sys.stdout:
-            f.close()
+    if path == "-":
+        _write_csv_rows(rows, sys.stdout)
+    else:
+        with open(path, "w", newline="") as f:
+            _write_csv_rows(rows, f)
+
+
+def _write_csv_rows(rows: list[dict], f) -> None:
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)

@@ -112,7 +112,7 @@ def _tolerance(dtype: np.dtype, world_size: int) -> float:
 def _expected(op: str, rank: int, n: int, send_elems: int, dtype: np.dtype):
     """What rank ``rank`` must hold after ``op`` when every rank r sent rank_data(r, -1, ...);
     returns (expected float64 values, magnitude scale for the tolerance)."""
-    inputs = lambda r: rank_data(r, -1, send_elems, dtype).astype(np.float64)  # noqa: E731
+    inputs = lambda r: rank_data(r, -1, send_elems, dtype).astype(np.float64)
     if op in ("all_reduce", "reduce_scatter"):
         total = np.zeros(send_elems)
         scale = np.zeros(send_elems)

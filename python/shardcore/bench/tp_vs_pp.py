@@ -179,12 +179,12 @@ def summarize(mode: str, degree: int, cfg: dict, per_rank: list[dict]) -> dict:
 
 def format_results(results: list[dict], cfg: dict) -> str:
     """The comparison as a table."""
-    lines = [f"# synthetic stack: k={cfg['blocks']} blocks, h={cfg['hidden']}, {cfg['dtype']}, "
-             f"{cfg['tokens']} tokens/step, {cfg['steps']} steps; EP top_k={cfg['top_k']}, "
-             f"E={cfg['experts']}; TP all-reduce {cfg['algorithm']}; communication only",
-             f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'seed model':>11} "
-             f"{'formula':>14} {'meas/seed':>9} {'meas/exact':>10} {'comm us/token':>13} "
-             f"{'comm ms/step':>12}  algorithm"]
+    lines = [(f"# synthetic stack: k={cfg['blocks']} blocks, h={cfg['hidden']}, {cfg['dtype']}, "
+              f"{cfg['tokens']} tokens/step, {cfg['steps']} steps; EP top_k={cfg['top_k']}, "
+              f"E={cfg['experts']}; TP all-reduce {cfg['algorithm']}; communication only"),
+             (f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'seed model':>11} "
+              f"{'formula':>14} {'meas/seed':>9} {'meas/exact':>10} {'comm us/token':>13} "
+              f"{'comm ms/step':>12}  algorithm")]
     for r in results:
         lines.append(
             f"{r['mode']:>4} {r['degree']:>3} {r['measured_bytes_per_token']:>12.1f} "
