@@ -46,13 +46,17 @@ if [ "$QUICK" = 1 ]; then
     --prefix model_ --json "$OUT/model.json"
   step 60 tp-vs-pp $SC tp-vs-pp --tp 2 --pp 2 --ep 2 --json "$OUT/tp_vs_pp.json"
 else
+  SIZES=8,64,512,4K,32K,256K,512K,1M,2M,8M,32M,256M
   step 40 stream $SC stream -p 1,2,4,8,16 --size 256M --json "$OUT/stream.json"
-  step 250 compare-allreduce $SC compare --op all_reduce -n 2,4,8 --sizes 8:256M --factor 4 \
-    --symmetric --json "$OUT/compare_all_reduce.json" --plots "$OUT/img"
+  step 230 compare-allreduce $SC compare --op all_reduce -n 2,4,8 --sizes $SIZES --symmetric \
+    --json "$OUT/compare_all_reduce.json" --plots "$OUT/img"
   step 90 compare-gather-a2a $SC compare --op all_gather,all_to_all -n 2,8 --sizes 1K:64M \
     --factor 8 --peers gloo,mpi --json "$OUT/compare_gather_a2a.json" --plots "$OUT/img"
-  step 130 model $SC model --op all_reduce,all_gather,reduce_scatter,all_to_all -n 2,4,8 \
-    --sizes 8:256M --factor 4 --plots "$OUT/img" --prefix model_ --json "$OUT/model.json"
+  step 40 compare-bf16 $SC compare --op all_reduce -n 8 --sizes 8,64K,1M,16M --dtype bfloat16 \
+    --peers gloo,deepspeed --json "$OUT/compare_bf16.json"
+  step 120 model $SC model --op all_reduce,all_gather,reduce_scatter,all_to_all -n 2,4,8 \
+    --algorithm ring --sizes 8:256M --factor 4 --plots "$OUT/img" --prefix model_ \
+    --json "$OUT/model.json"
   step 30 tp-vs-pp $SC tp-vs-pp --hidden 4096 --blocks 8 --tokens 16 --tp 2,4,8 --pp 2,4,8 \
     --ep 2,4,8 --json "$OUT/tp_vs_pp.json"
 fi
