@@ -37,29 +37,29 @@ def compare(data: dict, sizes: list[int] | None) -> str:
         if sizes:
             all_sizes = [s for s in all_sizes if s in sizes]
         out.append(f"**{op}, {dtype}, {n} ranks, {'in place' if inplace else 'out of place'}** "
-                   f"(time: median iteration of the slowest rank, µs; busbw GB/s)\n")
-        head = ["size"]
-        for b in backends:
-            head += [f"{b} µs", "busbw"]
-        head += [f"{o}/{p}" for o in ours for p in peers]
+                   "(median time of the slowest rank in µs, busbw in GB/s; *x / best peer* is "
+                   "x's time over the fastest peer's: below 1, shardcore is faster)\n")
+        head = ["size"] + [f"{b} µs" for b in backends] + [f"{o} busbw" for o in ours]
+        head += ["best peer busbw", *[f"{o} / best peer" for o in ours]]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for s in all_sizes:
             cells = [format_bytes(s)]
             for b in backends:
                 r = by[b].get(s)
-                if r is None:
-                    cells += ["-", "-"]
-                    continue
-                t = _us(r[key_time])
-                if b.startswith("shardcore") and r.get("algorithm"):
+                t = "-" if r is None else _us(r[key_time])
+                if r is not None and b.startswith("shardcore") and r.get("algorithm"):
                     t += f" ({r['algorithm']})"
-                cells += [t, f"{r['busbw']:.2f}"]
-            for o in ours:
-                for p in peers:
-                    a, b = by[o].get(s), by[p].get(s)
-                    cells.append("-" if a is None or b is None else
-                                 f"{a[key_time] / b[key_time]:.2f}")
+                cells.append(t)
+            cells += ["-" if by[o].get(s) is None else f"{by[o][s]['busbw']:.2f}" for o in ours]
+            present = [(by[p][s][key_time], p) for p in peers if by[p].get(s) is not None]
+            if present:
+                best_t, best = min(present)
+                cells.append(f"{by[best][s]['busbw']:.2f} ({best})")
+                cells += ["-" if by[o].get(s) is None else f"{by[o][s][key_time] / best_t:.2f}"
+                          for o in ours]
+            else:
+                cells += ["-"] * (1 + len(ours))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
