@@ -1,0 +1,143 @@
+"""``generate``: run a checkpoint on tp*pp*dp worker processes (or in this one) and collect."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .engine import FailureInjection, RankOutput, prefill_chunks, run_requests
+from .groups import AxisGroup, single
+from .layout import RankLayout, build_layouts, split_even
+from .model import StageModel
+from .ops import Precision
+from .traffic import ForwardLengths, Traffic, predict_run
+
+
+@dataclass
+class GenerateResult:
+    """Greedy tokens, the logits of every step and the traffic of a run."""
+
+    tokens: np.ndarray  # [batch, max_new_tokens]
+    prefill_logits: np.ndarray  # [batch, prompt length, vocab]: the logits of every prompt position
+    decode_logits: np.ndarray  # [max_new_tokens - 1, batch, vocab]: one per decode step
+    traffic: List[Traffic]  # per rank, as counted by the communicators
+    predicted_traffic: List[Traffic]  # per rank, predicted for this run
+    layouts: Sequence[RankLayout]
+    routing: Optional[list] = None  # per rank, per forward: RoutingRecords (MoE runs only)
+
+    @property
+    def step_logits(self) -> List[np.ndarray]:
+        """[batch, vocab] logits that chose each generated token, in order."""
+        return [self.prefill_logits[:, -1]] + list(self.decode_logits)
+
+
+def _as_batch(input_ids) -> np.ndarray:
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be a non-empty [batch, prompt] array of equal-length "
+                         f"prompts (or one prompt), got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"input_ids must be integers, got {ids.dtype}")
+    return ids.astype(np.int64)
+
+
+def _rank_main(comm, checkpoint_dir: str, prompts: np.ndarray, layouts, dtype: str,
+               max_new_tokens: int, micro_batches: int, record_routing: bool,
+               failure: Optional[FailureInjection]) -> RankOutput:
+    """The body of every worker rank."""
+    layout = layouts[comm.rank]
+    precision = Precision(dtype)
+    tp_comm = comm.split(layout.tp_group[0], layout.tp_index)
+    ep_comm = comm.split(layout.ep_group[0], layout.ep_index)
+    comms = [c for c in (comm, tp_comm, ep_comm) if c is not None]
+    lo, hi = split_even(prompts.shape[0], layout.dp)[layout.dp_index]
+    mine = prompts[lo:hi]
+    model = StageModel(Checkpoint(checkpoint_dir), layout, precision,
+                       AxisGroup(tp_comm, precision), AxisGroup(ep_comm, precision),
+                       batch=mine.shape[0], max_len=prompts.shape[1] + max_new_tokens,
+                       record_routing=record_routing)
+    for c in comms:
+        c.reset_traffic()
+    out = run_requests(model, layout, mine, max_new_tokens, micro_batches, comm=comm,
+                       failure=failure)
+    out.traffic = _sum_traffic([c.traffic() for c in comms])
+    return out
+
+
+def _sum_traffic(parts: Sequence[Traffic]) -> Traffic:
+    total: Traffic = {}
+    for part in parts:
+        for kind, counters in part.items():
+            slot = total.setdefault(kind, {"calls": 0, "sent": 0, "recv": 0})
+            for key in ("calls", "sent", "recv"):
+                slot[key] += int(counters.get(key, 0))
+    return total
+
+
+def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp: int = 1,
+             ep: int = 1, max_new_tokens: int = 8, dtype: str = "float32",
+             micro_batches: Optional[int] = None, timeout: Optional[float] = None,
+             _failure: Optional[FailureInjection] = None) -> GenerateResult:
+    """Greedy generation of ``max_new_tokens`` tokens for each prompt of ``input_ids``.
+
+    The degrees come from ``plan`` (a shardcore.plan.Plan) or from tp/pp/dp/ep; a run of one
+    rank runs in this process, others on tp*pp*dp worker processes started by shardcore.launch.
+    ``micro_batches``: prefill chunks for the pipeline (default pp).
+    """
+    checkpoint_dir = os.fspath(checkpoint_dir)
+    prompts = _as_batch(input_ids)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    precision = Precision(dtype)
+    ckpt = Checkpoint(checkpoint_dir)
+    layouts = _layouts_for(ckpt, plan, tp, pp, dp, ep)
+    lay0 = layouts[0]
+    if prompts.shape[0] < lay0.dp:
+        raise ValueError(f"dp={lay0.dp} replicas need at least {lay0.dp} prompts, "
+                         f"got {prompts.shape[0]}")
+    micro = lay0.pp if micro_batches is None else int(micro_batches)
+    if micro < 1:
+        raise ValueError(f"micro_batches must be positive, got {micro_batches!r}")
+    record = ckpt.config.is_moe
+    world = len(layouts)
+    if world == 1 and _failure is None:
+        model = StageModel(ckpt, lay0, precision, single(precision), single(precision),
+                           batch=prompts.shape[0],
+                           max_len=prompts.shape[1] + max_new_tokens, record_routing=record)
+        outputs = [run_requests(model, lay0, prompts, max_new_tokens, micro)]
+    else:
+        from ..launch import launch
+
+        outputs = launch(_rank_main, world, args=(checkpoint_dir, prompts, layouts, dtype,
+                                                  max_new_tokens, micro, record, _failure),
+                         timeout=timeout)
+    reporting = sorted((o for o in outputs if o.reports), key=lambda o: o.dp_index)
+    replica_batch = [e - b for b, e in split_even(prompts.shape[0], lay0.dp)]
+    lengths = ForwardLengths([e - b for b, e in prefill_chunks(prompts.shape[1], micro)],
+                             max_new_tokens - 1)
+    routing = [o.routing for o in outputs] if record else None
+    predicted = predict_run(ckpt.config, layouts, replica_batch, lengths, precision.itemsize,
+                            routing=routing)
+    return GenerateResult(
+        tokens=np.concatenate([o.tokens for o in reporting]),
+        prefill_logits=np.concatenate([o.prefill_logits for o in reporting]),
+        decode_logits=np.concatenate([o.decode_logits for o in reporting], axis=1),
+        traffic=[o.traffic for o in outputs],
+        predicted_traffic=predicted,
+        layouts=layouts,
+        routing=routing,
+    )
+
+
+def _layouts_for(ckpt: Checkpoint, plan, tp, pp, dp, ep):
+    if plan is None:
+        return build_layouts(ckpt.config, tp, pp, dp, ep)
+    from .plan_adapter import layouts_from_plan
+
+    return layouts_from_plan(ckpt.config, plan)
