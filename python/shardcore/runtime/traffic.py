@@ -13,7 +13,7 @@ Per forward of N = batch * new-token rows of width hidden in the model dtype (b 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from .config import ModelConfig
 from .layout import RankLayout, split_even
@@ -29,18 +29,20 @@ def empty_traffic() -> Traffic:
     return {k: {"calls": 0, "sent": 0, "recv": 0} for k in KINDS}
 
 
-def ring_all_reduce_bytes(n: int, count: int, itemsize: int, index: int) -> int:
-    """Bytes rank ``index`` of a ring of ``n`` sends (and receives) all-reducing ``count`` items.
+def ring_all_reduce_bytes(n: int, count: int, itemsize: int, index: int) -> Tuple[int, int]:
+    """(sent, received) bytes of rank ``index`` in a ring all-reduce of ``count`` items on ``n``.
 
-    The buffer is cut into n chunks (sizes differing by at most one element); each phase
-    (reduce-scatter, then all-gather) passes every chunk but one around the ring.
+    The buffer is cut into n blocks, the first count % n one element longer. The reduce-scatter
+    passes every block but one around the ring, then the all-gather does; rank r sends all but
+    blocks r+1 and r+2 once each and receives all but blocks r+1 and r (indices mod n). With
+    equal blocks both are 2(n-1)/n of the buffer, the traffic model's figure.
     """
     if n == 1:
-        return 0
-    chunks = [e - b for b, e in split_even(count, n)]
-    skipped_rs = chunks[(index + 1) % n]
-    skipped_ag = chunks[index]
-    return (2 * count - skipped_rs - skipped_ag) * itemsize
+        return 0, 0
+    blocks = [e - b for b, e in split_even(count, n)]
+    sent = 2 * count - blocks[(index + 1) % n] - blocks[(index + 2) % n]
+    recv = 2 * count - blocks[(index + 1) % n] - blocks[index]
+    return sent * itemsize, recv * itemsize
 
 
 def _add(t: Traffic, kind: str, sent: int, recv: int, calls: int = 1) -> None:
@@ -65,10 +67,10 @@ def predict_run(config: ModelConfig, layouts: Sequence[RankLayout], replica_batc
         moe_blocks = [i for i in lay.layers if i in config.moe_layers]
         for f, length in enumerate(forward_lengths):
             rows = b * length
-            per_msg = ring_all_reduce_bytes(lay.tp, rows * h, itemsize, lay.tp_index)
             if lay.tp > 1:
-                _add(t, "all_reduce", per_msg * 2 * len(lay.layers),
-                     per_msg * 2 * len(lay.layers), calls=2 * len(lay.layers))
+                sent, recv = ring_all_reduce_bytes(lay.tp, rows * h, itemsize, lay.tp_index)
+                calls = 2 * len(lay.layers)
+                _add(t, "all_reduce", sent * calls, recv * calls, calls=calls)
             if not lay.is_last_stage:
                 _add(t, "send", rows * h * itemsize, 0)
             if not lay.is_first_stage:

@@ -1,0 +1,161 @@
+"""The single-process runtime against transformers (the oracle), and its checkpoint reader."""
+
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from runtime_fixtures import (make_checkpoint, prompts, qwen3_ckpt, qwen3_moe_ckpt,  # noqa: F401
+                              reference_logits, rel_err)
+from shardcore.runtime import Checkpoint, ModelConfig, build_layouts, generate
+
+pytest.importorskip("safetensors")
+
+ORACLE_RTOL = 1e-4  # float32 against transformers' float32 (observed: about 5e-7)
+
+
+def _check_against_oracle(path, batch=2, length=7, new=5, **kw):
+    ids = prompts(batch, length)
+    result = generate(path, ids, max_new_tokens=new, **kw)
+    prefill, decode = reference_logits(path, ids, result.tokens)
+    assert result.tokens.shape == (batch, new)
+    assert result.prefill_logits.shape == prefill.shape
+    assert result.decode_logits.shape == decode.shape == (new - 1, batch, prefill.shape[-1])
+    assert rel_err(result.prefill_logits, prefill) < ORACLE_RTOL
+    assert rel_err(result.decode_logits, decode) < ORACLE_RTOL
+    # Greedy: each token is the argmax of the logits that chose it.
+    for i, step in enumerate(result.step_logits):
+        np.testing.assert_array_equal(result.tokens[:, i], np.argmax(step, axis=-1))
+    return result
+
+
+def test_qwen3_matches_transformers(qwen3_ckpt):  # noqa: F811
+    _check_against_oracle(qwen3_ckpt)
+
+
+def test_qwen3_moe_matches_transformers(qwen3_moe_ckpt):  # noqa: F811
+    result = _check_against_oracle(qwen3_moe_ckpt)
+    # The router really spreads tokens: more than top_k experts are used in the run.
+    used = {int(e) for forward in result.routing[0] for rec in forward for e in rec.experts.ravel()}
+    assert len(used) > 4
+
+
+def test_variants_match_transformers(tmp_path):
+    """Tied embeddings, no top-k renormalisation, MoE every other layer, batch of one."""
+    tied = make_checkpoint(tmp_path / "tied", "qwen3", seed=3, tie_word_embeddings=True,
+                           num_hidden_layers=2)
+    with open(f"{tied}/config.json") as f:
+        assert json.load(f)["tie_word_embeddings"] is True
+    _check_against_oracle(tied, batch=1, length=5, new=3)
+    moe = make_checkpoint(tmp_path / "moe", "qwen3_moe", seed=4, norm_topk_prob=False,
+                          mlp_only_layers=[], decoder_sparse_step=2, num_hidden_layers=2)
+    assert ModelConfig.from_hf_config(moe).moe_layers == (1,)
+    _check_against_oracle(moe, batch=3, length=4, new=3)
+
+
+def test_micro_batches_do_not_change_the_result(qwen3_moe_ckpt):  # noqa: F811
+    ids = prompts(2, 9)
+    base = generate(qwen3_moe_ckpt, ids, max_new_tokens=3)
+    chunked = generate(qwen3_moe_ckpt, ids, max_new_tokens=3, micro_batches=4)
+    np.testing.assert_array_equal(chunked.tokens, base.tokens)
+    assert rel_err(chunked.prefill_logits, base.prefill_logits) < 1e-6
+    assert rel_err(chunked.decode_logits, base.decode_logits) < 1e-6
+
+
+BF16_VS_FP32 = 3e-2  # bfloat16 activations (8-bit mantissa) through 4 blocks; observed ~9e-3
+
+
+def test_bfloat16_checkpoint(tmp_path):
+    """A bf16 checkpoint runs in bf16 within BF16_VS_FP32 of its float32 run (same weights)."""
+    path = make_checkpoint(tmp_path / "bf16", "qwen3_moe", dtype="bfloat16")
+    ckpt = Checkpoint(path)
+    assert ckpt.read("model.norm.weight").dtype == np.dtype(ml_dtypes.bfloat16)
+    ids = prompts(2, 6)
+    f32 = generate(path, ids, max_new_tokens=3, dtype="float32")
+    prefill, _ = reference_logits(path, ids, f32.tokens)
+    assert rel_err(f32.prefill_logits, prefill) < ORACLE_RTOL
+    bf16 = generate(path, ids, max_new_tokens=3, dtype="bfloat16")
+    err = rel_err(bf16.prefill_logits, f32.prefill_logits)
+    assert 0 < err < BF16_VS_FP32
+
+
+def test_checkpoint_slices_equal_full_tensor(qwen3_ckpt, tmp_path):  # noqa: F811
+    ckpt = Checkpoint(qwen3_ckpt)
+    name = "model.layers.1.self_attn.q_proj.weight"
+    full = ckpt.read(name)
+    assert full.shape == ckpt.shape(name) == (48, 40)
+    np.testing.assert_array_equal(ckpt.read(name, rows=(12, 36)), full[12:36])
+    np.testing.assert_array_equal(ckpt.read(name, cols=(5, 17)), full[:, 5:17])
+    np.testing.assert_array_equal(ckpt.read(name, rows=(1, 3), cols=(2, 40)), full[1:3, 2:])
+    bf = make_checkpoint(tmp_path / "bf", "qwen3", dtype="bfloat16", num_hidden_layers=1)
+    bck = Checkpoint(bf)
+    bfull = bck.read("model.layers.0.mlp.down_proj.weight")
+    assert bfull.dtype == np.dtype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(bck.read("model.layers.0.mlp.down_proj.weight", cols=(13, 26)),
+                                  bfull[:, 13:26])
+    with pytest.raises(KeyError, match="nope"):
+        ckpt.read("nope")
+    with pytest.raises(ValueError, match="out of range"):
+        ckpt.read(name, rows=(0, 49))
+    with pytest.raises(ValueError, match="column slice"):
+        ckpt.read("model.norm.weight", cols=(0, 1))
+
+
+def test_config_rejections():
+    base = dict(model_type="qwen3", vocab_size=11, hidden_size=8, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, intermediate_size=4)
+    assert ModelConfig.from_hf_config(base).head_dim == 4
+    assert ModelConfig.from_hf_config(dict(base, rope_theta=5.0)).rope_theta == 5.0
+    for bad, match in ((dict(model_type="gpt2"), "model_type"),
+                       (dict(hidden_act="gelu"), "hidden_act"),
+                       (dict(rope_scaling={"rope_type": "yarn"}), "yarn"),
+                       (dict(num_key_value_heads=3), "not a multiple of num_kv_heads"),
+                       (dict(use_sliding_window=True), "sliding")):
+        with pytest.raises(ValueError, match=match):
+            ModelConfig.from_hf_config(dict(base, **bad))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Checkpoint("/nonexistent-dir")
+
+
+def test_generate_rejects_bad_input(qwen3_ckpt):  # noqa: F811
+    with pytest.raises(ValueError, match="token ids"):
+        generate(qwen3_ckpt, [[1, 500]], max_new_tokens=1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(qwen3_ckpt, [1, 2], max_new_tokens=0)
+    with pytest.raises(ValueError, match="dtype"):
+        generate(qwen3_ckpt, [1, 2], dtype="float16")
+    with pytest.raises(TypeError, match="integers"):
+        generate(qwen3_ckpt, [1.5, 2.0])
+    with pytest.raises(ValueError, match="dp=2 replicas"):
+        generate(qwen3_ckpt, [[1, 2]], dp=2)
+    with pytest.raises(ValueError, match="tp=3"):
+        generate(qwen3_ckpt, [[1, 2]], tp=3)
+
+
+def test_layouts_cover_every_head_column_and_expert(qwen3_moe_ckpt):  # noqa: F811
+    cfg = Checkpoint(qwen3_moe_ckpt).config
+    for tp, pp, dp, ep in ((4, 1, 1, 1), (4, 1, 1, 4), (2, 2, 2, 2), (1, 4, 2, 2), (2, 1, 2, 4)):
+        layouts = build_layouts(cfg, tp, pp, dp, ep)
+        assert len(layouts) == tp * pp * dp
+        for d in range(dp):
+            replica = [lay for lay in layouts if lay.dp_index == d]
+            layers = sorted({i for lay in replica for i in lay.layers})
+            assert layers == list(range(cfg.num_layers))
+            for stage in range(pp):
+                group = [lay for lay in replica if lay.pp_index == stage]
+                heads = sorted(h for lay in group for h in range(*lay.heads))
+                assert heads == list(range(cfg.num_heads))
+                cols = sorted(c for lay in group for c in range(*lay.intermediate))
+                assert cols == list(range(cfg.intermediate_size))
+                for lay in group:  # each query head's KV head is held where the query head is
+                    for h in range(*lay.heads):
+                        assert lay.kv_heads[0] <= h // cfg.kv_group < lay.kv_heads[1]
+        for lay in layouts:  # every expert held by exactly (tp*dp/ep) ranks of each stage
+            mates = [m for m in layouts if m.rank in lay.ep_group]
+            assert sorted(e for m in mates for e in m.experts) == list(range(cfg.num_experts))
+            assert all(m.pp_index == lay.pp_index for m in mates)
+    tp4 = build_layouts(cfg, 4, 1, 1, 1)
+    assert [lay.kv_heads for lay in tp4] == [(0, 1), (0, 1), (1, 2), (1, 2)]  # replicated KV
