@@ -10,8 +10,9 @@ from __future__ import annotations
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .engine import FailureInjection
-from .layout import RankLayout, build_layouts
+from .layout import RankLayout, build_layouts, host_plan, layouts_from_plan
 from .runner import GenerateResult, generate
 
 __all__ = ["Checkpoint", "FailureInjection", "GenerateResult", "ModelConfig", "RankLayout",
-           "build_layouts", "generate"]
+           "build_layouts", "generate", "host_plan",
+           "layouts_from_plan"]

@@ -30,8 +30,7 @@ class RankOutput:
     dp_index: int
     reports: bool  # TP index 0 of the last stage: the rank whose outputs are the replica's
     tokens: Optional[np.ndarray] = None  # [batch, max_new_tokens]
-    prefill_logits: Optional[np.ndarray] = None  # [batch, prompt, vocab]
-    decode_logits: Optional[np.ndarray] = None  # [max_new_tokens - 1, batch, vocab]
+    logits: Optional[np.ndarray] = None  # [max_new_tokens, batch, vocab]: what chose each token
     traffic: dict = field(default_factory=dict)
     routing: List[List[RoutingRecord]] = field(default_factory=list)  # per forward
 
@@ -74,8 +73,9 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
                      reports=layout.is_last_stage and layout.tp_index == 0)
     hidden = model.cfg.hidden_size
 
-    def forward(ids: Optional[np.ndarray], start: int, length: int) -> Optional[np.ndarray]:
-        """One micro-batch through this stage; logits [B, length, V] on the last stage."""
+    def forward(ids: Optional[np.ndarray], start: int, length: int, last: bool):
+        """One micro-batch through this stage; on the last stage the logits [B, V] of its last
+        position when ``last`` (the prompt's end, or a decode step)."""
         if layout.is_first_stage:
             h = model.embed_tokens(ids)
         else:
@@ -90,7 +90,7 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
             comm.send(np.ascontiguousarray(h, dtype=precision.dtype), layout.next_stage_rank,
                       tag=TAG_ACTIVATIONS)
             return None
-        return model.head(h)
+        return model.head(h[:, -1]) if last else None
 
     def exchange_tokens(tokens: Optional[np.ndarray]) -> np.ndarray:
         """The greedy tokens from the last stage to the first (identity without PP)."""
@@ -109,30 +109,24 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
     if failure is not None:
         failure.maybe_fail(layout.rank, 0)
     chunks = prefill_chunks(s, micro_batches)
-    logits = [forward(prompts[:, c0:c1] if layout.is_first_stage else None, c0, c1 - c0)
-              for c0, c1 in chunks]
+    for c, (c0, c1) in enumerate(chunks):
+        step_logits = forward(prompts[:, c0:c1] if layout.is_first_stage else None, c0, c1 - c0,
+                              last=c == len(chunks) - 1)
     generated = np.zeros((b, max_new_tokens), np.int64)
-    decode_logits = []
+    all_logits = []
     token = None
-    if layout.is_last_stage:
-        prefill_logits = np.concatenate(logits, axis=1)
-        token = np.argmax(prefill_logits[:, -1], axis=-1)
-        generated[:, 0] = token
-        if out.reports:
-            out.prefill_logits = prefill_logits
-    for step in range(1, max_new_tokens):
-        token = exchange_tokens(token)
-        if failure is not None:
-            failure.maybe_fail(layout.rank, step)
-        step_logits = forward(token[:, None] if layout.is_first_stage else None,
-                              s + step - 1, 1)
+    for step in range(max_new_tokens):
+        if step > 0:
+            token = exchange_tokens(token)
+            if failure is not None:
+                failure.maybe_fail(layout.rank, step)
+            step_logits = forward(token[:, None] if layout.is_first_stage else None,
+                                  s + step - 1, 1, last=True)
         if layout.is_last_stage:
-            token = np.argmax(step_logits[:, 0], axis=-1)
+            token = np.argmax(step_logits, axis=-1)
             generated[:, step] = token
-            decode_logits.append(step_logits[:, 0])
+            all_logits.append(step_logits)
     if out.reports:
         out.tokens = generated
-        vocab = model.cfg.vocab_size
-        out.decode_logits = (np.stack(decode_logits) if decode_logits
-                             else np.zeros((0, b, vocab), np.float32))
+        out.logits = np.stack(all_logits)
     return out

@@ -35,6 +35,12 @@ class AxisGroup:
         self.comm.all_reduce(buf, algorithm=ALL_REDUCE_ALGORITHM)
         return buf.astype(np.float32)
 
+    def all_gather(self, x: np.ndarray) -> np.ndarray:
+        """Every rank's x (any dtype) concatenated along axis 0 in rank order."""
+        if self.size == 1:
+            return x
+        return self.comm.all_gather(np.ascontiguousarray(x))
+
     def all_to_all_counts(self, counts: np.ndarray) -> np.ndarray:
         """Exchange an int64 [size, m] matrix: row j goes to rank j; returns the rows received."""
         if self.size == 1:
@@ -54,8 +60,3 @@ class AxisGroup:
 def single(precision: Precision) -> AxisGroup:
     """The group of this rank alone."""
     return AxisGroup(None, precision)
-
-
-def split_or_none(comm, color: int, key: int) -> Optional[object]:
-    """``comm.split(color, key)``: every rank calls it, even those in a group of one."""
-    return comm.split(color, key)

@@ -1,12 +1,14 @@
-"""What one rank holds and whom it talks to: the runtime's view of a plan.
+"""What one rank holds and whom it talks to: the runtime's reading of a ``shardcore.plan.Plan``.
 
-Vocabulary (as in shardcore.plan): tp/pp/dp/ep are the parallel degrees, a rank's coordinates
-are its index on each axis, a stage is one pipeline step's layers, a shard is the part of a
-tensor a rank holds. Ranges are half-open ``(begin, end)`` pairs.
+The plan decides everything (rank order, layers per stage, head/ffn/vocab ranges, KV heads
+replicated when tp exceeds them, expert placement, EP groups); this module only turns a
+``RankPlan`` into the world ranks a rank exchanges data with. Ranges are half-open pairs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -31,17 +33,20 @@ class RankLayout:
     ep_index: int
     layers: Tuple[int, ...]
     heads: Range  # query heads held
-    kv_heads: Range  # key/value heads held (copies of one head when tp > kv heads)
+    kv_heads: Range  # key/value heads held (one head's copy when tp > kv heads)
     intermediate: Range  # dense SwiGLU columns held
     experts: Tuple[int, ...]  # experts held
     expert_intermediate: Range  # columns of each held expert's SwiGLU
+    vocab: Range  # embedding / LM head rows held (first / last stage)
+    has_embedding: bool
+    has_lm_head: bool
     tp_group: Tuple[int, ...]  # world ranks of this rank's TP group, in TP order
     ep_group: Tuple[int, ...]  # world ranks of this rank's EP group, in EP order
-    expert_owner: Tuple[int, ...]  # expert -> EP index of the rank in ep_group holding it
-    prev_stage_rank: int  # world rank sending this rank its activations, -1 on the first stage
-    next_stage_rank: int  # world rank receiving this rank's activations, -1 on the last stage
-    first_stage_rank: int  # the rank of the first stage with this rank's dp and tp indices
-    last_stage_rank: int  # the rank of the last stage with this rank's dp and tp indices
+    expert_owner: Tuple[int, ...]  # expert -> EP index of the rank of ep_group holding it
+    prev_stage_rank: int  # the rank sending this one its activations, -1 on the first stage
+    next_stage_rank: int  # the rank receiving this one's activations, -1 on the last stage
+    first_stage_rank: int  # first-stage rank with this rank's dp and tp indices
+    last_stage_rank: int  # last-stage rank with this rank's dp and tp indices
 
     @property
     def is_first_stage(self) -> bool:
@@ -53,7 +58,7 @@ class RankLayout:
 
 
 def split_even(n: int, parts: int) -> Tuple[Range, ...]:
-    """``n`` items in ``parts`` contiguous ranges whose sizes differ by at most one."""
+    """``n`` items in ``parts`` contiguous ranges, the first ``n % parts`` one longer."""
     base, extra = divmod(n, parts)
     out, begin = [], 0
     for i in range(parts):
@@ -63,87 +68,71 @@ def split_even(n: int, parts: int) -> Tuple[Range, ...]:
     return tuple(out)
 
 
-def world_rank(tp_index: int, pp_index: int, dp_index: int, tp: int, pp: int) -> int:
-    """The rank at these coordinates: TP innermost, then PP, then DP."""
-    return (dp_index * pp + pp_index) * tp + tp_index
+def host_plan(checkpoint_dir: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1,
+              dtype: str = "float32"):
+    """The plan of a run of ``checkpoint_dir`` on tp*pp*dp worker processes of this host."""
+    from ..plan import ClusterSpec, DeviceSpec, ModelSpec, make_plan
 
-
-def check_degrees(config: ModelConfig, tp: int, pp: int, dp: int, ep: int) -> None:
-    """Raise ValueError naming the first constraint (tp, pp, dp, ep) break for this model."""
-    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("ep", ep)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if config.num_heads % tp:
-        raise ValueError(f"tp={tp} does not divide the {config.num_heads} attention heads")
-    kv = config.num_kv_heads
-    if tp <= kv and kv % tp:
-        raise ValueError(f"tp={tp} does not divide the {kv} KV heads")
-    if tp > kv and tp % kv:
-        raise ValueError(f"tp={tp} exceeds the {kv} KV heads but is not a multiple of them")
-    if config.intermediate_size % tp:
-        raise ValueError(f"tp={tp} does not divide intermediate_size={config.intermediate_size}")
-    if pp > config.num_layers:
-        raise ValueError(f"pp={pp} exceeds the {config.num_layers} layers")
-    if ep > 1:
-        if not config.is_moe:
-            raise ValueError(f"ep={ep} but the model has no experts")
-        if (tp * dp) % ep:
-            raise ValueError(f"ep={ep} must divide tp*dp={tp * dp}: EP is laid over the TP x DP "
-                             "ranks of a stage")
-    if config.is_moe:
-        if config.num_experts % ep:
-            raise ValueError(f"ep={ep} does not divide the {config.num_experts} experts")
-        if ep == 1 and config.expert_intermediate_size % tp:
-            raise ValueError(f"tp={tp} does not divide moe_intermediate_size="
-                             f"{config.expert_intermediate_size}")
-
-
-def build_layouts(config: ModelConfig, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1,
-                  stage_layers: Tuple[int, ...] | None = None) -> Tuple[RankLayout, ...]:
-    """Every rank's layout for these degrees (world size tp*pp*dp)."""
-    check_degrees(config, tp, pp, dp, ep)
-    if stage_layers is None:
-        stage_layers = tuple(e - b for b, e in split_even(config.num_layers, pp))
-    if len(stage_layers) != pp or sum(stage_layers) != config.num_layers or min(stage_layers) < 1:
-        raise ValueError(f"stage_layers {stage_layers} must be {pp} positive counts adding up to "
-                         f"{config.num_layers}")
-    bounds = [sum(stage_layers[:i]) for i in range(pp + 1)]
-    g = config.kv_group
-    heads_per_rank = config.num_heads // tp
-    inter = split_even(config.intermediate_size, tp)
+    model = dataclasses.replace(ModelSpec.from_hf_config(checkpoint_dir), dtype=dtype)
     world = tp * pp * dp
-    layouts = []
-    for rank in range(world):
-        tp_i = rank % tp
-        pp_i = (rank // tp) % pp
-        dp_i = rank // (tp * pp)
-        h0 = tp_i * heads_per_rank
-        h1 = h0 + heads_per_rank
-        kv = (h0 // g, (h1 - 1) // g + 1)
-        # EP groups: consecutive runs of ep ranks among the stage's tp*dp ranks, in (dp, tp) order.
-        stage_pos = dp_i * tp + tp_i
-        group_id, ep_i = divmod(stage_pos, ep)
-        ep_group = tuple(world_rank(p % tp, pp_i, p // tp, tp, pp)
-                         for p in range(group_id * ep, group_id * ep + ep))
-        if config.is_moe:
-            per = config.num_experts // ep
-            experts = tuple(range(ep_i * per, (ep_i + 1) * per))
-            owner = tuple(e // per for e in range(config.num_experts))
-            e_inter = ((0, config.expert_intermediate_size) if ep > 1
-                       else split_even(config.expert_intermediate_size, tp)[tp_i])
-        else:
-            experts, owner, e_inter = (), (), (0, 0)
-        layouts.append(RankLayout(
-            rank=rank, world_size=world, tp=tp, pp=pp, dp=dp, ep=ep,
-            tp_index=tp_i, pp_index=pp_i, dp_index=dp_i, ep_index=ep_i,
-            layers=tuple(range(bounds[pp_i], bounds[pp_i + 1])),
-            heads=(h0, h1), kv_heads=kv, intermediate=inter[tp_i],
-            experts=experts, expert_intermediate=e_inter,
-            tp_group=tuple(world_rank(t, pp_i, dp_i, tp, pp) for t in range(tp)),
-            ep_group=ep_group, expert_owner=owner,
-            prev_stage_rank=world_rank(tp_i, pp_i - 1, dp_i, tp, pp) if pp_i > 0 else -1,
-            next_stage_rank=world_rank(tp_i, pp_i + 1, dp_i, tp, pp) if pp_i < pp - 1 else -1,
-            first_stage_rank=world_rank(tp_i, 0, dp_i, tp, pp),
-            last_stage_rank=world_rank(tp_i, pp - 1, dp_i, tp, pp),
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(world, 1)
+    except (ValueError, OSError, AttributeError):
+        memory = 1 << 30
+    # One worker process per planning device; its compute and bandwidth figures only matter to
+    # the planner's search, which a fixed run does not use.
+    device = DeviceSpec(name="host-process", memory_bytes=int(memory), peak_flops=1e11,
+                        memory_bandwidth=1e10)
+    cluster = ClusterSpec(device=device, nodes=1, devices_per_node=world)
+    return make_plan(model, cluster, tp=tp, pp=pp, dp=dp, ep=ep)
+
+
+def check_plan_matches(config: ModelConfig, plan) -> None:
+    """Raise ValueError when ``plan`` was made for a model other than ``config``'s."""
+    m = plan.model
+    pairs = [("hidden_size", m.hidden_size, config.hidden_size),
+             ("num_layers", m.num_layers, config.num_layers),
+             ("num_heads", m.num_heads, config.num_heads),
+             ("num_kv_heads", m.num_kv_heads, config.num_kv_heads),
+             ("head_dim", m.head_dim, config.head_dim),
+             ("vocab_size", m.vocab_size, config.vocab_size),
+             ("num_experts", m.num_experts, config.num_experts),
+             ("moe layers", tuple(i for i in range(m.num_layers) if m.is_moe_layer(i)),
+              config.moe_layers)]
+    for name, planned, actual in pairs:
+        if planned != actual:
+            raise ValueError(f"the plan is for another model: its {name} is {planned}, the "
+                             f"checkpoint's is {actual}")
+    if m.shared_ffn_size:
+        raise ValueError("shared experts are not supported by the runtime")
+
+
+def layouts_from_plan(config: ModelConfig, plan) -> Tuple[RankLayout, ...]:
+    """Every rank's RankLayout, as ``plan`` places it."""
+    check_plan_matches(config, plan)
+    c = plan.config
+    per = config.num_experts // c.ep if config.is_moe else 0
+    out = []
+    for r in plan.ranks:
+        prev, nxt = plan.pp_peers(r.rank)
+        out.append(RankLayout(
+            rank=r.rank, world_size=plan.world_size, tp=c.tp, pp=c.pp, dp=c.dp, ep=c.ep,
+            tp_index=r.tp, pp_index=r.pp, dp_index=r.dp, ep_index=r.ep,
+            layers=tuple(range(*r.layers)), heads=tuple(r.q_heads), kv_heads=tuple(r.kv_heads),
+            intermediate=tuple(r.ffn),
+            experts=tuple(range(*r.experts)) if config.is_moe else (),
+            expert_intermediate=tuple(r.expert_ffn), vocab=tuple(r.vocab),
+            has_embedding=r.has_embedding, has_lm_head=r.has_lm_head,
+            tp_group=plan.tp_group(r.rank), ep_group=plan.ep_group(r.rank),
+            expert_owner=tuple(e // per for e in range(config.num_experts)) if per else (),
+            prev_stage_rank=-1 if prev is None else prev,
+            next_stage_rank=-1 if nxt is None else nxt,
+            first_stage_rank=c.rank(r.dp, 0, r.tp), last_stage_rank=c.rank(r.dp, c.pp - 1, r.tp),
         ))
-    return tuple(layouts)
+    return tuple(out)
+
+
+def build_layouts(config: ModelConfig, checkpoint_dir: str, tp: int = 1, pp: int = 1,
+                  dp: int = 1, ep: int = 1, dtype: str = "float32") -> Tuple[RankLayout, ...]:
+    """Layouts of the host plan for these degrees (raises PlanError when infeasible)."""
+    return layouts_from_plan(config, host_plan(checkpoint_dir, tp, pp, dp, ep, dtype))

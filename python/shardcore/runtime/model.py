@@ -76,17 +76,22 @@ class StageModel:
         h0, h1 = layout.heads
         k0, k1 = layout.kv_heads
         self.n_heads, self.n_kv = h1 - h0, k1 - k0
-        self.embed = (precision.weight(ckpt.read("model.embed_tokens.weight"))
-                      if layout.is_first_stage else None)
-        self.final_norm = self.lm_head = None
-        if layout.is_last_stage:
+        # Embedding and LM head: this rank's vocabulary rows (vocab-parallel over TP).
+        self.embed = self.final_norm = self.lm_head = None
+        if layout.has_embedding:
+            self.embed = precision.weight(ckpt.read("model.embed_tokens.weight",
+                                                    rows=layout.vocab))
+        if layout.has_lm_head:
             self.final_norm = precision.weight(ckpt.read("model.norm.weight"))
-            head = "lm_head.weight" if "lm_head.weight" in ckpt else None
-            if head is None and not cfg.tie_word_embeddings:
-                raise KeyError(f"{ckpt.directory!r} has no lm_head.weight and does not tie "
-                               "its embeddings")
-            head = head or "model.embed_tokens.weight"
-            self.lm_head = Linear(_linear_weight(ckpt, head, precision), precision)
+            head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+            if head not in ckpt:
+                raise KeyError(f"{ckpt.directory!r} has no {head}")
+            self.lm_head = Linear(_linear_weight(ckpt, head, precision, rows=layout.vocab),
+                                  precision)
+        self.vocab_blocks = split_even(cfg.vocab_size, layout.tp)
+        if layout.vocab != self.vocab_blocks[layout.tp_index]:
+            raise ValueError(f"rank {layout.rank}'s vocabulary rows {layout.vocab} are not block "
+                             f"{layout.tp_index} of {self.vocab_blocks}")
         self.layers: Dict[int, LayerWeights] = {}
         for i in layout.layers:
             p = f"model.layers.{i}."
@@ -130,18 +135,33 @@ class StageModel:
     # -- the pieces of a forward -------------------------------------------------------------
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
-        """[B, T] token ids -> [B, T, hidden] (first stage only)."""
+        """[B, T] token ids -> [B, T, hidden] (first stage): rows looked up where held, summed
+        over TP (each id's row lives on exactly one rank, so the sum is exact)."""
         ids = np.asarray(ids)
         if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size}), got "
                              f"[{ids.min()}, {ids.max()}]")
-        return self.embed[ids]
+        v0, v1 = self.layout.vocab
+        flat = ids.reshape(-1)
+        held = (flat >= v0) & (flat < v1)
+        h = np.zeros((flat.size, self.cfg.hidden_size), np.float32)
+        h[held] = self.embed[flat[held] - v0]
+        return self.tp_group.all_reduce(h).reshape(*ids.shape, -1)
 
     def head(self, h: np.ndarray) -> np.ndarray:
-        """[B, T, hidden] -> logits [B, T, vocab] (last stage only)."""
-        b, t, _ = h.shape
+        """[R, hidden] final hidden states -> logits [R, vocab] (last stage): this rank's vocab
+        block, then an all-gather of the TP ranks' blocks (padded to equal size)."""
         x = self.precision.round(rms_norm(h, self.final_norm, self.cfg.rms_norm_eps))
-        return self.lm_head(x.reshape(b * t, -1)).reshape(b, t, -1)
+        local = self.lm_head(x)
+        if self.layout.tp == 1:
+            return local
+        rows = local.shape[0]
+        block = max(e - b for b, e in self.vocab_blocks)
+        buf = np.zeros((1, rows, block), self.precision.dtype)
+        buf[0, :, :local.shape[1]] = local
+        gathered = self.tp_group.all_gather(buf)
+        return np.concatenate([gathered[t, :, :e - b].astype(np.float32)
+                               for t, (b, e) in enumerate(self.vocab_blocks)], axis=1)
 
     def forward_layers(self, h: np.ndarray, start: int) -> np.ndarray:
         """Run this stage's layers on h [B, T, hidden] of the tokens at positions start.."""

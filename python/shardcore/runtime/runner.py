@@ -11,10 +11,10 @@ import numpy as np
 from .checkpoint import Checkpoint
 from .engine import FailureInjection, RankOutput, prefill_chunks, run_requests
 from .groups import AxisGroup, single
-from .layout import RankLayout, build_layouts, split_even
+from .layout import RankLayout, host_plan, layouts_from_plan, split_even
 from .model import StageModel
 from .ops import Precision
-from .traffic import ForwardLengths, Traffic, predict_run
+from .traffic import Traffic, normalise, predict_run
 
 
 @dataclass
@@ -22,17 +22,12 @@ class GenerateResult:
     """Greedy tokens, the logits of every step and the traffic of a run."""
 
     tokens: np.ndarray  # [batch, max_new_tokens]
-    prefill_logits: np.ndarray  # [batch, prompt length, vocab]: the logits of every prompt position
-    decode_logits: np.ndarray  # [max_new_tokens - 1, batch, vocab]: one per decode step
-    traffic: List[Traffic]  # per rank, as counted by the communicators
+    logits: np.ndarray  # [max_new_tokens, batch, vocab]: step 0 is the prompt's last position
+    traffic: List[Traffic]  # per rank, as counted by its communicators during the run
     predicted_traffic: List[Traffic]  # per rank, predicted for this run
+    plan: object  # the shardcore.plan.Plan that was run
     layouts: Sequence[RankLayout]
-    routing: Optional[list] = None  # per rank, per forward: RoutingRecords (MoE runs only)
-
-    @property
-    def step_logits(self) -> List[np.ndarray]:
-        """[batch, vocab] logits that chose each generated token, in order."""
-        return [self.prefill_logits[:, -1]] + list(self.decode_logits)
+    routing: Optional[list] = None  # per rank, per forward: RoutingRecords (MoE models only)
 
 
 def _as_batch(input_ids) -> np.ndarray:
@@ -86,9 +81,10 @@ def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp:
              _failure: Optional[FailureInjection] = None) -> GenerateResult:
     """Greedy generation of ``max_new_tokens`` tokens for each prompt of ``input_ids``.
 
-    The degrees come from ``plan`` (a shardcore.plan.Plan) or from tp/pp/dp/ep; a run of one
-    rank runs in this process, others on tp*pp*dp worker processes started by shardcore.launch.
-    ``micro_batches``: prefill chunks for the pipeline (default pp).
+    The placement comes from ``plan`` (a shardcore.plan.Plan for this checkpoint) or from a plan
+    made here for tp/pp/dp/ep worker processes. One rank runs in this process; more run on
+    worker processes started by shardcore.launch. ``micro_batches``: prefill chunks for the
+    pipeline (default pp). ``dtype``: float32 or bfloat16 weights, activations and messages.
     """
     checkpoint_dir = os.fspath(checkpoint_dir)
     prompts = _as_batch(input_ids)
@@ -96,14 +92,16 @@ def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     precision = Precision(dtype)
     ckpt = Checkpoint(checkpoint_dir)
-    layouts = _layouts_for(ckpt, plan, tp, pp, dp, ep)
+    if plan is None:
+        plan = host_plan(checkpoint_dir, tp, pp, dp, ep, dtype)
+    layouts = layouts_from_plan(ckpt.config, plan)
     lay0 = layouts[0]
     if prompts.shape[0] < lay0.dp:
         raise ValueError(f"dp={lay0.dp} replicas need at least {lay0.dp} prompts, "
                          f"got {prompts.shape[0]}")
-    micro = lay0.pp if micro_batches is None else int(micro_batches)
-    if micro < 1:
-        raise ValueError(f"micro_batches must be positive, got {micro_batches!r}")
+    micro = lay0.pp if micro_batches is None else micro_batches
+    if not isinstance(micro, int) or micro < 1:
+        raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
     record = ckpt.config.is_moe
     world = len(layouts)
     if world == 1 and _failure is None:
@@ -118,26 +116,15 @@ def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp:
                                                   max_new_tokens, micro, record, _failure),
                          timeout=timeout)
     reporting = sorted((o for o in outputs if o.reports), key=lambda o: o.dp_index)
-    replica_batch = [e - b for b, e in split_even(prompts.shape[0], lay0.dp)]
-    lengths = ForwardLengths([e - b for b, e in prefill_chunks(prompts.shape[1], micro)],
-                             max_new_tokens - 1)
     routing = [o.routing for o in outputs] if record else None
-    predicted = predict_run(ckpt.config, layouts, replica_batch, lengths, precision.itemsize,
-                            routing=routing)
+    predicted = predict_run(plan, ckpt.config, layouts, prompts.shape[0], prompts.shape[1],
+                            max_new_tokens, micro, dtype, routing=routing)
     return GenerateResult(
         tokens=np.concatenate([o.tokens for o in reporting]),
-        prefill_logits=np.concatenate([o.prefill_logits for o in reporting]),
-        decode_logits=np.concatenate([o.decode_logits for o in reporting], axis=1),
-        traffic=[o.traffic for o in outputs],
+        logits=np.concatenate([o.logits for o in reporting], axis=1),
+        traffic=[normalise(o.traffic) for o in outputs],
         predicted_traffic=predicted,
+        plan=plan,
         layouts=layouts,
         routing=routing,
     )
-
-
-def _layouts_for(ckpt: Checkpoint, plan, tp, pp, dp, ep):
-    if plan is None:
-        return build_layouts(ckpt.config, tp, pp, dp, ep)
-    from .plan_adapter import layouts_from_plan
-
-    return layouts_from_plan(ckpt.config, plan)
