@@ -10,6 +10,7 @@ import pytest
 
 from runtime_fixtures import (make_checkpoint, prompts, qwen3_ckpt, qwen3_moe_ckpt,  # noqa: F401
                               reference_logits, rel_err)
+from shardcore import PlanError
 from shardcore.runtime import Checkpoint, ModelConfig, build_layouts, generate
 
 pytest.importorskip("safetensors")
@@ -22,13 +23,11 @@ def _check_against_oracle(path, batch=2, length=7, new=5, **kw):
     result = generate(path, ids, max_new_tokens=new, **kw)
     prefill, decode = reference_logits(path, ids, result.tokens)
     assert result.tokens.shape == (batch, new)
-    assert result.prefill_logits.shape == prefill.shape
-    assert result.decode_logits.shape == decode.shape == (new - 1, batch, prefill.shape[-1])
-    assert rel_err(result.prefill_logits, prefill) < ORACLE_RTOL
-    assert rel_err(result.decode_logits, decode) < ORACLE_RTOL
+    assert result.logits.shape == (new, batch, prefill.shape[-1])
+    assert rel_err(result.logits[0], prefill[:, -1]) < ORACLE_RTOL
+    assert rel_err(result.logits[1:], decode) < ORACLE_RTOL
     # Greedy: each token is the argmax of the logits that chose it.
-    for i, step in enumerate(result.step_logits):
-        np.testing.assert_array_equal(result.tokens[:, i], np.argmax(step, axis=-1))
+    np.testing.assert_array_equal(result.tokens.T, np.argmax(result.logits, axis=-1))
     return result
 
 
@@ -61,8 +60,7 @@ def test_micro_batches_do_not_change_the_result(qwen3_moe_ckpt):  # noqa: F811
     base = generate(qwen3_moe_ckpt, ids, max_new_tokens=3)
     chunked = generate(qwen3_moe_ckpt, ids, max_new_tokens=3, micro_batches=4)
     np.testing.assert_array_equal(chunked.tokens, base.tokens)
-    assert rel_err(chunked.prefill_logits, base.prefill_logits) < 1e-6
-    assert rel_err(chunked.decode_logits, base.decode_logits) < 1e-6
+    assert rel_err(chunked.logits, base.logits) < 1e-6
 
 
 BF16_VS_FP32 = 3e-2  # bfloat16 activations (8-bit mantissa) through 4 blocks; observed ~9e-3
@@ -75,10 +73,11 @@ def test_bfloat16_checkpoint(tmp_path):
     assert ckpt.read("model.norm.weight").dtype == np.dtype(ml_dtypes.bfloat16)
     ids = prompts(2, 6)
     f32 = generate(path, ids, max_new_tokens=3, dtype="float32")
-    prefill, _ = reference_logits(path, ids, f32.tokens)
-    assert rel_err(f32.prefill_logits, prefill) < ORACLE_RTOL
+    prefill, decode = reference_logits(path, ids, f32.tokens)
+    assert rel_err(f32.logits[0], prefill[:, -1]) < ORACLE_RTOL
+    assert rel_err(f32.logits[1:], decode) < ORACLE_RTOL
     bf16 = generate(path, ids, max_new_tokens=3, dtype="bfloat16")
-    err = rel_err(bf16.prefill_logits, f32.prefill_logits)
+    err = rel_err(bf16.logits, f32.logits)
     assert 0 < err < BF16_VS_FP32
 
 
@@ -131,21 +130,25 @@ def test_generate_rejects_bad_input(qwen3_ckpt):  # noqa: F811
         generate(qwen3_ckpt, [1.5, 2.0])
     with pytest.raises(ValueError, match="dp=2 replicas"):
         generate(qwen3_ckpt, [[1, 2]], dp=2)
-    with pytest.raises(ValueError, match="tp=3"):
+    with pytest.raises(PlanError, match="tp=3"):
         generate(qwen3_ckpt, [[1, 2]], tp=3)
+    with pytest.raises(PlanError, match="ep=2 needs an MoE model"):
+        generate(qwen3_ckpt, [[1, 2], [3, 4]], dp=2, ep=2)
 
 
 def test_layouts_cover_every_head_column_and_expert(qwen3_moe_ckpt):  # noqa: F811
     cfg = Checkpoint(qwen3_moe_ckpt).config
     for tp, pp, dp, ep in ((4, 1, 1, 1), (4, 1, 1, 4), (2, 2, 2, 2), (1, 4, 2, 2), (2, 1, 2, 4)):
-        layouts = build_layouts(cfg, tp, pp, dp, ep)
+        layouts = build_layouts(cfg, qwen3_moe_ckpt, tp, pp, dp, ep)
         assert len(layouts) == tp * pp * dp
+        assert [lay.rank for lay in layouts] == list(range(tp * pp * dp))
         for d in range(dp):
             replica = [lay for lay in layouts if lay.dp_index == d]
             layers = sorted({i for lay in replica for i in lay.layers})
             assert layers == list(range(cfg.num_layers))
             for stage in range(pp):
                 group = [lay for lay in replica if lay.pp_index == stage]
+                assert sorted(lay.rank for lay in group) == sorted(group[0].tp_group)
                 heads = sorted(h for lay in group for h in range(*lay.heads))
                 assert heads == list(range(cfg.num_heads))
                 cols = sorted(c for lay in group for c in range(*lay.intermediate))
@@ -153,9 +156,10 @@ def test_layouts_cover_every_head_column_and_expert(qwen3_moe_ckpt):  # noqa: F8
                 for lay in group:  # each query head's KV head is held where the query head is
                     for h in range(*lay.heads):
                         assert lay.kv_heads[0] <= h // cfg.kv_group < lay.kv_heads[1]
-        for lay in layouts:  # every expert held by exactly (tp*dp/ep) ranks of each stage
+        for lay in layouts:  # an EP group holds every expert once, inside one stage
             mates = [m for m in layouts if m.rank in lay.ep_group]
             assert sorted(e for m in mates for e in m.experts) == list(range(cfg.num_experts))
             assert all(m.pp_index == lay.pp_index for m in mates)
-    tp4 = build_layouts(cfg, 4, 1, 1, 1)
+            assert all(lay.expert_owner[e] == lay.ep_index for e in lay.experts)
+    tp4 = build_layouts(cfg, qwen3_moe_ckpt, 4, 1, 1, 1)
     assert [lay.kv_heads for lay in tp4] == [(0, 1), (0, 1), (1, 2), (1, 2)]  # replicated KV
