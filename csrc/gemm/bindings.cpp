@@ -68,7 +68,7 @@ void register_gemm(py::module_& m) {
     const auto& f = gemm::family_by_name(kernel);
     const DType d = parse_dtype(dtype);
     py::gil_scoped_release release;
-    return f.peak_gflops(d);
+    return gemm::peak_gflops(f, d);
   }, "Measured single-thread multiply-add peak (GFLOP/s) of a kernel family's instruction.");
 }
 

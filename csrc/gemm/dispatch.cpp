@@ -1,6 +1,7 @@
 #include "gemm/dispatch.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <stdexcept>
 #include <thread>
@@ -81,6 +82,29 @@ const Impl& impl_for(const Family& f, DType w_dtype) {
   return w_dtype == DType::bf16 ? *f.bf16 : *f.f32;
 }
 
+double peak_gflops(const Family& f, DType dtype) {
+  double best = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double flops = f.multiply_add_loop(dtype, 4'000'000);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, flops / s * 1e-9);
+  }
+  return best;
+}
+
+namespace {
+// 64-byte-aligned scratch for one thread's packed X.
+struct Scratch {
+  std::vector<unsigned char> bytes;
+  void* get(size_t n) {
+    bytes.resize(n + 64);
+    const auto addr = reinterpret_cast<uintptr_t>(bytes.data());
+    return bytes.data() + ((64 - addr % 64) % 64);
+  }
+};
+}  // namespace
+
 void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const void* x,
           DType x_dtype, int64_t M, const float* bias, void* out, DType out_dtype, int threads) {
   if (M <= 0 || N <= 0) return;
@@ -98,7 +122,8 @@ void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const vo
     const int64_t panels = (N + impl.tiles.nr - 1) / impl.tiles.nr;
     const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, std::max(panels, M)));
     if (t == 1) {
-      impl.run(a, 0, M, 0, panels);
+      Scratch scratch;
+      impl.run(a, 0, M, 0, panels, scratch.get(impl.scratch_bytes(M, K)));
     } else {
       // Split the panels when there are enough of them (each thread streams its own columns of
       // W once), else the rows.
@@ -106,10 +131,12 @@ void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const vo
       const int64_t total = by_panels ? panels : M;
       auto range = [&](int64_t i) { return total * i / t; };
       auto work = [&](int64_t i) {
+        Scratch scratch;
         if (by_panels) {
-          impl.run(a, 0, M, range(i), range(i + 1));
+          impl.run(a, 0, M, range(i), range(i + 1), scratch.get(impl.scratch_bytes(M, K)));
         } else {
-          impl.run(a, range(i), range(i + 1), 0, panels);
+          const int64_t rb = range(i), re = range(i + 1);
+          impl.run(a, rb, re, 0, panels, scratch.get(impl.scratch_bytes(re - rb, K)));
         }
       };
       std::vector<std::thread> pool;

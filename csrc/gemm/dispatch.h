@@ -22,6 +22,9 @@ const Family& family_by_name(const std::string& name);
 
 const Impl& impl_for(const Family& f, DType w_dtype);
 
+// Best of a few timed runs of the family's multiply-add loop, in GFLOP/s (single thread).
+double peak_gflops(const Family& f, DType dtype);
+
 // C[M,N] = X*W + bias on `threads` threads; `out` is float32 or bfloat16 (rounded to nearest even)
 // with row stride N. Threads split the panels of W (or the rows of X when there are fewer panels
 // than threads). Any K >= 0; K == 0 gives C = bias (or zero).

@@ -33,8 +33,11 @@ struct Impl {
   // of type w_dtype; packing zero-pads the last panel and, for k-pair layouts, an odd K.
   void (*pack)(const void* src, int64_t K, int64_t N, int64_t stride_k, int64_t stride_n,
                void* dst);
+  // Bytes of 64-byte-aligned scratch (packed X) that run needs for `rows` rows of depth K; the
+  // baseline allocates it, so the ISA units allocate nothing.
+  size_t (*scratch_bytes)(int64_t rows, int64_t K);
   void (*run)(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t panel_begin,
-              int64_t panel_end);
+              int64_t panel_end, void* scratch);
 };
 
 // A kernel family is the set of Impls one CPU feature level provides, plus its FMA peak probe.
@@ -42,9 +45,10 @@ struct Family {
   const char* name;
   const Impl* f32;
   const Impl* bf16;
-  // Single-thread throughput of the family's multiply-add instruction on independent chains, in
-  // GFLOP/s (bf16: of the bf16 dot-product instruction where the family has one).
-  double (*peak_gflops)(DType dtype);
+  // Runs `iters` rounds of the family's multiply-add instruction on independent chains (bf16: the
+  // bf16 dot-product instruction where the family has one) and returns the flops executed; the
+  // baseline times it (see peak_gflops in dispatch.h).
+  double (*multiply_add_loop)(DType dtype, int64_t iters);
 };
 
 // Families, each defined in its own translation unit. The ISA ones exist only on x86-64 builds.
@@ -55,8 +59,11 @@ const Family& avx512_family();
 const Family& avx512bf16_family();
 #endif
 
+// Helpers shared by the baseline and the ISA units have internal linkage (static), so that a copy
+// compiled with ISA flags can never be the one the linker keeps for the baseline.
+
 // Round-to-nearest-even float32 -> bfloat16 bits; NaN stays NaN (quiet).
-inline uint16_t f32_to_bf16(float f) {
+static inline uint16_t f32_to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
@@ -64,7 +71,7 @@ inline uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-inline float bf16_to_f32(uint16_t h) {
+static inline float bf16_to_f32(uint16_t h) {
   uint32_t u = static_cast<uint32_t>(h) << 16;
   float f;
   std::memcpy(&f, &u, 4);

@@ -15,17 +15,24 @@
 //   KSTEP 2: element (k, j) at p*Kp*NR + (k/2)*2*NR + 2*j + (k%2)   (k-pairs per column)
 // so the KC x NR sliver of a k-block starting at pc begins at p*Kp*NR + pc*NR, and the whole
 // matrix is one stream in (panel, k) order — the order the small-M loop reads it.
+//
+// Everything here has internal linkage (anonymous namespace) and uses no standard-library
+// function templates: each ISA unit gets its own copy compiled with its flags, and no copy can be
+// merged with another unit's (the linker keeps one copy of a shared inline function, possibly the
+// AVX-512 one, for every caller).
 #pragma once
 
-#include <algorithm>
-#include <array>
 #include <cstdint>
 #include <utility>
-#include <vector>
 
 #include "gemm/gemm.h"
 
 namespace shardcore::gemm::driver {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
@@ -95,9 +102,14 @@ template <class UK>
 using KernelFn = void (*)(int64_t ksteps, const typename UK::XP* xp, const typename UK::WT* wp,
                           float* c, int64_t ldc, int ncols, const float* bias, bool first);
 
+template <class UK>
+struct KernelTable {
+  KernelFn<UK> fn[UK::MR];
+};
+
 template <class UK, size_t... I>
-constexpr std::array<KernelFn<UK>, sizeof...(I)> kernel_table(std::index_sequence<I...>) {
-  return {&UK::template kernel<static_cast<int>(I) + 1>...};
+constexpr KernelTable<UK> kernel_table(std::index_sequence<I...>) {
+  return {{&UK::template kernel<static_cast<int>(I) + 1>...}};
 }
 
 // Splits `rows` into ceil(rows / MR) panels whose sizes differ by at most one, so that an edge
@@ -109,9 +121,19 @@ inline int panel_rows(int64_t rows, int mr, int64_t i) {
 
 // Loops, outermost first: jc (NC columns), pc (KC deep), ic (MC rows, X packed here),
 // jr (NR-column panels of W), ir (row panels of X) -> micro-kernel.
+// Bytes of packed-X scratch run() needs for `rows` rows (the caller allocates it, 64-aligned).
+template <class UK>
+size_t scratch_bytes(int64_t rows, int64_t K, const Tiles& t) {
+  const int64_t Kp = round_up(K, UK::KSTEP);
+  const bool small = rows <= kSmallM;
+  const int64_t KC = small ? Kp : min64(t.kc, Kp);
+  const int64_t MC = small ? rows : min64(t.mc, rows);
+  return sizeof(typename UK::XP) * static_cast<size_t>(MC * (KC / UK::KSTEP));
+}
+
 template <class UK>
 void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t panel_begin,
-         int64_t panel_end, const Tiles& t) {
+         int64_t panel_end, void* scratch, const Tiles& t) {
   using XP = typename UK::XP;
   using WT = typename UK::WT;
   constexpr int NR = UK::NR;
@@ -123,21 +145,20 @@ void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t panel_beg
   const bool small = rows_total <= kSmallM;
   const int64_t KC = small ? Kp : t.kc;
   const int64_t MC = small ? rows_total : t.mc;
-  const int64_t NCp = std::max<int64_t>(1, t.nc / NR);
-  thread_local std::vector<XP> xbuf;
-  xbuf.resize(static_cast<size_t>(MC * (KC / UK::KSTEP)));
+  const int64_t NCp = max64(1, t.nc / NR);
+  XP* const xbuf = static_cast<XP*>(scratch);
   const WT* w = static_cast<const WT*>(a.w);
 
   for (int64_t jc = panel_begin; jc < panel_end; jc += NCp) {
-    const int64_t jc_end = std::min(panel_end, jc + NCp);
+    const int64_t jc_end = min64(panel_end, jc + NCp);
     for (int64_t pc = 0; pc < Kp; pc += KC) {
-      const int64_t kc = std::min(KC, Kp - pc);
+      const int64_t kc = min64(KC, Kp - pc);
       const int64_t ksteps = kc / UK::KSTEP;
       for (int64_t ic = row_begin; ic < row_end; ic += MC) {
-        const int64_t mc = std::min(MC, row_end - ic);
+        const int64_t mc = min64(MC, row_end - ic);
         const int64_t npanels = ceil_div(mc, UK::MR);
         int64_t r = ic;
-        XP* xp = xbuf.data();
+        XP* xp = xbuf;
         for (int64_t i = 0; i < npanels; ++i) {
           const int rows = panel_rows(mc, UK::MR, i);
           pack_x_panel<UK>(a, r, rows, pc, kc, xp);
@@ -146,13 +167,13 @@ void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t panel_beg
         }
         for (int64_t p = jc; p < jc_end; ++p) {
           const WT* wsl = w + p * Kp * NR + pc * NR;
-          const int ncols = static_cast<int>(std::min<int64_t>(NR, a.N - p * NR));
+          const int ncols = static_cast<int>(min64(NR, a.N - p * NR));
           const float* bias = a.bias ? a.bias + p * NR : nullptr;
           r = ic;
-          xp = xbuf.data();
+          xp = xbuf;
           for (int64_t i = 0; i < npanels; ++i) {
             const int rows = panel_rows(mc, UK::MR, i);
-            kernels[rows - 1](ksteps, xp, wsl, a.c + r * a.ldc + p * NR, a.ldc, ncols, bias,
+            kernels.fn[rows - 1](ksteps, xp, wsl, a.c + r * a.ldc + p * NR, a.ldc, ncols, bias,
                               pc == 0);
             r += rows;
             xp += rows * ksteps;
@@ -166,12 +187,15 @@ void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t panel_beg
 // The Impl entries for one micro-kernel and its row of the tile table.
 template <class UK, const Tiles& T>
 struct ImplOf {
-  static void run_impl(const RunArgs& a, int64_t rb, int64_t re, int64_t pb, int64_t pe) {
-    run<UK>(a, rb, re, pb, pe, T);
+  static void run_impl(const RunArgs& a, int64_t rb, int64_t re, int64_t pb, int64_t pe,
+                       void* scratch) {
+    run<UK>(a, rb, re, pb, pe, scratch, T);
   }
+  static size_t scratch_impl(int64_t rows, int64_t K) { return scratch_bytes<UK>(rows, K, T); }
   static constexpr Impl make(const char* name, DType w_dtype) {
-    return Impl{name, w_dtype, T, &packed_bytes<UK>, &pack_w<UK>, &run_impl};
+    return Impl{name, w_dtype, T, &packed_bytes<UK>, &pack_w<UK>, &scratch_impl, &run_impl};
   }
 };
 
+}  // namespace
 }  // namespace shardcore::gemm::driver
