@@ -163,3 +163,18 @@ def test_layouts_cover_every_head_column_and_expert(qwen3_moe_ckpt):  # noqa: F8
             assert all(lay.expert_owner[e] == lay.ep_index for e in lay.experts)
     tp4 = build_layouts(cfg, qwen3_moe_ckpt, 4, 1, 1, 1)
     assert [lay.kv_heads for lay in tp4] == [(0, 1), (0, 1), (1, 2), (1, 2)]  # replicated KV
+
+
+def test_kernel_and_numpy_backends_agree(qwen3_moe_ckpt):  # noqa: F811
+    """The default backend is shardcore's GEMM kernels; NumPy computes the same function."""
+    pytest.importorskip("shardcore._core")
+    from shardcore.runtime.linear import resolve_backend
+
+    assert resolve_backend("auto") == "kernels"
+    ids = prompts(2, 6)
+    for dtype, rtol in (("float32", 1e-5), ("bfloat16", 3e-2)):
+        kern = generate(qwen3_moe_ckpt, ids, max_new_tokens=3, dtype=dtype, backend="kernels")
+        ref = generate(qwen3_moe_ckpt, ids, max_new_tokens=3, dtype=dtype, backend="numpy")
+        assert rel_err(kern.logits, ref.logits) < rtol
+    with pytest.raises(ValueError, match="backend"):
+        generate(qwen3_moe_ckpt, ids, backend="blas")

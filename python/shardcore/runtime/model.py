@@ -63,7 +63,7 @@ class StageModel:
 
     def __init__(self, ckpt: Checkpoint, layout: RankLayout, precision: Precision,
                  tp_group: AxisGroup, ep_group: AxisGroup, batch: int, max_len: int,
-                 record_routing: bool = False):
+                 record_routing: bool = False, backend: str = "numpy"):
         cfg = ckpt.config
         self.cfg: ModelConfig = cfg
         self.layout = layout
@@ -71,6 +71,7 @@ class StageModel:
         self.tp_group = tp_group
         self.ep_group = ep_group
         self.record_routing = record_routing
+        self.backend = backend
         self.routing: List[RoutingRecord] = []
         d = cfg.head_dim
         h0, h1 = layout.heads
@@ -86,8 +87,7 @@ class StageModel:
             head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
             if head not in ckpt:
                 raise KeyError(f"{ckpt.directory!r} has no {head}")
-            self.lm_head = Linear(_linear_weight(ckpt, head, precision, rows=layout.vocab),
-                                  precision)
+            self.lm_head = self._linear(_linear_weight(ckpt, head, precision, rows=layout.vocab))
         self.vocab_blocks = split_even(cfg.vocab_size, layout.tp)
         if layout.vocab != self.vocab_blocks[layout.tp_index]:
             raise ValueError(f"rank {layout.rank}'s vocabulary rows {layout.vocab} are not block "
@@ -104,15 +104,14 @@ class StageModel:
             lw = LayerWeights(
                 input_norm=precision.weight(ckpt.read(p + "input_layernorm.weight")),
                 post_norm=precision.weight(ckpt.read(p + "post_attention_layernorm.weight")),
-                qkv=Linear(qkv, precision),
+                qkv=self._linear(qkv),
                 q_norm=precision.weight(ckpt.read(a + "q_norm.weight")) if cfg.qk_norm else None,
                 k_norm=precision.weight(ckpt.read(a + "k_norm.weight")) if cfg.qk_norm else None,
-                o=Linear(_linear_weight(ckpt, a + "o_proj.weight", precision,
-                                        cols=(h0 * d, h1 * d)), precision),
+                o=self._linear(_linear_weight(ckpt, a + "o_proj.weight", precision,
+                                              cols=(h0 * d, h1 * d))),
             )
             if i in cfg.moe_layers:
-                lw.router = Linear(_linear_weight(ckpt, p + "mlp.gate.weight", precision),
-                                   precision)
+                lw.router = self._linear(_linear_weight(ckpt, p + "mlp.gate.weight", precision))
                 for e in layout.experts:
                     lw.experts[e] = self._swiglu(ckpt, f"{p}mlp.experts.{e}.",
                                                  layout.expert_intermediate)
@@ -129,8 +128,11 @@ class StageModel:
         gate = _linear_weight(ckpt, prefix + "gate_proj.weight", self.precision, rows=cols)
         up = _linear_weight(ckpt, prefix + "up_proj.weight", self.precision, rows=cols)
         down = _linear_weight(ckpt, prefix + "down_proj.weight", self.precision, cols=cols)
-        return ExpertWeights(Linear(np.concatenate([gate, up], axis=1), self.precision),
-                             Linear(down, self.precision))
+        return ExpertWeights(self._linear(np.concatenate([gate, up], axis=1)),
+                             self._linear(down))
+
+    def _linear(self, weight: np.ndarray) -> Linear:
+        return Linear(weight, self.precision, self.backend)
 
     # -- the pieces of a forward -------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from .checkpoint import Checkpoint
 from .engine import FailureInjection, RankOutput, prefill_chunks, run_requests
 from .groups import AxisGroup, single
 from .layout import RankLayout, host_plan, layouts_from_plan, split_even
+from .linear import resolve_backend
 from .model import StageModel
 from .ops import Precision
 from .traffic import Traffic, normalise, predict_run
@@ -44,7 +45,7 @@ def _as_batch(input_ids) -> np.ndarray:
 
 def _rank_main(comm, checkpoint_dir: str, prompts: np.ndarray, layouts, dtype: str,
                max_new_tokens: int, micro_batches: int, record_routing: bool,
-               failure: Optional[FailureInjection]) -> RankOutput:
+               failure: Optional[FailureInjection], backend: str) -> RankOutput:
     """The body of every worker rank."""
     layout = layouts[comm.rank]
     precision = Precision(dtype)
@@ -56,7 +57,7 @@ def _rank_main(comm, checkpoint_dir: str, prompts: np.ndarray, layouts, dtype: s
     model = StageModel(Checkpoint(checkpoint_dir), layout, precision,
                        AxisGroup(tp_comm, precision), AxisGroup(ep_comm, precision),
                        batch=mine.shape[0], max_len=prompts.shape[1] + max_new_tokens,
-                       record_routing=record_routing)
+                       record_routing=record_routing, backend=backend)
     for c in comms:
         c.reset_traffic()
     out = run_requests(model, layout, mine, max_new_tokens, micro_batches, comm=comm,
@@ -78,19 +79,23 @@ def _sum_traffic(parts: Sequence[Traffic]) -> Traffic:
 def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp: int = 1,
              ep: int = 1, max_new_tokens: int = 8, dtype: str = "float32",
              micro_batches: Optional[int] = None, timeout: Optional[float] = None,
-             _failure: Optional[FailureInjection] = None) -> GenerateResult:
+             backend: str = "auto", _failure: Optional[FailureInjection] = None
+             ) -> GenerateResult:
     """Greedy generation of ``max_new_tokens`` tokens for each prompt of ``input_ids``.
 
     The placement comes from ``plan`` (a shardcore.plan.Plan for this checkpoint) or from a plan
     made here for tp/pp/dp/ep worker processes. One rank runs in this process; more run on
     worker processes started by shardcore.launch. ``micro_batches``: prefill chunks for the
     pipeline (default pp). ``dtype``: float32 or bfloat16 weights, activations and messages.
+    ``backend``: the local GEMMs on shardcore's kernels ("kernels"), NumPy ("numpy") or the
+    kernels when the C++ core is built ("auto"). ``_failure``: test hook (FailureInjection).
     """
     checkpoint_dir = os.fspath(checkpoint_dir)
     prompts = _as_batch(input_ids)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     precision = Precision(dtype)
+    backend = resolve_backend(backend)
     ckpt = Checkpoint(checkpoint_dir)
     if plan is None:
         plan = host_plan(checkpoint_dir, tp, pp, dp, ep, dtype)
@@ -107,13 +112,15 @@ def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp:
     if world == 1 and _failure is None:
         model = StageModel(ckpt, lay0, precision, single(precision), single(precision),
                            batch=prompts.shape[0],
-                           max_len=prompts.shape[1] + max_new_tokens, record_routing=record)
+                           max_len=prompts.shape[1] + max_new_tokens, record_routing=record,
+                           backend=backend)
         outputs = [run_requests(model, lay0, prompts, max_new_tokens, micro)]
     else:
         from ..launch import launch
 
         outputs = launch(_rank_main, world, args=(checkpoint_dir, prompts, layouts, dtype,
-                                                  max_new_tokens, micro, record, _failure),
+                                                  max_new_tokens, micro, record, _failure,
+                                                  backend),
                          timeout=timeout)
     reporting = sorted((o for o in outputs if o.reports), key=lambda o: o.dp_index)
     routing = [o.routing for o in outputs] if record else None
