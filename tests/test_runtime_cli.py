@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from runtime_fixtures import qwen3_moe_ckpt  # noqa: F401
 from shardcore.cli import main
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from runtime_fixtures import prompts, qwen3_moe_ckpt  # noqa: F401
 from shardcore import LaunchError
 from shardcore.runtime import FailureInjection, generate

@@ -7,9 +7,14 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
-
-from runtime_fixtures import (make_checkpoint, prompts, qwen3_ckpt, qwen3_moe_ckpt,  # noqa: F401
-                              reference_logits, rel_err)
+from runtime_fixtures import (  # noqa: F401
+    make_checkpoint,
+    prompts,
+    qwen3_ckpt,
+    qwen3_moe_ckpt,
+    reference_logits,
+    rel_err,
+)
 from shardcore import PlanError
 from shardcore.runtime import Checkpoint, ModelConfig, build_layouts, generate
 
@@ -104,15 +109,15 @@ def test_checkpoint_slices_equal_full_tensor(qwen3_ckpt, tmp_path):  # noqa: F81
 
 
 def test_config_rejections():
-    base = dict(model_type="qwen3", vocab_size=11, hidden_size=8, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=1, intermediate_size=4)
+    base = {"model_type": "qwen3", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 4}
     assert ModelConfig.from_hf_config(base).head_dim == 4
     assert ModelConfig.from_hf_config(dict(base, rope_theta=5.0)).rope_theta == 5.0
-    for bad, match in ((dict(model_type="gpt2"), "model_type"),
-                       (dict(hidden_act="gelu"), "hidden_act"),
-                       (dict(rope_scaling={"rope_type": "yarn"}), "yarn"),
-                       (dict(num_key_value_heads=3), "not a multiple of num_kv_heads"),
-                       (dict(use_sliding_window=True), "sliding")):
+    for bad, match in (({"model_type": "gpt2"}, "model_type"),
+                       ({"hidden_act": "gelu"}, "hidden_act"),
+                       ({"rope_scaling": {"rope_type": "yarn"}}, "yarn"),
+                       ({"num_key_value_heads": 3}, "not a multiple of num_kv_heads"),
+                       ({"use_sliding_window": True}, "sliding")):
         with pytest.raises(ValueError, match=match):
             ModelConfig.from_hf_config(dict(base, **bad))
     with pytest.raises(FileNotFoundError, match="config.json"):

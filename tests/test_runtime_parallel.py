@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from runtime_fixtures import prompts, qwen3_ckpt, qwen3_moe_ckpt, rel_err  # noqa: F401
 from shardcore.runtime import generate
 
@@ -55,10 +54,10 @@ def _run_and_compare(path, dtype="float32", **degrees):
     return result, reference
 
 
-DENSE = [dict(tp=2), dict(tp=4), dict(pp=2), dict(pp=4), dict(dp=2),
-         dict(tp=2, pp=2, dp=2), dict(tp=4, pp=2)]
-MOE = [dict(tp=2, ep=2), dict(tp=4, ep=4), dict(dp=2, ep=2), dict(tp=2, dp=2, ep=4),
-       dict(tp=4), dict(tp=2, pp=2), dict(tp=2, pp=2, dp=2, ep=2), dict(pp=4, dp=2, ep=2)]
+DENSE = [{"tp": 2}, {"tp": 4}, {"pp": 2}, {"pp": 4}, {"dp": 2},
+         {"tp": 2, "pp": 2, "dp": 2}, {"tp": 4, "pp": 2}]
+MOE = [{"tp": 2, "ep": 2}, {"tp": 4, "ep": 4}, {"dp": 2, "ep": 2}, {"tp": 2, "dp": 2, "ep": 4},
+       {"tp": 4}, {"tp": 2, "pp": 2}, {"tp": 2, "pp": 2, "dp": 2, "ep": 2}, {"pp": 4, "dp": 2, "ep": 2}]
 
 
 def _name(degrees):
@@ -91,7 +90,7 @@ def test_qwen3_moe_parallel_equals_single_process(qwen3_moe_ckpt, degrees):  # n
 BF16_PARALLEL_RTOL = 3e-2
 
 
-@pytest.mark.parametrize("degrees", [dict(tp=2, ep=2), dict(tp=2, pp=2, dp=2)], ids=_name)
+@pytest.mark.parametrize("degrees", [{"tp": 2, "ep": 2}, {"tp": 2, "pp": 2, "dp": 2}], ids=_name)
 def test_bfloat16_parallel_within_bound(qwen3_moe_ckpt, degrees):  # noqa: F811
     result, reference = _run_and_compare(qwen3_moe_ckpt, dtype="bfloat16", **degrees)
     err = rel_err(result.logits, reference.logits)

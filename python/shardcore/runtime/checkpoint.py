@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import ml_dtypes
 import numpy as np
@@ -28,7 +28,7 @@ _DTYPES = {
     "I32": np.dtype(np.int32),
 }
 
-Slice = Optional[Tuple[int, int]]
+Slice = Optional[tuple[int, int]]
 
 
 class Checkpoint:
@@ -44,10 +44,10 @@ class Checkpoint:
             self.hf_config = json.load(f)
         self.config = ModelConfig.from_hf_config(self.hf_config)
         self._index = self._build_index()
-        self._mmaps: Dict[str, np.memmap] = {}
-        self._handles: Dict[str, object] = {}
+        self._mmaps: dict[str, np.memmap] = {}
+        self._handles: dict[str, object] = {}
 
-    def _build_index(self) -> Dict[str, Tuple[str, str, Tuple[int, ...], int, int]]:
+    def _build_index(self) -> dict[str, tuple[str, str, tuple[int, ...], int, int]]:
         """name -> (file, dtype tag, shape, begin, end) from every *.safetensors header."""
         files = sorted(f for f in os.listdir(self.directory) if f.endswith(".safetensors"))
         if not files:
@@ -69,7 +69,7 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self._index
 
-    def shape(self, name: str) -> Tuple[int, ...]:
+    def shape(self, name: str) -> tuple[int, ...]:
         """The full shape of tensor ``name``."""
         return self._entry(name)[2]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Tuple, Union
+from typing import Any
 
 # model_type -> whether its attention has per-head q/k RMSNorm (Qwen3) or not (Llama-style).
 SUPPORTED_MODEL_TYPES = {"qwen3": True, "qwen3_moe": True, "llama": False, "mistral": False}
@@ -35,7 +36,7 @@ class ModelConfig:
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
     norm_topk_prob: bool = True
-    moe_layers: Tuple[int, ...] = ()
+    moe_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -65,7 +66,7 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def from_hf_config(cls, source: Union[str, os.PathLike, Mapping[str, Any]]) -> "ModelConfig":
+    def from_hf_config(cls, source: str | os.PathLike | Mapping[str, Any]) -> ModelConfig:
         """Build from a config.json path, a checkpoint directory or an already parsed dict."""
         if isinstance(source, Mapping):
             cfg = dict(source)
@@ -96,7 +97,7 @@ class ModelConfig:
         head_dim = cfg.get("head_dim") or hidden // heads
         layers = int(cfg["num_hidden_layers"])
         experts = int(cfg.get("num_experts", cfg.get("num_local_experts", 0)) or 0)
-        moe_layers: Tuple[int, ...] = ()
+        moe_layers: tuple[int, ...] = ()
         if model_type == "qwen3_moe" and experts > 0:
             step = int(cfg.get("decoder_sparse_step", 1))
             dense_only = set(cfg.get("mlp_only_layers", []) or [])

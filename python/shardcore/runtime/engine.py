@@ -9,7 +9,6 @@ stages; the last stage picks the greedy token and sends it back to the first sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 import numpy as np
 
@@ -29,10 +28,10 @@ class RankOutput:
     rank: int
     dp_index: int
     reports: bool  # TP index 0 of the last stage: the rank whose outputs are the replica's
-    tokens: Optional[np.ndarray] = None  # [batch, max_new_tokens]
-    logits: Optional[np.ndarray] = None  # [max_new_tokens, batch, vocab]: what chose each token
+    tokens: np.ndarray | None = None  # [batch, max_new_tokens]
+    logits: np.ndarray | None = None  # [max_new_tokens, batch, vocab]: what chose each token
     traffic: dict = field(default_factory=dict)
-    routing: List[List[RoutingRecord]] = field(default_factory=list)  # per forward
+    routing: list[list[RoutingRecord]] = field(default_factory=list)  # per forward
 
 
 @dataclass
@@ -64,7 +63,7 @@ def prefill_chunks(prompt_len: int, micro_batches: int):
 
 
 def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max_new_tokens: int,
-                 micro_batches: int, comm=None, failure: Optional[FailureInjection] = None
+                 micro_batches: int, comm=None, failure: FailureInjection | None = None
                  ) -> RankOutput:
     """Prefill ``prompts`` [B, S] then decode greedily; returns this rank's RankOutput."""
     precision: Precision = model.precision
@@ -73,7 +72,7 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
                      reports=layout.is_last_stage and layout.tp_index == 0)
     hidden = model.cfg.hidden_size
 
-    def forward(ids: Optional[np.ndarray], start: int, length: int, last: bool):
+    def forward(ids: np.ndarray | None, start: int, length: int, last: bool):
         """One micro-batch through this stage; on the last stage the logits [B, V] of its last
         position when ``last`` (the prompt's end, or a decode step)."""
         if layout.is_first_stage:
@@ -92,7 +91,7 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
             return None
         return model.head(h[:, -1]) if last else None
 
-    def exchange_tokens(tokens: Optional[np.ndarray]) -> np.ndarray:
+    def exchange_tokens(tokens: np.ndarray | None) -> np.ndarray:
         """The greedy tokens from the last stage to the first (identity without PP)."""
         if layout.pp == 1:
             return tokens

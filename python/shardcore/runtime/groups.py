@@ -7,7 +7,7 @@ travel in the model dtype (bfloat16 halves the bytes, as the traffic model assum
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class AxisGroup:
         return self.comm.all_to_all(np.ascontiguousarray(counts, dtype=np.int64))
 
     def all_to_allv(self, rows: np.ndarray, send_counts: Sequence[int]
-                    ) -> Tuple[np.ndarray, List[int]]:
+                    ) -> tuple[np.ndarray, list[int]]:
         """Rows (float32, grouped by destination) to their ranks; returns rows received."""
         if self.size == 1:
             return rows, list(send_counts)

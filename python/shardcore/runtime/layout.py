@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Tuple
 
 from .config import ModelConfig
 
-Range = Tuple[int, int]
+Range = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -31,18 +30,18 @@ class RankLayout:
     pp_index: int
     dp_index: int
     ep_index: int
-    layers: Tuple[int, ...]
+    layers: tuple[int, ...]
     heads: Range  # query heads held
     kv_heads: Range  # key/value heads held (one head's copy when tp > kv heads)
     intermediate: Range  # dense SwiGLU columns held
-    experts: Tuple[int, ...]  # experts held
+    experts: tuple[int, ...]  # experts held
     expert_intermediate: Range  # columns of each held expert's SwiGLU
     vocab: Range  # embedding / LM head rows held (first / last stage)
     has_embedding: bool
     has_lm_head: bool
-    tp_group: Tuple[int, ...]  # world ranks of this rank's TP group, in TP order
-    ep_group: Tuple[int, ...]  # world ranks of this rank's EP group, in EP order
-    expert_owner: Tuple[int, ...]  # expert -> EP index of the rank of ep_group holding it
+    tp_group: tuple[int, ...]  # world ranks of this rank's TP group, in TP order
+    ep_group: tuple[int, ...]  # world ranks of this rank's EP group, in EP order
+    expert_owner: tuple[int, ...]  # expert -> EP index of the rank of ep_group holding it
     prev_stage_rank: int  # the rank sending this one its activations, -1 on the first stage
     next_stage_rank: int  # the rank receiving this one's activations, -1 on the last stage
     first_stage_rank: int  # first-stage rank with this rank's dp and tp indices
@@ -57,7 +56,7 @@ class RankLayout:
         return self.pp_index == self.pp - 1
 
 
-def split_even(n: int, parts: int) -> Tuple[Range, ...]:
+def split_even(n: int, parts: int) -> tuple[Range, ...]:
     """``n`` items in ``parts`` contiguous ranges, the first ``n % parts`` one longer."""
     base, extra = divmod(n, parts)
     out, begin = [], 0
@@ -107,7 +106,7 @@ def check_plan_matches(config: ModelConfig, plan) -> None:
         raise ValueError("shared experts are not supported by the runtime")
 
 
-def layouts_from_plan(config: ModelConfig, plan) -> Tuple[RankLayout, ...]:
+def layouts_from_plan(config: ModelConfig, plan) -> tuple[RankLayout, ...]:
     """Every rank's RankLayout, as ``plan`` places it."""
     check_plan_matches(config, plan)
     c = plan.config
@@ -133,6 +132,6 @@ def layouts_from_plan(config: ModelConfig, plan) -> Tuple[RankLayout, ...]:
 
 
 def build_layouts(config: ModelConfig, checkpoint_dir: str, tp: int = 1, pp: int = 1,
-                  dp: int = 1, ep: int = 1, dtype: str = "float32") -> Tuple[RankLayout, ...]:
+                  dp: int = 1, ep: int = 1, dtype: str = "float32") -> tuple[RankLayout, ...]:
     """Layouts of the host plan for these degrees (raises PlanError when infeasible)."""
     return layouts_from_plan(config, host_plan(checkpoint_dir, tp, pp, dp, ep, dtype))

@@ -13,7 +13,6 @@ gets the expert outputs back with a second one and sums them weighted by the rou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -36,12 +35,12 @@ class LayerWeights:
     input_norm: np.ndarray
     post_norm: np.ndarray
     qkv: Linear  # [hidden, (heads + 2 * kv_heads held) * head_dim]
-    q_norm: Optional[np.ndarray]
-    k_norm: Optional[np.ndarray]
+    q_norm: np.ndarray | None
+    k_norm: np.ndarray | None
     o: Linear  # [heads held * head_dim, hidden]
-    mlp: Optional[ExpertWeights] = None  # dense SwiGLU, column shard
-    router: Optional[Linear] = None  # [hidden, experts], whole on every rank
-    experts: Dict[int, ExpertWeights] = field(default_factory=dict)
+    mlp: ExpertWeights | None = None  # dense SwiGLU, column shard
+    router: Linear | None = None  # [hidden, experts], whole on every rank
+    experts: dict[int, ExpertWeights] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,7 +71,7 @@ class StageModel:
         self.ep_group = ep_group
         self.record_routing = record_routing
         self.backend = backend
-        self.routing: List[RoutingRecord] = []
+        self.routing: list[RoutingRecord] = []
         d = cfg.head_dim
         h0, h1 = layout.heads
         k0, k1 = layout.kv_heads
@@ -89,10 +88,11 @@ class StageModel:
                 raise KeyError(f"{ckpt.directory!r} has no {head}")
             self.lm_head = self._linear(_linear_weight(ckpt, head, precision, rows=layout.vocab))
         self.vocab_blocks = split_even(cfg.vocab_size, layout.tp)
-        if layout.vocab != self.vocab_blocks[layout.tp_index]:
+        holds_vocab = layout.has_embedding or layout.has_lm_head
+        if holds_vocab and layout.vocab != self.vocab_blocks[layout.tp_index]:
             raise ValueError(f"rank {layout.rank}'s vocabulary rows {layout.vocab} are not block "
                              f"{layout.tp_index} of {self.vocab_blocks}")
-        self.layers: Dict[int, LayerWeights] = {}
+        self.layers: dict[int, LayerWeights] = {}
         for i in layout.layers:
             p = f"model.layers.{i}."
             a = p + "self_attn."
@@ -167,7 +167,7 @@ class StageModel:
 
     def forward_layers(self, h: np.ndarray, start: int) -> np.ndarray:
         """Run this stage's layers on h [B, T, hidden] of the tokens at positions start.."""
-        b, t, _ = h.shape
+        _b, t, _ = h.shape
         if start + t > self.max_len:
             raise ValueError(f"positions up to {start + t} exceed the KV cache ({self.max_len})")
         cos, sin = rope_tables(np.arange(start, start + t), self.cfg.head_dim,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
 
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .engine import FailureInjection, RankOutput, prefill_chunks, run_requests
+from .engine import FailureInjection, RankOutput, run_requests
 from .groups import AxisGroup, single
 from .layout import RankLayout, host_plan, layouts_from_plan, split_even
 from .linear import resolve_backend
@@ -24,11 +24,11 @@ class GenerateResult:
 
     tokens: np.ndarray  # [batch, max_new_tokens]
     logits: np.ndarray  # [max_new_tokens, batch, vocab]: step 0 is the prompt's last position
-    traffic: List[Traffic]  # per rank, as counted by its communicators during the run
-    predicted_traffic: List[Traffic]  # per rank, predicted for this run
+    traffic: list[Traffic]  # per rank, as counted by its communicators during the run
+    predicted_traffic: list[Traffic]  # per rank, predicted for this run
     plan: object  # the shardcore.plan.Plan that was run
     layouts: Sequence[RankLayout]
-    routing: Optional[list] = None  # per rank, per forward: RoutingRecords (MoE models only)
+    routing: list | None = None  # per rank, per forward: RoutingRecords (MoE models only)
 
 
 def _as_batch(input_ids) -> np.ndarray:
@@ -45,7 +45,7 @@ def _as_batch(input_ids) -> np.ndarray:
 
 def _rank_main(comm, checkpoint_dir: str, prompts: np.ndarray, layouts, dtype: str,
                max_new_tokens: int, micro_batches: int, record_routing: bool,
-               failure: Optional[FailureInjection], backend: str) -> RankOutput:
+               failure: FailureInjection | None, backend: str) -> RankOutput:
     """The body of every worker rank."""
     layout = layouts[comm.rank]
     precision = Precision(dtype)
@@ -78,8 +78,8 @@ def _sum_traffic(parts: Sequence[Traffic]) -> Traffic:
 
 def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp: int = 1,
              ep: int = 1, max_new_tokens: int = 8, dtype: str = "float32",
-             micro_batches: Optional[int] = None, timeout: Optional[float] = None,
-             backend: str = "auto", _failure: Optional[FailureInjection] = None
+             micro_batches: int | None = None, timeout: float | None = None,
+             backend: str = "auto", _failure: FailureInjection | None = None
              ) -> GenerateResult:
     """Greedy generation of ``max_new_tokens`` tokens for each prompt of ``input_ids``.
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 
-COMMON = dict(vocab_size=131, hidden_size=40, num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=12, intermediate_size=52,
-              max_position_embeddings=128, rope_theta=1000.0, initializer_range=0.08,
-              rms_norm_eps=1e-6)
-MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=20, norm_topk_prob=True,
-           mlp_only_layers=[2], decoder_sparse_step=1)
+COMMON = {"vocab_size": 131, "hidden_size": 40, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 12, "intermediate_size": 52,
+              "max_position_embeddings": 128, "rope_theta": 1000.0, "initializer_range": 0.08,
+              "rms_norm_eps": 1e-6}
+MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 20, "norm_topk_prob": True,
+           "mlp_only_layers": [2], "decoder_sparse_step": 1}
 
 
 def make_tiny_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed: int = 0,

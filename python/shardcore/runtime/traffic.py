@@ -15,7 +15,7 @@ added here, per MoE block and forward of a rank in an EP group of ep > 1 ranks:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,10 +26,10 @@ KINDS = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "all_to_all
          "send", "recv", "barrier", "internal")
 COUNT_BYTES = 8  # routing counts and the core's row counts are int64
 
-Traffic = Dict[str, Dict[str, int]]
+Traffic = dict[str, dict[str, int]]
 
 
-def normalise(traffic: Dict[str, dict]) -> Traffic:
+def normalise(traffic: dict[str, dict]) -> Traffic:
     """{kind: {calls, sent, recv}} for every kind in KINDS (zeros where absent), ints."""
     return {k: {f: int(traffic.get(k, {}).get(f, 0)) for f in ("calls", "sent", "recv")}
             for k in KINDS}
@@ -42,7 +42,7 @@ def expert_ids_from_routing(layouts: Sequence[RankLayout], routing, n_prefill_ch
     first, then one forward per decode step); a replica's rows are the concatenation of its TP
     ranks' shares, in token order.
     """
-    table: Dict[tuple, list] = defaultdict(list)
+    table: dict[tuple, list] = defaultdict(list)
     for lay in layouts:
         for f, records in enumerate(routing[lay.rank]):
             key = (0, f) if f < n_prefill_chunks else (f - n_prefill_chunks + 1, 0)
@@ -58,7 +58,7 @@ def expert_ids_from_routing(layouts: Sequence[RankLayout], routing, n_prefill_ch
 
 def predict_run(plan, config: ModelConfig, layouts: Sequence[RankLayout], batch: int,
                 prompt_len: int, max_new_tokens: int, micro_batches: int, dtype: str,
-                routing=None) -> List[Traffic]:
+                routing=None) -> list[Traffic]:
     """Per-rank traffic of a run of ``generate``: the plan's prediction plus the extras above."""
     from ..plan import predict_traffic
 
