@@ -60,6 +60,14 @@ def test_variants_match_transformers(tmp_path):
     _check_against_oracle(moe, batch=3, length=4, new=3)
 
 
+def test_llama_matches_transformers(tmp_path):
+    """A Llama-style checkpoint: no per-head q/k norm."""
+    path = make_checkpoint(tmp_path / "llama", "llama", seed=5, num_hidden_layers=2)
+    cfg = ModelConfig.from_hf_config(path)
+    assert cfg.model_type == "llama" and not cfg.qk_norm
+    _check_against_oracle(path, batch=2, length=5, new=3)
+
+
 def test_micro_batches_do_not_change_the_result(qwen3_moe_ckpt):  # noqa: F811
     ids = prompts(2, 9)
     base = generate(qwen3_moe_ckpt, ids, max_new_tokens=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runtime_fixtures import prompts, qwen3_ckpt, qwen3_moe_ckpt, rel_err  # noqa: F401
+from runtime_fixtures import make_checkpoint, prompts, qwen3_ckpt, qwen3_moe_ckpt, rel_err  # noqa: F401
 from shardcore.runtime import generate
 
 pytest.importorskip("safetensors")
@@ -81,6 +81,16 @@ def test_qwen3_moe_parallel_equals_single_process(qwen3_moe_ckpt, degrees):  # n
         moe_ranks = [lay.rank for lay in result.layouts
                      if set(lay.layers) & {0, 1, 3}]  # layer 2 is dense (mlp_only_layers)
         assert all(result.traffic[r]["all_to_allv"]["sent"] > 0 for r in moe_ranks)
+
+
+def test_tied_embeddings_vocab_parallel_on_both_ends(tmp_path):
+    """Tied embeddings with pp=2: the first and the last stage each hold their TP block of the
+    one embedding matrix, as the lookup table and as the LM head."""
+    path = make_checkpoint(tmp_path / "tied", "qwen3", seed=6, tie_word_embeddings=True)
+    result, reference = _run_and_compare(path, tp=2, pp=2)
+    assert rel_err(result.logits, reference.logits) < PARALLEL_RTOL
+    np.testing.assert_array_equal(result.tokens, reference.tokens)
+    assert all(lay.has_embedding != lay.has_lm_head for lay in result.layouts)
 
 
 # bfloat16: activations and messages are rounded to bf16 after every op, so the one difference

@@ -22,15 +22,15 @@ MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 20, 
 
 def make_tiny_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed: int = 0,
                          **overrides) -> str:
-    """Save a random ``kind`` ('qwen3' or 'qwen3_moe') model to directory ``path``."""
+    """Save a random ``kind`` ('qwen3', 'qwen3_moe' or 'llama') model to directory ``path``."""
     try:
         import torch
         import transformers
     except ImportError as exc:
         raise ImportError("making a tiny checkpoint needs torch and transformers "
                           "(pip install 'shardcore[test]')") from exc
-    if kind not in ("qwen3", "qwen3_moe"):
-        raise ValueError(f"kind must be 'qwen3' or 'qwen3_moe', got {kind!r}")
+    if kind not in ("qwen3", "qwen3_moe", "llama"):
+        raise ValueError(f"kind must be 'qwen3', 'qwen3_moe' or 'llama', got {kind!r}")
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     torch.manual_seed(seed)
@@ -40,6 +40,8 @@ def make_tiny_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed
     params.update(overrides)
     if kind == "qwen3":
         model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**params))
+    elif kind == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**params))
     else:
         model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**params))
     if dtype == "bfloat16":
