@@ -191,3 +191,45 @@ def test_kernel_and_numpy_backends_agree(qwen3_moe_ckpt):  # noqa: F811
         assert rel_err(kern.logits, ref.logits) < rtol
     with pytest.raises(ValueError, match="backend"):
         generate(qwen3_moe_ckpt, ids, backend="blas")
+
+
+class _RecordingCheckpoint(Checkpoint):
+    """A Checkpoint that remembers the slice of every tensor read, as the plan writes them."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.reads = {}
+
+    def read(self, name, rows=None, cols=None):
+        shape = self.shape(name)
+        ranges = [rows or (0, shape[0])]
+        if len(shape) == 2:
+            ranges.append(cols or (0, shape[1]))
+        assert name not in self.reads or self.reads[name] == tuple(ranges), name
+        self.reads[name] = tuple(ranges)
+        return super().read(name, rows=rows, cols=cols)
+
+
+@pytest.mark.parametrize("kind,degrees", [
+    ("qwen3_moe", dict(tp=4)), ("qwen3_moe", dict(tp=2, pp=2, dp=2, ep=2)),
+    ("qwen3_moe", dict(tp=2, dp=2, ep=4)), ("qwen3", dict(tp=4, pp=2)),
+])
+def test_each_rank_reads_exactly_its_plan_shards(kind, degrees, qwen3_ckpt,  # noqa: F811
+                                                 qwen3_moe_ckpt):  # noqa: F811
+    """Every rank reads from the checkpoint exactly the slices plan.weight_shards(rank) lists:
+    KV heads replicated when tp > KV heads, experts per EP rank, vocab blocks, stage layers."""
+    from shardcore.runtime.groups import single
+    from shardcore.runtime.layout import host_plan, layouts_from_plan
+    from shardcore.runtime.model import StageModel
+    from shardcore.runtime.ops import Precision
+
+    path = qwen3_moe_ckpt if kind == "qwen3_moe" else qwen3_ckpt
+    plan = host_plan(path, **degrees)
+    precision = Precision("float32")
+    for layout in layouts_from_plan(Checkpoint(path).config, plan):
+        ckpt = _RecordingCheckpoint(path)
+        StageModel(ckpt, layout, precision, single(precision), single(precision), batch=1,
+                   max_len=4, backend="numpy")
+        expected = {name: tuple(tuple(r) for r in ranges)
+                    for name, ranges in plan.weight_shards(layout.rank).items()}
+        assert ckpt.reads == expected, f"rank {layout.rank}"
