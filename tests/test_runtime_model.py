@@ -211,8 +211,8 @@ class _RecordingCheckpoint(Checkpoint):
 
 
 @pytest.mark.parametrize("kind,degrees", [
-    ("qwen3_moe", dict(tp=4)), ("qwen3_moe", dict(tp=2, pp=2, dp=2, ep=2)),
-    ("qwen3_moe", dict(tp=2, dp=2, ep=4)), ("qwen3", dict(tp=4, pp=2)),
+    ("qwen3_moe", {"tp": 4}), ("qwen3_moe", {"tp": 2, "pp": 2, "dp": 2, "ep": 2}),
+    ("qwen3_moe", {"tp": 2, "dp": 2, "ep": 4}), ("qwen3", {"tp": 4, "pp": 2}),
 ])
 def test_each_rank_reads_exactly_its_plan_shards(kind, degrees, qwen3_ckpt,  # noqa: F811
                                                  qwen3_moe_ckpt):  # noqa: F811
