@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Optional
+from typing import Any, Optional
 
 import ml_dtypes
 import numpy as np
@@ -45,7 +45,7 @@ class Checkpoint:
         self.config = ModelConfig.from_hf_config(self.hf_config)
         self._index = self._build_index()
         self._mmaps: dict[str, np.memmap] = {}
-        self._handles: dict[str, object] = {}
+        self._handles: dict[str, Any] = {}
 
     def _build_index(self) -> dict[str, tuple[str, str, tuple[int, ...], int, int]]:
         """name -> (file, dtype tag, shape, begin, end) from every *.safetensors header."""

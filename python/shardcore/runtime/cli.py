@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def _prompts(values) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
-def run(args) -> int:
+def run(args: Any) -> int:
     """Entry point of ``shardcore generate``."""
     from . import generate
 

@@ -9,6 +9,7 @@ stages; the last stage picks the greedy token and sends it back to the first sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
                      reports=layout.is_last_stage and layout.tp_index == 0)
     hidden = model.cfg.hidden_size
 
-    def forward(ids: np.ndarray | None, start: int, length: int, last: bool):
+    def forward(ids: Any, start: int, length: int, last: bool) -> np.ndarray | None:
         """One micro-batch through this stage; on the last stage the logits [B, V] of its last
         position when ``last`` (the prompt's end, or a decode step)."""
         if layout.is_first_stage:
@@ -91,7 +92,7 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
             return None
         return model.head(h[:, -1]) if last else None
 
-    def exchange_tokens(tokens: np.ndarray | None) -> np.ndarray:
+    def exchange_tokens(tokens: np.ndarray | None) -> np.ndarray | None:
         """The greedy tokens from the last stage to the first (identity without PP)."""
         if layout.pp == 1:
             return tokens
@@ -119,9 +120,12 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
             token = exchange_tokens(token)
             if failure is not None:
                 failure.maybe_fail(layout.rank, step)
-            step_logits = forward(token[:, None] if layout.is_first_stage else None,
+            ids = token[:, None] if layout.is_first_stage and token is not None else None
+            step_logits = forward(ids,
                                   s + step - 1, 1, last=True)
         if layout.is_last_stage:
+            if step_logits is None:
+                raise RuntimeError("the last stage computed no logits")
             token = np.argmax(step_logits, axis=-1)
             generated[:, step] = token
             all_logits.append(step_logits)

@@ -3,6 +3,8 @@ or NumPy where the C++ core is not built (``backend="numpy"`` forces it)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .ops import Precision
@@ -37,6 +39,7 @@ class Linear:
         self.backend = backend
         weight = np.asarray(weight, dtype=np.float32)
         self.shape = weight.shape
+        self.weight: Any
         if backend == "kernels":
             from ..kernels import PackedWeight
 

@@ -77,7 +77,9 @@ class StageModel:
         k0, k1 = layout.kv_heads
         self.n_heads, self.n_kv = h1 - h0, k1 - k0
         # Embedding and LM head: this rank's vocabulary rows (vocab-parallel over TP).
-        self.embed = self.final_norm = self.lm_head = None
+        self.embed: np.ndarray | None = None
+        self.final_norm: np.ndarray | None = None
+        self.lm_head: Linear | None = None
         if layout.has_embedding:
             self.embed = precision.weight(ckpt.read("model.embed_tokens.weight",
                                                     rows=layout.vocab))
@@ -143,6 +145,8 @@ class StageModel:
         if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size}), got "
                              f"[{ids.min()}, {ids.max()}]")
+        if self.embed is None:
+            raise RuntimeError(f"rank {self.layout.rank} holds no embedding")
         v0, v1 = self.layout.vocab
         flat = ids.reshape(-1)
         held = (flat >= v0) & (flat < v1)
@@ -153,6 +157,8 @@ class StageModel:
     def head(self, h: np.ndarray) -> np.ndarray:
         """[R, hidden] final hidden states -> logits [R, vocab] (last stage): this rank's vocab
         block, then an all-gather of the TP ranks' blocks (padded to equal size)."""
+        if self.lm_head is None or self.final_norm is None:
+            raise RuntimeError(f"rank {self.layout.rank} holds no LM head")
         x = self.precision.round(rms_norm(h, self.final_norm, self.cfg.rms_norm_eps))
         local = self.lm_head(x)
         if self.layout.tp == 1:
@@ -183,7 +189,7 @@ class StageModel:
         x = rnd(rms_norm(h, lw.input_norm, cfg.rms_norm_eps)).reshape(b * t, hidden)
         qkv = lw.qkv(x).reshape(b, t, nq + 2 * nkv, d).transpose(0, 2, 1, 3)
         q, k, v = qkv[:, :nq], qkv[:, nq:nq + nkv], qkv[:, nq + nkv:]
-        if lw.q_norm is not None:
+        if lw.q_norm is not None and lw.k_norm is not None:
             q = rnd(rms_norm(q, lw.q_norm, cfg.rms_norm_eps))
             k = rnd(rms_norm(k, lw.k_norm, cfg.rms_norm_eps))
         q, k = rnd(apply_rope(q, cos, sin)), rnd(apply_rope(k, cos, sin))
@@ -213,6 +219,8 @@ class StageModel:
         n, hidden = x.shape
         lo, hi = (0, n) if lay.ep == 1 else split_even(n, lay.tp)[lay.tp_index]
         xs = x[lo:hi]
+        if lw.router is None:
+            raise RuntimeError(f"layer {layer} has no router")
         idx, weights = softmax_top_k(lw.router(xs), cfg.experts_per_token, cfg.norm_topk_prob)
         weights = rnd(weights)
         if self.record_routing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class GenerateResult:
     logits: np.ndarray  # [max_new_tokens, batch, vocab]: step 0 is the prompt's last position
     traffic: list[Traffic]  # per rank, as counted by its communicators during the run
     predicted_traffic: list[Traffic]  # per rank, predicted for this run
-    plan: object  # the shardcore.plan.Plan that was run
+    plan: Any  # the shardcore.plan.Plan that was run
     layouts: Sequence[RankLayout]
     routing: list | None = None  # per rank, per forward: RoutingRecords (MoE models only)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 COMMON = {"vocab_size": 131, "hidden_size": 40, "num_hidden_layers": 4, "num_attention_heads": 4,
               "num_key_value_heads": 2, "head_dim": 12, "intermediate_size": 52,
@@ -34,10 +35,11 @@ def make_tiny_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     torch.manual_seed(seed)
-    params = dict(COMMON)
+    params: dict[str, Any] = dict(COMMON)
     if kind == "qwen3_moe":
         params.update(MOE)
     params.update(overrides)
+    model: Any
     if kind == "qwen3":
         model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**params))
     elif kind == "llama":
