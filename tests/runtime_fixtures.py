@@ -10,13 +10,14 @@ import pytest
 
 
 def make_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed: int = 0,
-                    **overrides) -> str:
+                    max_shard_size=None, **overrides) -> str:
     """Save a random ``kind`` ('qwen3' or 'qwen3_moe') model to ``path``; returns the path."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from shardcore.runtime.tiny import make_tiny_checkpoint
 
-    return make_tiny_checkpoint(path, kind, dtype=dtype, seed=seed, **overrides)
+    return make_tiny_checkpoint(path, kind, dtype=dtype, seed=seed,
+                                max_shard_size=max_shard_size, **overrides)
 
 
 def reference_logits(path, prompts: np.ndarray, tokens: np.ndarray):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import ml_dtypes
 import numpy as np
@@ -114,6 +115,17 @@ def test_checkpoint_slices_equal_full_tensor(qwen3_ckpt, tmp_path):  # noqa: F81
         ckpt.read(name, rows=(0, 49))
     with pytest.raises(ValueError, match="column slice"):
         ckpt.read("model.norm.weight", cols=(0, 1))
+
+
+def test_checkpoint_in_several_files(qwen3_moe_ckpt, tmp_path):  # noqa: F811
+    """A checkpoint saved in several *.safetensors files reads and runs as the one-file one."""
+    split = make_checkpoint(tmp_path / "split", "qwen3_moe", max_shard_size="40KB")
+    files = [f for f in os.listdir(split) if f.endswith(".safetensors")]
+    assert len(files) > 2
+    ids = prompts(2, 5)
+    one = generate(qwen3_moe_ckpt, ids, max_new_tokens=3)
+    many = generate(split, ids, max_new_tokens=3)
+    np.testing.assert_array_equal(many.logits, one.logits)
 
 
 def test_config_rejections():

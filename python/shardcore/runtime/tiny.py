@@ -22,8 +22,9 @@ MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 20, 
 
 
 def make_tiny_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed: int = 0,
-                         **overrides) -> str:
-    """Save a random ``kind`` ('qwen3', 'qwen3_moe' or 'llama') model to directory ``path``."""
+                         max_shard_size: str | None = None, **overrides) -> str:
+    """Save a random ``kind`` ('qwen3', 'qwen3_moe' or 'llama') model to directory ``path``
+    (in several *.safetensors files when ``max_shard_size``, e.g. "40KB", is given)."""
     try:
         import torch
         import transformers
@@ -48,7 +49,10 @@ def make_tiny_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed
         model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**params))
     if dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    model.save_pretrained(os.fspath(path))
+    if max_shard_size is None:
+        model.save_pretrained(os.fspath(path))
+    else:
+        model.save_pretrained(os.fspath(path), max_shard_size=max_shard_size)
     return os.fspath(path)
 
 
