@@ -3,10 +3,16 @@
 import re
 
 import pytest
-
 from shardcore.errors import PlanError
-from shardcore.plan import (MODEL_PRESETS, ClusterSpec, ModelSpec, ParallelConfig,
-                            default_layer_partition, feasible_configs, make_plan)
+from shardcore.plan import (
+    MODEL_PRESETS,
+    ClusterSpec,
+    ModelSpec,
+    ParallelConfig,
+    default_layer_partition,
+    feasible_configs,
+    make_plan,
+)
 
 QWEN = MODEL_PRESETS["qwen3-235b-a22b"]
 H100x8 = ClusterSpec.make("h100-80gb", 8)
@@ -136,3 +142,20 @@ def test_feasible_configs_all_valid():
         cfgs = feasible_configs(m, ClusterSpec.make("h100-80gb", 16, 8))
         assert cfgs and all(c.world_size == 16 for c in cfgs)
         assert ParallelConfig(1, 1, 16, 1) in cfgs
+
+
+def test_runtime_helpers():
+    m = small(experts=6)
+    plan = make_plan(m, ClusterSpec.make("h100-80gb", 12), ParallelConfig(tp=2, pp=2, dp=3, ep=3))
+    # stage 1 is ranks 6..11; EP groups (6, 7, 8) and (9, 10, 11); 2 experts per EP rank
+    assert plan.ep_group(10) == (9, 10, 11)
+    assert [plan.expert_owner(10, e) for e in range(6)] == [9, 9, 10, 10, 11, 11]
+    for r in plan.ranks:
+        for e in range(6):
+            owner = plan.ranks[plan.expert_owner(r.rank, e)]
+            assert owner.experts[0] <= e < owner.experts[1] and owner.pp == r.pp
+    assert plan.owned_tokens(7, 5) == (3, 5) and plan.owned_tokens(6, 5) == (0, 3)
+    assert plan.replica_batches(7) == [3, 2, 2]
+    assert [plan.stage_of_layer(i) for i in range(5)] == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="expert 6"):
+        plan.expert_owner(0, 6)

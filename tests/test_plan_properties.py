@@ -4,7 +4,6 @@ number of ranks, and shard sizes add up."""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from shardcore.plan import ClusterSpec, ModelSpec, feasible_configs, make_plan, weight_tensors
 
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from shardcore.plan import DEVICE_PRESETS, MODEL_PRESETS, ClusterSpec, ModelSpec
 
 

@@ -3,10 +3,20 @@ and the per-rank prediction of a run."""
 
 import numpy as np
 import pytest
-
-from shardcore.plan import (MODEL_PRESETS, ClusterSpec, ModelSpec, ParallelConfig, make_plan,
-                            predict_traffic, ring_all_reduce_recv, ring_all_reduce_sent,
-                            seed_ep_bytes, seed_pp_bytes, seed_tp_bytes, token_traffic)
+from shardcore.plan import (
+    MODEL_PRESETS,
+    ClusterSpec,
+    ModelSpec,
+    ParallelConfig,
+    make_plan,
+    predict_traffic,
+    ring_all_reduce_recv,
+    ring_all_reduce_sent,
+    seed_ep_bytes,
+    seed_pp_bytes,
+    seed_tp_bytes,
+    token_traffic,
+)
 
 
 def simulate_ring_all_reduce(inputs):
@@ -162,7 +172,7 @@ def test_predict_traffic_ep_with_routing():
     assert got.exact
     h = m.hidden_size
     sent = [0, 0, 0, 0]
-    for (p, c, layer, d), rows in table.items():
+    for (_pass, _chunk, _layer, d), rows in table.items():
         T = len(rows)
         first = (T + 1) // 2  # TP rank 0 owns the first ceil(T/2) tokens
         own = [rows[:first], rows[first:]]
@@ -191,3 +201,29 @@ def test_step_collectives_qwen_tp8():
     assert cols["attention"]["sent"] == 94 * 2 * 7 / 8 * 4096 * 2
     assert cols["embedding"]["group"] == list(range(8))
     assert cols["logits"]["sent"] == 7 * (151936 // 8) * 2
+
+
+def test_compare_and_merge_traffic():
+    from shardcore.plan import compare_traffic, merge_traffic
+
+    plan = make_plan(tiny(), ClusterSpec.make("h100-80gb", 4), ParallelConfig(tp=2, pp=2))
+    pred = predict_traffic(plan, 3, 2, batch=1, dtype="float32")
+    # split each rank's prediction over two "communicators" the way Communicator.traffic()
+    # reports them (every kind present, an algorithms entry, bookkeeping under "internal")
+    kinds = ("all_reduce", "all_gather", "send", "recv", "all_to_allv", "barrier")
+    measured = []
+    for r in pred.ranks:
+        tp_comm = {k: {"calls": 0, "sent": 0, "recv": 0, "algorithms": {}} for k in kinds}
+        world = {k: {"calls": 0, "sent": 0, "recv": 0, "algorithms": {}} for k in kinds}
+        world["internal"] = {"calls": 3, "sent": 64, "recv": 64, "algorithms": {}}
+        for k, e in r.items():
+            target = world if k in ("send", "recv") else tp_comm
+            target[k] = dict(e, algorithms={"ring": e["calls"]})
+        measured.append(merge_traffic(tp_comm, world))
+    assert measured == pred.ranks
+    assert compare_traffic(pred, measured) == []
+    measured[3]["all_reduce"]["sent"] += 4
+    assert compare_traffic(pred, measured) == [
+        f"rank 3 all_reduce sent: predicted {pred.ranks[3]['all_reduce']['sent']}, "
+        f"measured {pred.ranks[3]['all_reduce']['sent'] + 4}"]
+    assert compare_traffic(pred, measured[:2]) == ["2 ranks measured, 4 predicted"]

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "comm/communicator.h"
+#include "comm/symmetric.h"
 #include "module.h"
 
 namespace py = pybind11;
@@ -35,10 +36,28 @@ void register_comm(py::module_& m) {
     }
   });
 
+  py::class_<SymmetricSegment>(m, "SymmetricSegment", py::buffer_protocol(),
+                               "Shared memory holding one equal region per rank.")
+      .def(py::init<const std::string&, int, int, size_t, bool>(), py::arg("name"),
+           py::arg("rank"), py::arg("size"), py::arg("nbytes"), py::arg("create"))
+      .def("unlink", &SymmetricSegment::unlink)
+      .def_property_readonly("stride", &SymmetricSegment::stride)
+      .def_property_readonly("address", [](const SymmetricSegment& s) {
+        return reinterpret_cast<uintptr_t>(s.mine());
+      })
+      .def_property_readonly("nbytes", &SymmetricSegment::bytes)
+      .def_buffer([](SymmetricSegment& s) {
+        return py::buffer_info(s.mine(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {py::ssize_t(s.bytes())}, {py::ssize_t(1)});
+      });
+
   py::class_<Communicator>(m, "Comm", "A shared-memory communicator (see shardcore.Communicator).")
       .def(py::init([](const std::string& name, int rank, int size, size_t slot_bytes,
-                       size_t p2p_bytes, double timeout, double spin_us) {
+                       size_t p2p_bytes, double timeout, double spin_us, size_t one_shot_max,
+                       size_t two_shot_max) {
              Options o;
+             o.one_shot_max = one_shot_max;
+             o.two_shot_max = two_shot_max;
              o.slot_bytes = slot_bytes;
              o.p2p_bytes = p2p_bytes;
              o.timeout_s = timeout;
@@ -55,26 +74,32 @@ void register_comm(py::module_& m) {
              return c;
            }),
            py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("slot_bytes"),
-           py::arg("p2p_bytes"), py::arg("timeout"), py::arg("spin_us"))
+           py::arg("p2p_bytes"), py::arg("timeout"), py::arg("spin_us"),
+           py::arg("one_shot_max") = 0, py::arg("two_shot_max") = 0)
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("name", &Communicator::name)
       .def_property_readonly("slot_bytes", &Communicator::slot_bytes)
+      .def_property_readonly("one_shot_max", &Communicator::one_shot_max)
+      .def_property_readonly("two_shot_max", &Communicator::two_shot_max)
       .def_property_readonly("closed", &Communicator::closed)
       .def_property("timeout", &Communicator::timeout, &Communicator::set_timeout)
       .def("barrier", &Communicator::barrier, py::call_guard<py::gil_scoped_release>())
       .def(
           "all_reduce",
           [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, uint32_t dt, uint32_t op,
-             uint32_t algo) {
+             uint32_t algo, int64_t sym_stride, uint32_t sym_tag, int32_t sym_offset) {
             Algo used;
             {
               py::gil_scoped_release nogil;
               used = c.all_reduce(ptr<const void>(in), ptr<void>(out), count, DType(dt), RedOp(op),
-                                  Algo(algo));
+                                  Algo(algo), sym_stride, sym_tag, sym_offset);
             }
-            return std::string(algo_name(used));
-          })
+            return algo_name(used);
+          },
+          py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+          py::arg("algorithm"), py::arg("sym_stride") = 0, py::arg("sym_tag") = 0,
+          py::arg("sym_offset") = 0)
       .def(
           "reduce_scatter",
           [](Communicator& c, uintptr_t in, uintptr_t out, size_t m, uint32_t dt, uint32_t op) {

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--layer-partition", default=None,
                    help="layers per stage, comma separated (default: remainder to the middle)")
     p.add_argument("--objective", choices=("latency", "throughput"), default="latency")
+    p.add_argument("--search", action="store_true",
+                   help="search even when degrees are given, keeping the given ones fixed")
     p.add_argument("--context", type=int, default=DEFAULT_CONTEXT,
                    help=f"tokens per sequence for KV capacity (default {DEFAULT_CONTEXT})")
     p.add_argument("--dtype", default=None, help="weight and activation dtype (default: model's)")
@@ -79,12 +81,13 @@ def _run(args: argparse.Namespace) -> int:
     partition = ([int(x) for x in args.layer_partition.split(",")]
                  if args.layer_partition else None)
     search = None
-    if any(v is not None for v in (args.tp, args.pp, args.dp, args.ep)):
-        plan = make_plan(model, cluster, tp=args.tp, pp=args.pp, dp=args.dp, ep=args.ep,
-                         layer_partition=partition)
+    degrees = {"tp": args.tp, "pp": args.pp, "dp": args.dp, "ep": args.ep}
+    if not args.search and (partition is not None or any(v is not None
+                                                         for v in degrees.values())):
+        plan = make_plan(model, cluster, layer_partition=partition, **degrees)
     else:
         search = auto_plan(model, cluster, args.objective, context=args.context,
-                           kv_dtype=args.kv_dtype)
+                           kv_dtype=args.kv_dtype, **degrees)
         plan = search.plan
     if args.save:
         plan.save(args.save)
@@ -96,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         out = {
             "plan": plan.to_dict(),
             "hash": plan.hash,
+            "fits": all(plan.memory(r.rank, kv_dtype=args.kv_dtype).fits for r in plan.ranks),
             "memory": [_memory_dict(plan.memory(r.rank, kv_dtype=args.kv_dtype))
                        for r in plan.ranks],
             "traffic_per_token": token_traffic(plan),

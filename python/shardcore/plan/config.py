@@ -152,7 +152,8 @@ def first_violation(model: ModelSpec, cluster: ClusterSpec | int, config: Parall
         if not model.is_moe:
             return f"ep={ep} needs an MoE model; {model.name} has no experts"
         if (tp * dp) % ep:
-            return f"ep={ep} must divide tp*dp = {tp * dp} (EP is laid over a stage's TP x DP ranks)"
+            return (f"ep={ep} must divide tp*dp = {tp * dp} "
+                    f"(EP is laid over a stage's TP x DP ranks)")
         if model.num_experts % ep:
             return f"ep={ep} must divide the {model.num_experts} experts"
     return None

@@ -5,17 +5,22 @@ from __future__ import annotations
 from .specs import GB, GIB
 
 
-def text_table(rows: list, title: str | None = None) -> str:
-    """Rows (dicts of strings, same keys) as an aligned plain-text table."""
+def text_table(rows: list, title: str | None = None, left: tuple = ("why",)) -> str:
+    """Rows (dicts of strings, same keys) as an aligned plain-text table; numbers right-aligned,
+    the ``left`` columns (free text) left-aligned."""
     if not rows:
         return title or ""
     keys = list(rows[0])
     widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+
+    def cell(k: str, v: str) -> str:
+        return v.ljust(widths[k]) if k in left else v.rjust(widths[k])
+
     lines = [title] if title else []
-    lines.append("  ".join(k.rjust(widths[k]) for k in keys))
+    lines.append("  ".join(cell(k, k) for k in keys).rstrip())
     lines.append("  ".join("-" * widths[k] for k in keys))
     for r in rows:
-        lines.append("  ".join(str(r[k]).rjust(widths[k]) for k in keys))
+        lines.append("  ".join(cell(k, str(r[k])) for k in keys).rstrip())
     return "\n".join(lines)
 
 
@@ -23,6 +28,12 @@ def plan_text(plan, collectives_rank: int = 0) -> str:
     """The whole plan as plain text: summary, notes, per-rank table, memory, collectives."""
     out = [plan.summary()]
     out += [f"note: {n}" for n in plan.notes]
+    short = [m for m in (plan.memory(r.rank) for r in plan.ranks) if not m.fits]
+    if short:
+        worst = min(short, key=lambda m: m.free)
+        out.append(f"DOES NOT FIT: {len(short)} rank(s) have no room for a KV token; rank "
+                   f"{worst.rank} needs {-worst.free / GB:.2f} GB more than its "
+                   f"{worst.device_bytes / GB:.2f} GB ({worst.weights / GB:.2f} GB of weights)")
     out.append(text_table(plan.rank_rows(), "per rank:"))
     out.append(f"memory of rank {collectives_rank}:")
     out += ["  " + line for line in plan.memory(collectives_rank).lines()]

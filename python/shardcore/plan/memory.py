@@ -50,7 +50,8 @@ class MemoryReport:
         def both(x: float) -> str:
             return f"{x / GB:8.2f} GB  {x / GIB:8.2f} GiB"
         return [
-            f"device capacity     {both(self.device_bytes)}  (nominal {self.nominal_bytes / GB:.0f} GB)",
+            f"device capacity     {both(self.device_bytes)}  "
+            f"(nominal {self.nominal_bytes / GB:.0f} GB)",
             f"weights             {both(self.weights)}",
             f"left after weights  {both(self.left_after_weights)}  "
             f"(nominal: {self.left_after_weights_nominal / GB:.2f} GB)",

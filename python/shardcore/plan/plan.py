@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..errors import PlanError
-from .config import (ParallelConfig, check_config, default_layer_partition, split_range)
-from .specs import GB, GIB, ClusterSpec, DeviceSpec, ModelSpec
+from .config import ParallelConfig, check_config, default_layer_partition, split_range, split_sizes
+from .specs import GB, GIB, ClusterSpec, ModelSpec
 
 PLAN_FORMAT = 1
 
@@ -167,6 +167,23 @@ class Plan:
         """Every rank of DP replica ``dp``."""
         c = self.config
         return tuple(c.rank(dp, s, t) for s in range(c.pp) for t in range(c.tp))
+
+    def expert_owner(self, rank: int, expert: int) -> int:
+        """The rank of ``rank``'s EP group that holds ``expert`` (``rank`` itself when ep == 1)."""
+        if not 0 <= expert < self.model.num_experts:
+            raise ValueError(f"expert {expert} out of range [0, {self.model.num_experts})")
+        if self.config.ep == 1:
+            return rank
+        return self.ep_group(rank)[expert // (self.model.num_experts // self.config.ep)]
+
+    def owned_tokens(self, rank: int, tokens: int) -> tuple:
+        """(start, stop) of the tokens of a chunk that ``rank`` routes through EP: its TP
+        block of the replica's ``tokens`` (all of them when tp == 1)."""
+        return split_range(tokens, self.config.tp, self.ranks[rank].tp)
+
+    def replica_batches(self, batch: int) -> list:
+        """Sequences per DP replica for a batch of ``batch`` (first ``batch % dp`` one more)."""
+        return split_sizes(batch, self.config.dp)
 
     def stage_of_layer(self, layer: int) -> int:
         """The pipeline stage that runs decoder layer ``layer``."""
@@ -312,8 +329,9 @@ class Plan:
             raise PlanError(f"unsupported plan format {d.get('format')!r}")
         md = dict(d["model"])
         md["mlp_only_layers"] = tuple(md.get("mlp_only_layers", ()))
-        ranks = tuple(RankPlan(**{k: (tuple(v) if isinstance(v, list) else v)
-                                  for k, v in r.items()}) for r in d["ranks"])
+        fields: list = [{k: (tuple(v) if isinstance(v, list) else v) for k, v in r.items()}
+                        for r in d["ranks"]]
+        ranks = tuple(RankPlan(**f) for f in fields)
         return cls(model=ModelSpec(**md), cluster=ClusterSpec.from_dict(d["cluster"]),
                    config=ParallelConfig(**d["config"]),
                    layer_partition=tuple(d["layer_partition"]), ranks=ranks,
@@ -350,11 +368,12 @@ class Plan:
             mem = self.memory(r.rank)
             rows.append({
                 "rank": str(r.rank), "node": str(r.node),
+                **({"card": str(r.card)} if self.cluster.ranks_per_card > 1 else {}),
                 "dp,pp,tp,ep": f"{r.dp},{r.pp},{r.tp},{r.ep}",
                 "layers": f"{r.layers[0]}-{r.layers[1] - 1}",
                 "q heads": f"{r.q_heads[0]}-{r.q_heads[1] - 1}",
                 "kv heads": f"{r.kv_heads[0]}-{r.kv_heads[1] - 1}",
-                "experts": (f"{r.experts[0]}-{r.experts[1] - 1}" if self.model.is_moe else "-"),
+                "experts": self._experts_text(r),
                 "vocab": (f"{r.vocab[0]}-{r.vocab[1] - 1}"
                           if r.has_embedding or r.has_lm_head else "-"),
                 "weights GB/GiB": f"{mem.weights / GB:.2f}/{mem.weights / GIB:.2f}",
@@ -363,6 +382,14 @@ class Plan:
                 "KV tokens": f"{mem.kv_capacity_tokens}",
             })
         return rows
+
+    def _experts_text(self, r: RankPlan) -> str:
+        if not self.model.is_moe:
+            return "-"
+        held = f"{r.experts[0]}-{r.experts[1] - 1}"
+        if self.config.ep > 1:
+            return held + " whole"
+        return f"all, ffn {r.expert_ffn[0]}-{r.expert_ffn[1] - 1}"
 
     def __str__(self) -> str:
         from .format import plan_text
@@ -382,16 +409,25 @@ def weight_tensors_cached(model: ModelSpec) -> dict:
     return got
 
 
-def make_plan(model: ModelSpec | str, cluster: ClusterSpec, config: ParallelConfig | None = None,
+def make_plan(model: ModelSpec | str, cluster: ClusterSpec | int,
+              config: ParallelConfig | None = None,
               *, tp: int | None = None, pp: int | None = None, dp: int | None = None,
               ep: int | None = None, layer_partition: Sequence[int] | None = None) -> Plan:
     """Validate ``config`` (or tp/pp/dp/ep; dp defaults to what fills the cluster) and build
-    the plan. Raises ``PlanError`` naming the broken constraint and listing what would work."""
+    the plan. Raises ``PlanError`` naming the broken constraint and listing what would work.
+
+    ``model`` may be a preset name; ``cluster`` may be a world size, meaning one host of that
+    many ``cpu`` devices (what ``shardcore.runtime`` runs on)."""
     if isinstance(model, str):
         model = ModelSpec.preset(model)
+    if isinstance(cluster, int):
+        cluster = ClusterSpec.make("cpu", cluster)
     if config is None:
-        tp, pp, ep = tp or 1, pp or 1, ep or 1
+        if pp is None and layer_partition is not None:
+            pp = len(layer_partition)
+        tp, pp, ep = (1 if v is None else v for v in (tp, pp, ep))
         if dp is None:
+            ParallelConfig(tp, pp, 1, ep)  # validates the given degrees first
             dp = max(1, cluster.world_size // (tp * pp))
         config = ParallelConfig(tp, pp, dp, ep)
     notes = check_config(model, cluster, config, layer_partition)
@@ -433,4 +469,4 @@ def make_plan(model: ModelSpec | str, cluster: ClusterSpec, config: ParallelConf
                 ranks=tuple(ranks), notes=tuple(notes))
 
 
-__all__ = ["Plan", "RankPlan", "make_plan", "weight_tensors", "DeviceSpec"]
+__all__ = ["Plan", "RankPlan", "make_plan", "weight_tensors"]

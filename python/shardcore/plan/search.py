@@ -54,7 +54,7 @@ class Candidate:
     """One configuration with its numbers (filled in by ``evaluate``)."""
 
     config: ParallelConfig
-    plan: Plan | None = None
+    plan: Plan
     fits: bool = True
     weights_gb: float = 0.0
     free_gb: float = 0.0
@@ -63,9 +63,10 @@ class Candidate:
     tp_spans_nodes: bool = False
     sequences: int = 0          # sequences of `context` tokens in flight per replica
     micro_batch: float = 0.0    # B
-    stage: StageCost | None = None   # the slowest stage at B
+    stage: StageCost = field(default_factory=lambda: StageCost(0.0, 0.0, 0.0, 0.0))  # slowest
     throughput: float = 0.0     # tokens/s over all replicas
     latency: float = float("inf")   # seconds per token for one sequence
+    latency_parts: StageCost = field(default_factory=lambda: StageCost(0.0, 0.0, 0.0, 0.0))
     comm_bytes_per_token: float = 0.0
     score: float = 0.0
     why: str = ""
@@ -83,8 +84,8 @@ class Candidate:
             "KV copies": str(self.kv_replication),
             "seqs/replica": str(self.sequences) if self.fits else "-",
             "B": f"{self.micro_batch:.0f}" if self.fits else "-",
-            "step ms": f"{st.step * 1e3:.2f}" if st else "-",
-            "comm ms": f"{st.comm * 1e3:.2f}" if st else "-",
+            "step ms": f"{st.step * 1e3:.2f}" if self.fits else "-",
+            "comm ms": f"{st.comm * 1e3:.2f}" if self.fits else "-",
             "tok/s": f"{self.throughput:.0f}" if self.fits else "-",
             "latency ms": f"{self.latency * 1e3:.2f}" if self.fits else "-",
             "TP spans nodes": "yes" if self.tp_spans_nodes else "",
@@ -166,6 +167,8 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, config: ParallelConfig, *,
     cand.throughput = c.dp * B / cand.stage.step
     single = [_stage_cost(plan, s, 1, context, act_b, kv_dtype) for s in range(c.pp)]
     cand.latency = sum(x.step for x in single)
+    cand.latency_parts = StageCost(*(sum(getattr(x, f) for x in single)
+                                     for f in ("compute", "weights", "kv", "comm")))
     h = m.hidden_size
     cand.comm_bytes_per_token = (2 * m.num_layers * 2 * (c.tp - 1) / c.tp * h * act_b
                                  + (c.pp - 1) * h * act_b)
@@ -202,9 +205,12 @@ def _explain(cand: Candidate, win: Candidate, objective: str) -> str:
         parts.append(f"slowest stage step {st.step * 1e3:.2f} ms (weights "
                      f"{st.weights * 1e3:.2f}, KV {st.kv * 1e3:.2f}, compute "
                      f"{st.compute * 1e3:.2f}, comm {st.comm * 1e3:.2f}) vs {ws.step * 1e3:.2f}")
-    elif cand.stage is not None:
-        parts.append(f"TP comm per token {cand.comm_bytes_per_token / 1e3:.0f} kB vs "
-                     f"{win.comm_bytes_per_token / 1e3:.0f} kB")
+    else:
+        lp, wp = cand.latency_parts, win.latency_parts
+        parts.append(f"per token: weights {lp.weights * 1e3:.2f} vs {wp.weights * 1e3:.2f} ms, "
+                     f"comm {lp.comm * 1e3:.2f} vs {wp.comm * 1e3:.2f} ms "
+                     f"({cand.comm_bytes_per_token / 1e3:.0f} vs "
+                     f"{win.comm_bytes_per_token / 1e3:.0f} kB sent per rank)")
     return "; ".join(parts)
 
 
@@ -227,15 +233,41 @@ class SearchResult:
         return self.best.plan
 
     def why(self) -> str:
-        """Why the winner wins, in sentences."""
+        """Why the winner wins, in sentences: its numbers, then the runner-up's and, when the
+        winner uses EP, the best configuration without it."""
         b = self.best
-        runner = next((c for c in self.candidates[1:] if c.fits), None)
+        m, c = b.plan.model, b.config
+        st = b.stage
         metric = (f"{b.throughput:.0f} tok/s" if self.objective == "throughput"
                   else f"{b.latency * 1e3:.2f} ms/token")
-        text = f"{b.config} wins on {self.objective} with {metric}"
+        if self.objective == "throughput":
+            lines = [f"{c} wins on throughput with {metric}: {b.weights_gb:.1f} GB of weights "
+                     f"per rank leave {b.free_gb:.1f} GB for the KV cache, {b.sequences} "
+                     f"sequences of {self.context} tokens per replica, run as {c.pp} "
+                     f"micro-batch(es) of {b.micro_batch:.0f} on {c.dp} replica(s); slowest "
+                     f"stage step {st.step * 1e3:.2f} ms (weights {st.weights * 1e3:.2f}, KV "
+                     f"{st.kv * 1e3:.2f}, compute {st.compute * 1e3:.2f}, comm "
+                     f"{st.comm * 1e3:.2f} ms)."]
+        else:
+            lp = b.latency_parts
+            lines = [f"{c} wins on latency with {metric}: one token of one {self.context}-token "
+                     f"sequence passes {c.pp} stage(s) of tp={c.tp} ranks, reading weights "
+                     f"{lp.weights * 1e3:.2f} ms and KV {lp.kv * 1e3:.2f} ms (compute "
+                     f"{lp.compute * 1e3:.2f} ms) plus {lp.comm * 1e3:.2f} ms of "
+                     f"communication."]
+        if c.ep > 1:
+            lines.append(f"EP={c.ep}: each rank holds {m.num_experts // c.ep} whole experts "
+                         f"instead of a 1/{c.tp} slice of all {m.num_experts}, so one read of "
+                         f"an expert's weights serves the tokens of "
+                         f"{max(1, c.ep // c.tp)} replica(s).")
+        runner = next((x for x in self.candidates[1:] if x.fits), None)
         if runner is not None:
-            text += f"; the runner-up {runner.config}: {runner.why}"
-        return text
+            lines.append(f"Runner-up {runner.config}: {runner.why}.")
+        if c.ep > 1:
+            plain = next((x for x in self.candidates if x.fits and x.config.ep == 1), None)
+            if plain is not None:
+                lines.append(f"Best without EP, {plain.config}: {plain.why}.")
+        return "\n".join(lines)
 
 
 def auto_plan(model: ModelSpec | str, cluster: ClusterSpec, objective: str = "latency", *,
@@ -264,10 +296,11 @@ def auto_plan(model: ModelSpec | str, cluster: ClusterSpec, objective: str = "la
         raise PlanError(f"no configuration of {model.name} fits {cluster.world_size} x "
                         f"{cluster.unit.name}: " + "; ".join(f"({c.config}) {c.why}"
                                                              for c in cands[:8]))
-    if objective == "throughput":
-        key = (lambda c: (-c.throughput, c.latency, c.config.ep, c.config.pp))
-    else:
-        key = (lambda c: (c.latency, -c.throughput, c.config.ep, c.config.pp))
+    def key(c: Candidate) -> tuple:
+        if objective == "throughput":
+            return (-c.throughput, c.latency, c.config.ep, c.config.pp)
+        return (c.latency, -c.throughput, c.config.ep, c.config.pp)
+
     fitting.sort(key=key)
     for c in fitting:
         c.score = c.throughput if objective == "throughput" else c.latency

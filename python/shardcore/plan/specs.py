@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 GB = 1e9
@@ -351,6 +351,10 @@ DEVICE_PRESETS: dict[str, DeviceSpec] = {
     # FuriosaAI RNGD card: 48 GB HBM3, 1.5 TB/s, 256 TFLOP/s bf16, 8 processing elements.
     # Furiosa LLM runs TP inside a card (tensor_parallel_size <= 8 PEs), PP/DP across cards.
     # The on-card PE-to-PE bandwidth is not published; 1.5 TB/s/8 per PE is our assumption.
+    # A placeholder for shardcore's own one-host CPU runs (the runtime's plans): the memory,
+    # compute and bandwidth figures only feed the memory table and the search, not the run.
+    "cpu": DeviceSpec(name="cpu", memory_bytes=64 * 2**30, peak_flops=1e12,
+                      memory_bandwidth=50e9),
     "rngd": DeviceSpec(name="rngd", memory_bytes=48 * 10**9, peak_flops=256e12,
                        memory_bandwidth=1.5e12, processing_elements=8,
                        on_card_bandwidth=187.5e9, allowed_tp_sizes=(1, 2, 4, 8)),
@@ -374,7 +378,6 @@ class ClusterSpec:
     inter_node_bandwidth: float = 50e9
     intra_node_latency: float = 3e-6
     inter_node_latency: float = 10e-6
-    extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.devices_per_node < 1:

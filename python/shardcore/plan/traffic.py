@@ -36,6 +36,10 @@ A run (``predict_traffic``): ``batch`` sequences of ``prefill_tokens`` prompt to
   the rows are the uniform-routing expectation and the prediction says ``exact=False``.
 
 All-reduces are assumed to use the ring algorithm (the runtime must force ``algorithm="ring"``).
+Group members are numbered in tp order (TP groups) and EP-rank order (EP groups), which is how
+the runtime must order its sub-communicators. A rank's measured traffic is the sum over all its
+communicators (``merge_traffic``), leaving out the ``internal`` kind (shardcore's bookkeeping:
+``split`` and the counts exchange of ``all_to_allv``); ``compare_traffic`` does the comparison.
 """
 
 from __future__ import annotations
@@ -92,9 +96,9 @@ def seed_pp_bytes(stages: int, hidden: int, b: float = 2) -> float:
     return (stages - 1) * hidden * b
 
 
-def seed_ep_bytes(moe_blocks: int, top_k: int, hidden: int, l: int, b: float = 2) -> float:
-    """EP bytes per token: two all-to-alls of top_k*h*b/l per MoE block (0 when l == 1)."""
-    return 0.0 if l <= 1 else 2 * moe_blocks * top_k * hidden * b / l
+def seed_ep_bytes(moe_blocks: int, top_k: int, hidden: int, ep: int, b: float = 2) -> float:
+    """EP bytes per token: two all-to-alls of top_k*h*b/l per MoE block, l = ep (0 when l == 1)."""
+    return 0.0 if ep <= 1 else 2 * moe_blocks * top_k * hidden * b / ep
 
 
 def token_traffic(plan, dtype: str | None = None) -> dict:
@@ -302,3 +306,39 @@ def step_collectives(plan, rank: int, tokens: int = 1, dtype: str | None = None)
         e["calls"] += op.times
         e["sent"] += (op.sent[i] if kind != "recv" else 0) * op.times
     return list(out.values())
+
+
+#: kinds of ``Communicator.traffic()`` that are shardcore's bookkeeping, not the model's traffic
+BOOKKEEPING_KINDS = ("internal",)
+
+
+def merge_traffic(*traffics: dict) -> dict:
+    """Sum ``Communicator.traffic()`` dicts of one rank's communicators (TP, EP, world...) into
+    ``{kind: {"calls", "sent", "recv"}}``, dropping kinds with no calls and bookkeeping kinds."""
+    out: dict = {}
+    for t in traffics:
+        for kind, e in t.items():
+            if kind in BOOKKEEPING_KINDS or not e.get("calls"):
+                continue
+            acc = out.setdefault(kind, {"calls": 0, "sent": 0, "recv": 0})
+            for key in acc:
+                acc[key] += int(e[key])
+    return out
+
+
+def compare_traffic(prediction: TrafficPrediction, measured: list) -> list:
+    """Differences between a prediction and measured per-rank traffic (each rank's entry a
+    ``merge_traffic`` result or a raw ``traffic()`` dict); an empty list means byte-exact."""
+    if len(measured) != len(prediction.ranks):
+        return [f"{len(measured)} ranks measured, {len(prediction.ranks)} predicted"]
+    problems = []
+    for rank, (want, got) in enumerate(zip(prediction.ranks, measured)):
+        got = merge_traffic(got)
+        for kind in sorted(set(want) | set(got)):
+            w = want.get(kind, {"calls": 0, "sent": 0, "recv": 0})
+            g = got.get(kind, {"calls": 0, "sent": 0, "recv": 0})
+            for key in ("calls", "sent", "recv"):
+                if w[key] != g[key]:
+                    problems.append(f"rank {rank} {kind} {key}: predicted {w[key]}, "
+                                    f"measured {g[key]}")
+    return problems
