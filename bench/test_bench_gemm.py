@@ -12,12 +12,11 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from shardcore import kernels  # noqa: E402
-from shardcore.bench.gemm import DEFAULT_SHAPES  # noqa: E402
+import ml_dtypes
+import numpy as np
+import pytest
+from shardcore import kernels
+from shardcore.bench.gemm import DEFAULT_SHAPES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
