@@ -142,7 +142,8 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
     print(f"# shardcore bench gemm: {_cpu_model()}, {os.cpu_count()} logical CPUs")
     print(
         f"# shardcore kernel {kernel} (f32 impl {kernels.kernel_info('float32', kernel)['name']}, "
-        f"bf16 impl {kernels.kernel_info('bfloat16', kernel)['name']}), threads={args.threads}"
+        f"bf16 impl {kernels.kernel_info('bfloat16', kernel)['name']}), threads={args.threads}; "
+        f"selected at import: {kernels.kernel_name()} ({kernels.kernel_reason()})"
     )
     print(f"# numpy {np.__version__}: {blas}")
     print(f"# torch {torch.__version__ + ', 1 thread' if torch else 'not measured'}")
