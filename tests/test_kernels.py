@@ -35,7 +35,7 @@ SHAPES = sorted(
 TRANSFORMER_SHAPES = [(1, 2048, 2048), (4, 2048, 5632), (37, 5632, 2048), (128, 2048, 256)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _operands(m: int, k: int, n: int, seed: int = 0):
     rng = np.random.default_rng([m, k, n, seed])
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -110,8 +110,13 @@ def test_bf16_activations_and_bf16_output(kernel):
     _check(out, ref, mag, k, f"{kernel} bf16 x, f32 out")
     # bf16 activations on float32 weights are widened exactly.
     ref32, mag32 = _reference(xb.astype(np.float32), w, b, F32)
-    _check(kernels.matmul(xb, kernels.PackedWeight(w, kernel=kernel), b, out_dtype="float32"),
-           ref32, mag32, k, f"{kernel} bf16 x on f32 w")
+    _check(
+        kernels.matmul(xb, kernels.PackedWeight(w, kernel=kernel), b, out_dtype="float32"),
+        ref32,
+        mag32,
+        k,
+        f"{kernel} bf16 x on f32 w",
+    )
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -142,16 +147,21 @@ def test_layouts_and_strides(kernel):
     x, w, _ = _operands(5, 63, 65)
     base = kernels.matmul(x, kernels.PackedWeight(w, kernel=kernel))
     np.testing.assert_array_equal(
-        kernels.matmul(x, kernels.PackedWeight(np.ascontiguousarray(w.T), transpose=True,
-                                               kernel=kernel)), base)
+        kernels.matmul(
+            x, kernels.PackedWeight(np.ascontiguousarray(w.T), transpose=True, kernel=kernel)
+        ),
+        base,
+    )
     np.testing.assert_array_equal(
-        kernels.matmul(x, kernels.PackedWeight.from_linear(np.asfortranarray(w).T,
-                                                           kernel=kernel)), base)
+        kernels.matmul(x, kernels.PackedWeight.from_linear(np.asfortranarray(w).T, kernel=kernel)),
+        base,
+    )
     # A strided view (every other column of a wider matrix), packed without a copy by the caller.
     wide = np.zeros((63, 130), dtype=np.float32)
     wide[:, ::2] = w
     np.testing.assert_array_equal(
-        kernels.matmul(x, kernels.PackedWeight(wide[:, ::2], kernel=kernel)), base)
+        kernels.matmul(x, kernels.PackedWeight(wide[:, ::2], kernel=kernel)), base
+    )
     # A plain array is packed per call with the same kernel.
     np.testing.assert_array_equal(kernels.matmul(x, w, kernel=kernel), base)
 
@@ -160,15 +170,19 @@ def test_leading_dimensions_and_edges():
     x, w, b = _operands(12, 33, 20)
     pw = kernels.PackedWeight(w)
     flat = kernels.matmul(x, pw, b)
-    np.testing.assert_array_equal(kernels.matmul(x.reshape(3, 4, 33), pw, b), flat.reshape(3, 4, 20))
+    np.testing.assert_array_equal(
+        kernels.matmul(x.reshape(3, 4, 33), pw, b), flat.reshape(3, 4, 20)
+    )
     np.testing.assert_array_equal(kernels.matmul(x[3], pw, b), flat[3])
     assert kernels.matmul(np.zeros((0, 33), np.float32), pw).shape == (0, 20)
     # K = 0: the empty sum, so the result is the bias.
     empty = kernels.PackedWeight(np.zeros((0, 20), np.float32))
-    np.testing.assert_array_equal(kernels.matmul(np.zeros((4, 0), np.float32), empty, b),
-                                  np.broadcast_to(b, (4, 20)))
-    np.testing.assert_array_equal(kernels.matmul(np.zeros((4, 0), np.float32), empty),
-                                  np.zeros((4, 20), np.float32))
+    np.testing.assert_array_equal(
+        kernels.matmul(np.zeros((4, 0), np.float32), empty, b), np.broadcast_to(b, (4, 20))
+    )
+    np.testing.assert_array_equal(
+        kernels.matmul(np.zeros((4, 0), np.float32), empty), np.zeros((4, 20), np.float32)
+    )
     assert kernels.matmul(x, kernels.PackedWeight(np.zeros((33, 0), np.float32))).shape == (12, 0)
 
 
@@ -187,8 +201,11 @@ def test_bf16_output_rounds_to_nearest_even():
     # 1 + 2**-8 is halfway between bf16 neighbours 1 and 1 + 2**-7: ties go to even (1.0);
     # 1 + 3 * 2**-8 is halfway between 1 + 2**-7 and 1 + 2**-6: ties go to even (1 + 2**-6).
     x = np.array([[1.0], [1.0], [1.0]], np.float32)
-    for value, want in [(1 + 2**-8, 1.0), (1 + 3 * 2**-8, 1 + 2**-6), (1 + 2**-8 + 2**-20,
-                                                                         1 + 2**-7)]:
+    for value, want in [
+        (1 + 2**-8, 1.0),
+        (1 + 3 * 2**-8, 1 + 2**-6),
+        (1 + 2**-8 + 2**-20, 1 + 2**-7),
+    ]:
         w = np.array([[value]], np.float32)
         got = kernels.matmul(x, kernels.PackedWeight(w), out_dtype="bfloat16")
         assert got.dtype == BF16
@@ -208,7 +225,7 @@ def test_kernel_introspection():
 
 
 def test_bad_input_raises():
-    x, w, b = _operands(4, 8, 6)
+    x, w, _ = _operands(4, 8, 6)
     pw = kernels.PackedWeight(w)
     with pytest.raises(ValueError, match="shape mismatch"):
         kernels.matmul(np.ones((4, 9), np.float32), pw)

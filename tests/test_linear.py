@@ -5,11 +5,10 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 import shardcore
 
 kernels = pytest.importorskip("shardcore.kernels")
-from shardcore import linear  # noqa: E402
+from shardcore import linear
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 # Odd sizes: N and K divide unevenly for most world sizes, and K < 8 leaves some ranks empty.
@@ -42,30 +41,35 @@ def _worker(comm):
     bs = linear.bias_shard(b, r, s)
     out["col_local"] = linear.column_parallel_linear(x, pw, bs)
     out["col"] = linear.column_parallel_linear(x, pw, bs, gather_output=True, comm=comm)
-    out["col_known_n"] = linear.column_parallel_linear(x, pw, bs, gather_output=True, comm=comm,
-                                                       out_features=N)
+    out["col_known_n"] = linear.column_parallel_linear(
+        x, pw, bs, gather_output=True, comm=comm, out_features=N
+    )
     # bf16 weights and activations, bf16 on the wire of the gather.
     pwb = kernels.PackedWeight(linear.column_shard(w, r, s), "bfloat16")
-    out["col_bf16"] = linear.column_parallel_linear(x.astype(BF16), pwb, bs, gather_output=True,
-                                                    comm=comm)
+    out["col_bf16"] = linear.column_parallel_linear(
+        x.astype(BF16), pwb, bs, gather_output=True, comm=comm
+    )
     # Row parallel.
     xs = linear.input_shard(x, r, s)
     wr = linear.row_shard(w, r, s)
     out["row"] = linear.row_parallel_linear(xs, kernels.PackedWeight(wr), b, comm)
     out["row_nk"] = linear.row_parallel_linear(
-        xs, kernels.PackedWeight.from_linear(linear.row_shard(w_nk, r, s, layout="nk")), b, comm)
+        xs, kernels.PackedWeight.from_linear(linear.row_shard(w_nk, r, s, layout="nk")), b, comm
+    )
     # reduce_scatter needs the first axis divisible by the world size: use size * 3 rows.
     x3 = np.random.default_rng(1).standard_normal((3 * s, K)).astype(np.float32)
-    out["row_rs"] = linear.row_parallel_linear(linear.input_shard(x3, r, s), wr, b, comm,
-                                               reduce="reduce_scatter")
+    out["row_rs"] = linear.row_parallel_linear(
+        linear.input_shard(x3, r, s), wr, b, comm, reduce="reduce_scatter"
+    )
     pbr = kernels.PackedWeight(wr, "bfloat16")
     xb = xs.astype(BF16)
     comm.reset_traffic()
     out["row_bf16_f32wire"] = linear.row_parallel_linear(xb, pbr, b, comm, out_dtype="float32")
     out["traffic_f32"] = comm.traffic()["all_reduce"]["sent"]
     comm.reset_traffic()
-    out["row_bf16_bf16wire"] = linear.row_parallel_linear(xb, pbr, b, comm, wire_dtype="bfloat16",
-                                                          out_dtype="float32")
+    out["row_bf16_bf16wire"] = linear.row_parallel_linear(
+        xb, pbr, b, comm, wire_dtype="bfloat16", out_dtype="float32"
+    )
     out["traffic_bf16"] = comm.traffic()["all_reduce"]["sent"]
     return out
 
@@ -118,15 +122,23 @@ def test_shard_rule_contiguous_first_ranks_get_extra():
     w = np.arange(7 * 11, dtype=np.float32).reshape(7, 11)
     for size in range(1, 9):
         np.testing.assert_array_equal(
-            np.concatenate([linear.column_shard(w, r, size) for r in range(size)], axis=1), w)
+            np.concatenate([linear.column_shard(w, r, size) for r in range(size)], axis=1), w
+        )
         np.testing.assert_array_equal(
-            np.concatenate([linear.row_shard(w, r, size) for r in range(size)], axis=0), w)
+            np.concatenate([linear.row_shard(w, r, size) for r in range(size)], axis=0), w
+        )
         np.testing.assert_array_equal(
-            np.concatenate([linear.column_shard(w.T, r, size, layout="nk") for r in range(size)],
-                           axis=0), w.T)
+            np.concatenate(
+                [linear.column_shard(w.T, r, size, layout="nk") for r in range(size)], axis=0
+            ),
+            w.T,
+        )
         np.testing.assert_array_equal(
-            np.concatenate([linear.row_shard(w.T, r, size, layout="nk") for r in range(size)],
-                           axis=1), w.T)
+            np.concatenate(
+                [linear.row_shard(w.T, r, size, layout="nk") for r in range(size)], axis=1
+            ),
+            w.T,
+        )
         assert linear.column_shard(w, 0, size).flags.c_contiguous
 
 
@@ -139,7 +151,7 @@ def test_single_rank_without_comm():
 
 
 def test_bad_arguments():
-    x, w, b = _full()
+    x, w, _ = _full()
     with pytest.raises(ValueError, match="rank must be in"):
         linear.shard_range(10, 4, 4)
     with pytest.raises(ValueError, match="size must be"):

@@ -34,6 +34,8 @@ void register_gemm(py::module_& m) {
   }, "Kernel families this CPU can run, best first.");
   m.def("gemm_selected", [] { return std::string(gemm::selected_family().name); },
         "The kernel family chosen at import (SHARDCORE_KERNEL or CPU detection).");
+  m.def("gemm_selection_reason", [] { return gemm::selection_reason(); },
+        "Why the selected kernel family was chosen.");
   m.def("gemm_impl", [](const std::string& kernel, const std::string& dtype) {
     const auto& impl = gemm::impl_for(gemm::family_by_name(kernel), parse_dtype(dtype));
     py::dict d;

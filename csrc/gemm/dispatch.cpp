@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <thread>
@@ -33,7 +34,20 @@ std::vector<std::string> all_names() {
 struct Selection {
   const Family* family = nullptr;
   std::string error;
+  std::string reason;
 };
+
+// Multiply-add rate of a family's instruction for dtype, best of three short runs (~1 ms each).
+double quick_rate(const Family& f, DType dtype) {
+  double best = 0;
+  for (int i = 0; i < 3; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double flops = f.multiply_add_loop(dtype, 100'000);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, flops / s);
+  }
+  return best;
+}
 
 Selection select() {
   Selection s;
@@ -41,8 +55,31 @@ Selection select() {
   const std::string want = env ? env : "";
   if (want.empty() || want == "auto") {
     s.family = available_families().front();
+    s.reason = "best family this CPU supports";
+#if defined(SHARDCORE_X86)
+    if (std::string(s.family->name) == "avx512bf16") {
+      // vdpbf16ps does twice the FMA's flops per instruction, but its throughput differs by core:
+      // on Zen4 it runs at the FMA's rate (2x the flops), on Sapphire Rapids at half of it (1x
+      // the flops of one FMA port, 0.5x of two), where widening bf16 to float32 for the FMA
+      // kernel is faster (measured 0.60x vs 0.93x of our float32 GEMM there). So measure.
+      const double dot = quick_rate(*s.family, DType::bf16);
+      const double fma = quick_rate(*s.family, DType::f32);
+      const double ratio = dot / fma;
+      char buf[160];
+      if (ratio < 1.25) {
+        s.family = &avx512_family();
+        std::snprintf(buf, sizeof buf,
+                      "vdpbf16ps measured %.2fx the FMA's flop rate (< 1.25x): bf16 widened to "
+                      "float32 instead", ratio);
+      } else {
+        std::snprintf(buf, sizeof buf, "vdpbf16ps measured %.2fx the FMA's flop rate", ratio);
+      }
+      s.reason = buf;
+    }
+#endif
     return s;
   }
+  s.reason = "SHARDCORE_KERNEL=" + want;
   try {
     s.family = &family_by_name(want);
   } catch (const std::invalid_argument& e) {
@@ -72,10 +109,20 @@ const Family& family_by_name(const std::string& name) {
                               "here: " + avail + ")");
 }
 
-const Family& selected_family() {
+const Selection& selection() {
   static const Selection s = select();
+  return s;
+}
+
+const Family& selected_family() {
+  const Selection& s = selection();
   if (!s.family) throw std::invalid_argument(s.error);
   return *s.family;
+}
+
+std::string selection_reason() {
+  selected_family();
+  return selection().reason;
 }
 
 const Impl& impl_for(const Family& f, DType w_dtype) {

@@ -15,7 +15,12 @@ const std::vector<const Family*>& available_families();
 // The family chosen at import: SHARDCORE_KERNEL if set (generic, avx2, avx512, avx512bf16 or
 // auto), else the best available. Throws std::invalid_argument naming the problem if the variable
 // names an unknown family or one this CPU cannot run.
+// auto: the best supported family, except that avx512bf16 yields to avx512 where a quick probe
+// finds vdpbf16ps no faster (in flops) than the FMA (Sapphire Rapids), see dispatch.cpp.
 const Family& selected_family();
+
+// Why the selected family was chosen (SHARDCORE_KERNEL, or what the probe measured).
+std::string selection_reason();
 
 // The named family, or throws std::invalid_argument (unknown, or not supported by this CPU).
 const Family& family_by_name(const std::string& name);

@@ -12,8 +12,11 @@ passing a plain array to ``matmul`` packs it on every call.
 
 Kernels
 -------
-The kernel family is chosen once, at import, by CPU detection: ``avx512bf16`` (AVX-512 with
-``vdpbf16ps`` for bfloat16), ``avx512``, ``avx2`` (AVX2 + FMA) or ``generic`` (portable C++).
+The kernel family is chosen once, at first use, by CPU detection: ``avx512bf16`` (AVX-512 with
+``vdpbf16ps`` for bfloat16), ``avx512`` (bfloat16 widened to float32 in registers for the FMA),
+``avx2`` (AVX2 + FMA) or ``generic`` (portable C++). ``avx512bf16`` is taken only where a quick
+probe (a few ms) finds ``vdpbf16ps`` at least 1.25x the FMA's flop rate: on Zen4 it is 2x, on
+Sapphire Rapids 0.5x (there widening is faster); ``kernel_reason()`` says what was measured.
 ``SHARDCORE_KERNEL=<name>`` forces one (``generic`` forces the fallback); ``kernel_name()`` says
 which one is in use and ``available_kernels()`` lists what this CPU can run. ``kernel=`` on
 ``PackedWeight``/``matmul`` picks another family for one weight (tests use it to cover every path).
@@ -57,6 +60,7 @@ __all__ = [
     "bf16_error_bound",
     "kernel_info",
     "kernel_name",
+    "kernel_reason",
     "matmul",
 ]
 
@@ -79,13 +83,25 @@ def kernel_name() -> str:
         raise ValueError(str(exc)) from None
 
 
+def kernel_reason() -> str:
+    """Why ``kernel_name()`` was chosen (``SHARDCORE_KERNEL``, or what the import-time probe saw)."""
+    try:
+        return str(_core.gemm_selection_reason())
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def kernel_info(dtype: Any = "float32", kernel: str | None = None) -> dict:
     """Implementation name and tile sizes (mr, nr, kc, mc, nc) used for weights of ``dtype``."""
     return dict(_core.gemm_impl(_kernel_arg(kernel), _DTYPE_NAMES[_weight_dtype(dtype)]))
 
 
-def bf16_error_bound(abs_product: np.ndarray, k: int, out_bfloat16: bool = False,
-                     abs_result: np.ndarray | None = None) -> np.ndarray:
+def bf16_error_bound(
+    abs_product: np.ndarray,
+    k: int,
+    out_bfloat16: bool = False,
+    abs_result: np.ndarray | None = None,
+) -> np.ndarray:
     """The stated error bound, given ``|x| @ |w| + |b|`` (``abs_product``) and the depth ``k``."""
     u = 2.0**-24
     n = k + 1
@@ -135,10 +151,16 @@ class PackedWeight:
     (bfloat16 rounding to nearest even) when it differs. ``w`` may have any strides.
     """
 
-    __slots__ = ("_buf", "in_features", "out_features", "dtype", "kernel", "impl")
+    __slots__ = ("_buf", "dtype", "impl", "in_features", "kernel", "out_features")
 
-    def __init__(self, w: np.ndarray, dtype: Any = None, *, transpose: bool = False,
-                 kernel: str | None = None) -> None:
+    def __init__(
+        self,
+        w: np.ndarray,
+        dtype: Any = None,
+        *,
+        transpose: bool = False,
+        kernel: str | None = None,
+    ) -> None:
         if not isinstance(w, np.ndarray):
             raise TypeError(f"w must be a numpy.ndarray, got {type(w).__name__}")
         if w.ndim != 2:
@@ -171,8 +193,9 @@ class PackedWeight:
         self._buf.flags.writeable = False
 
     @classmethod
-    def from_linear(cls, w_out_in: np.ndarray, dtype: Any = None, *,
-                    kernel: str | None = None) -> PackedWeight:
+    def from_linear(
+        cls, w_out_in: np.ndarray, dtype: Any = None, *, kernel: str | None = None
+    ) -> PackedWeight:
         """Packs a torch/HF linear weight of shape ``[out_features, in_features]`` (y = x @ w.T)."""
         return cls(w_out_in, dtype, transpose=True, kernel=kernel)
 
@@ -187,8 +210,10 @@ class PackedWeight:
         return int(self._buf.nbytes)
 
     def __repr__(self) -> str:
-        return (f"PackedWeight(shape={self.shape}, dtype={self.dtype}, kernel={self.kernel!r}, "
-                f"impl={self.impl!r})")
+        return (
+            f"PackedWeight(shape={self.shape}, dtype={self.dtype}, kernel={self.kernel!r}, "
+            f"impl={self.impl!r})"
+        )
 
 
 def _check_array(name: str, a: Any) -> np.ndarray:
@@ -199,9 +224,16 @@ def _check_array(name: str, a: Any) -> np.ndarray:
     return a
 
 
-def matmul(x: np.ndarray, w: np.ndarray | PackedWeight, bias: np.ndarray | None = None,
-           out: np.ndarray | None = None, *, out_dtype: Any = None, threads: int = 1,
-           kernel: str | None = None) -> np.ndarray:
+def matmul(
+    x: np.ndarray,
+    w: np.ndarray | PackedWeight,
+    bias: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    *,
+    out_dtype: Any = None,
+    threads: int = 1,
+    kernel: str | None = None,
+) -> np.ndarray:
     """``x @ w (+ bias)`` with float32 accumulation; ``x`` is ``[..., K]``, ``w`` is ``[K, N]``.
 
     ``x``: C-contiguous float32 or bfloat16. ``w``: a ``PackedWeight`` or a ``[K, N]`` float32 or
@@ -219,8 +251,9 @@ def matmul(x: np.ndarray, w: np.ndarray | PackedWeight, bias: np.ndarray | None 
         if w.ndim != 2:
             raise ValueError(f"w must be 2-D [K, N], got shape {w.shape}")
         if x.ndim >= 1 and w.shape[0] != x.shape[-1]:
-            raise ValueError(f"shape mismatch: x {x.shape} @ w {w.shape} (K {x.shape[-1]} != "
-                             f"{w.shape[0]})")
+            raise ValueError(
+                f"shape mismatch: x {x.shape} @ w {w.shape} (K {x.shape[-1]} != {w.shape[0]})"
+            )
         packed = PackedWeight(w, kernel=kernel)
     else:
         raise TypeError(f"w must be a PackedWeight or numpy.ndarray, got {type(w).__name__}")
@@ -259,9 +292,17 @@ def matmul(x: np.ndarray, w: np.ndarray | PackedWeight, bias: np.ndarray | None 
         if np.may_share_memory(out, x) or (bias is not None and np.may_share_memory(out, bias)):
             raise ValueError("out must not overlap x or bias")
     _core.gemm_run(
-        packed.kernel, _DTYPE_NAMES[packed.dtype], packed._buf.ctypes.data, K, N,
-        x.ctypes.data, _DTYPE_NAMES[x.dtype], M,
+        packed.kernel,
+        _DTYPE_NAMES[packed.dtype],
+        packed._buf.ctypes.data,
+        K,
+        N,
+        x.ctypes.data,
+        _DTYPE_NAMES[x.dtype],
+        M,
         0 if bias_arr is None else bias_arr.ctypes.data,
-        out.ctypes.data, _DTYPE_NAMES[out.dtype], int(threads),
+        out.ctypes.data,
+        _DTYPE_NAMES[out.dtype],
+        int(threads),
     )
     return out

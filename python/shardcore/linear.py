@@ -63,7 +63,9 @@ def _check_weight(w: Any, layout: str) -> np.ndarray:
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D, got shape {w.shape}")
     if layout not in _LAYOUTS:
-        raise ValueError(f"layout must be 'kn' ([K, N], y = x @ w) or 'nk' ([N, K]), got {layout!r}")
+        raise ValueError(
+            f"layout must be 'kn' ([K, N], y = x @ w) or 'nk' ([N, K]), got {layout!r}"
+        )
     return w
 
 
@@ -125,10 +127,17 @@ def _as_float_dtype(name: str, dtype: Any) -> np.dtype:
     return dt
 
 
-def column_parallel_linear(x: np.ndarray, w_shard: np.ndarray | PackedWeight,
-                           bias_shard: np.ndarray | None = None, gather_output: bool = False,
-                           comm: Any = None, *, out_features: int | None = None,
-                           out_dtype: Any = None, threads: int = 1) -> np.ndarray:
+def column_parallel_linear(
+    x: np.ndarray,
+    w_shard: np.ndarray | PackedWeight,
+    bias_shard: np.ndarray | None = None,
+    gather_output: bool = False,
+    comm: Any = None,
+    *,
+    out_features: int | None = None,
+    out_dtype: Any = None,
+    threads: int = 1,
+) -> np.ndarray:
     """``x @ w_r + b_r`` for this rank's output columns; all-gathered to ``[..., N]`` if asked.
 
     ``x`` is the full input ``[..., K]`` (the same on every rank), ``w_shard`` the rank's
@@ -149,8 +158,10 @@ def column_parallel_linear(x: np.ndarray, w_shard: np.ndarray | PackedWeight,
     else:
         widths = shard_sizes(out_features, size)
         if widths[rank] != n_r:
-            raise ValueError(f"rank {rank} holds {n_r} output columns, but out_features="
-                             f"{out_features} over {size} ranks gives it {widths[rank]}")
+            raise ValueError(
+                f"rank {rank} holds {n_r} output columns, but out_features="
+                f"{out_features} over {size} ranks gives it {widths[rank]}"
+            )
     lead = y.shape[:-1]
     y2 = y.reshape(-1, n_r)
     m, wmax = y2.shape[0], max(widths)
@@ -166,10 +177,17 @@ def column_parallel_linear(x: np.ndarray, w_shard: np.ndarray | PackedWeight,
     return np.ascontiguousarray(full).reshape(*lead, sum(widths))
 
 
-def row_parallel_linear(x_shard: np.ndarray, w_shard: np.ndarray | PackedWeight,
-                        bias: np.ndarray | None = None, comm: Any = None, *,
-                        reduce: str = "all_reduce", wire_dtype: Any = "float32",
-                        out_dtype: Any = None, threads: int = 1) -> np.ndarray:
+def row_parallel_linear(
+    x_shard: np.ndarray,
+    w_shard: np.ndarray | PackedWeight,
+    bias: np.ndarray | None = None,
+    comm: Any = None,
+    *,
+    reduce: str = "all_reduce",
+    wire_dtype: Any = "float32",
+    out_dtype: Any = None,
+    threads: int = 1,
+) -> np.ndarray:
     """``sum_r x_r @ w_r + b``: this rank's partial product, reduced across ranks.
 
     ``x_shard`` is the rank's ``[..., K_r]`` block of the input, ``w_shard`` its ``[K_r, N]``
@@ -186,10 +204,12 @@ def row_parallel_linear(x_shard: np.ndarray, w_shard: np.ndarray | PackedWeight,
     if not isinstance(x_shard, np.ndarray):
         raise TypeError(f"x_shard must be a numpy.ndarray, got {type(x_shard).__name__}")
     odt = x_shard.dtype if out_dtype is None else _as_float_dtype("out_dtype", out_dtype)
-    rank, size = _rank_size(comm)
+    _, size = _rank_size(comm)
     if reduce == "reduce_scatter" and (x_shard.ndim < 2 or x_shard.shape[0] % size):
-        raise ValueError(f"reduce_scatter splits the first axis of the output over {size} ranks; "
-                         f"x_shard has shape {x_shard.shape}")
+        raise ValueError(
+            f"reduce_scatter splits the first axis of the output over {size} ranks; "
+            f"x_shard has shape {x_shard.shape}"
+        )
     part = matmul(x_shard, w_shard, out_dtype=wire, threads=threads)
     n = part.shape[-1]
     if bias is not None:

@@ -12,6 +12,7 @@ The ``bench`` command module calls ``add_gemm_parser(subparsers)``; ``run_gemm_b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -24,10 +25,15 @@ from typing import Any, Callable
 if "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-DEFAULT_SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 4096, 4096), (512, 4096, 11008),
-                  (2048, 2048, 2048)]
+DEFAULT_SHAPES = [
+    (1, 4096, 4096),
+    (8, 4096, 4096),
+    (128, 4096, 4096),
+    (512, 4096, 11008),
+    (2048, 2048, 2048),
+]
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -36,22 +42,34 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
         parts = item.lower().split("x")
         if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
             raise argparse.ArgumentTypeError(f"shape {item!r} is not MxKxN")
-        shapes.append(tuple(int(p) for p in parts))
+        m, k, n = (int(p) for p in parts)
+        shapes.append((m, k, n))
     return shapes
 
 
 def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Adds the ``gemm`` sub-command to the ``bench`` command's sub-parsers."""
-    p = subparsers.add_parser("gemm", help="packed GEMM vs NumPy/OpenBLAS and torch, one thread",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", type=_parse_shapes, default=DEFAULT_SHAPES,
-                   help="comma-separated MxKxN (default: the issue's five shapes)")
+    p = subparsers.add_parser(
+        "gemm",
+        help="packed GEMM vs NumPy/OpenBLAS and torch, one thread",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--shapes",
+        type=_parse_shapes,
+        default=DEFAULT_SHAPES,
+        help="comma-separated MxKxN (default: the issue's five shapes)",
+    )
     p.add_argument("--kernel", default=None, help="kernel family (default: the one selected)")
     p.add_argument("--threads", type=int, default=1, help="threads for shardcore (default 1)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
-    p.add_argument("--min-time", type=float, default=0.2,
-                   help="seconds per repetition, reached by repeating the call")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=0.2,
+        help="seconds per repetition, reached by repeating the call",
+    )
     p.add_argument("--no-torch", action="store_true", help="skip the torch peers")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run_gemm_bench)
@@ -60,14 +78,20 @@ def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _limit_blas_threads() -> str:
     try:
-        from threadpoolctl import threadpool_info, threadpool_limits
+        from threadpoolctl import (  # type: ignore[import-untyped]
+            threadpool_info,
+            threadpool_limits,
+        )
     except ImportError:
         n = os.environ.get("OPENBLAS_NUM_THREADS")
         return f"OPENBLAS_NUM_THREADS={n} (threadpoolctl not installed)"
     threadpool_limits(1, user_api="blas")
-    libs = [f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer')}, "
-            f"{i.get('architecture')}) threads={i.get('num_threads')}"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
+    libs = [
+        f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer')}, "
+        f"{i.get('architecture')}) threads={i.get('num_threads')}"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
     return "; ".join(libs) or "no BLAS found by threadpoolctl"
 
 
@@ -106,26 +130,33 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
 
     blas = _limit_blas_threads()
     kernel = args.kernel or kernels.kernel_name()
-    torch = None
+    torch: Any = None
     if not args.no_torch:
         try:
-            import torch  # type: ignore[no-redef]
+            import torch
 
             torch.set_num_threads(1)
         except ImportError:
             torch = None
     peak = {dt: float(_core.gemm_peak_gflops(kernel, dt)) for dt in ("float32", "bfloat16")}
     print(f"# shardcore bench gemm: {_cpu_model()}, {os.cpu_count()} logical CPUs")
-    print(f"# shardcore kernel {kernel} (f32 impl {kernels.kernel_info('float32', kernel)['name']}, "
-          f"bf16 impl {kernels.kernel_info('bfloat16', kernel)['name']}), threads={args.threads}")
+    print(
+        f"# shardcore kernel {kernel} (f32 impl {kernels.kernel_info('float32', kernel)['name']}, "
+        f"bf16 impl {kernels.kernel_info('bfloat16', kernel)['name']}), threads={args.threads}; "
+        f"selected at import: {kernels.kernel_name()} ({kernels.kernel_reason()})"
+    )
     print(f"# numpy {np.__version__}: {blas}")
     print(f"# torch {torch.__version__ + ', 1 thread' if torch else 'not measured'}")
-    print(f"# measured single-core peak: {peak['float32']:.1f} GFLOP/s float32 FMA, "
-          f"{peak['bfloat16']:.1f} GFLOP/s for the bf16 kernel's instruction")
-    print(f"# median of {args.repeat} repetitions of >= {args.min_time}s; GB/s = weight bytes "
-          f"streamed per second; machine may be shared, compare ratios within this run")
+    print(
+        f"# measured single-core peak: {peak['float32']:.1f} GFLOP/s float32 FMA, "
+        f"{peak['bfloat16']:.1f} GFLOP/s for the bf16 kernel's instruction"
+    )
+    print(
+        f"# median of {args.repeat} repetitions of >= {args.min_time}s; GB/s = weight bytes "
+        f"streamed per second; machine may be shared, compare ratios within this run"
+    )
     print()
-    header = ("| M | K | N | impl | ms | GFLOP/s | GB/s (W) | % peak | ratio |")
+    header = "| M | K | N | impl | ms | GFLOP/s | GB/s (W) | % peak | ratio |"
     print(header)
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -137,30 +168,34 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
         flops = 2.0 * m * k * n
         res: dict[str, tuple[float, int, float | None]] = {}  # name -> (s, w bytes, peak)
 
-        pw32 = kernels.PackedWeight(w, "float32", kernel=kernel)
         out = np.empty((m, n), np.float32)
-        res["shardcore f32"] = (_time(lambda: kernels.matmul(x, pw32, out=out,
-                                                             threads=args.threads),
-                                      args.repeat, args.min_time), 4, peak["float32"])
-        del pw32
-        pw16 = kernels.PackedWeight(w, "bfloat16", kernel=kernel)
         xb = x.astype(bf16)
-        res["shardcore bf16"] = (_time(lambda: kernels.matmul(xb, pw16, out=out,
-                                                              threads=args.threads),
-                                       args.repeat, args.min_time), 2, peak["bfloat16"])
-        del pw16
-        res["numpy f32"] = (_time(lambda: np.matmul(x, w, out=out), args.repeat, args.min_time),
-                            4, peak["float32"])
+        t = functools.partial(_time, repeat=args.repeat, min_time=args.min_time)
+        # One packed weight alive at a time keeps the large shapes' memory down.
+        pw = kernels.PackedWeight(w, "float32", kernel=kernel)
+        run = functools.partial(kernels.matmul, x, pw, out=out, threads=args.threads)
+        res["shardcore f32"] = (t(run), 4, peak["float32"])
+        pw = kernels.PackedWeight(w, "bfloat16", kernel=kernel)
+        run = functools.partial(kernels.matmul, xb, pw, out=out, threads=args.threads)
+        res["shardcore bf16"] = (t(run), 2, peak["bfloat16"])
+        del pw, run
+        res["numpy f32"] = (t(functools.partial(np.matmul, x, w, out=out)), 4, peak["float32"])
         if torch is not None:
             with torch.inference_mode():
                 tx = torch.from_numpy(x)
                 tw = torch.from_numpy(np.ascontiguousarray(w.T))  # [N, K], as nn.Linear stores it
-                res["torch f32"] = (_time(lambda: tx @ tw.T, args.repeat, args.min_time), 4,
-                                    peak["float32"])
+                res["torch f32"] = (
+                    t(functools.partial(torch.matmul, tx, tw.T)),
+                    4,
+                    peak["float32"],
+                )
                 txb, twb = tx.to(torch.bfloat16), tw.to(torch.bfloat16)
                 del tw
-                res["torch bf16"] = (_time(lambda: txb @ twb.T, args.repeat, args.min_time), 2,
-                                     peak["bfloat16"])
+                res["torch bf16"] = (
+                    t(functools.partial(torch.matmul, txb, twb.T)),
+                    2,
+                    peak["bfloat16"],
+                )
                 del twb, txb, tx
         gf = {name: flops / s * 1e-9 for name, (s, _, _) in res.items()}
         ratios = {
@@ -174,15 +209,38 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
             frac = gf[name] / pk if pk else float("nan")
             label, ratio = ratios.get(name, ("", float("nan")))
             rtxt = f"{ratio:.2f}x {label}" if label else ""
-            print(f"| {m} | {k} | {n} | {name} | {s * 1e3:.2f} | {gf[name]:.1f} | {gbs:.1f} | "
-                  f"{100 * frac:.0f}% | {rtxt} |", flush=True)
-            rows.append({"M": m, "K": k, "N": n, "impl": name, "seconds": s,
-                         "gflops": gf[name], "weight_gbs": gbs, "peak_fraction": frac,
-                         "ratio": ratio if label else None, "ratio_label": label})
+            print(
+                f"| {m} | {k} | {n} | {name} | {s * 1e3:.2f} | {gf[name]:.1f} | {gbs:.1f} | "
+                f"{100 * frac:.0f}% | {rtxt} |",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "M": m,
+                    "K": k,
+                    "N": n,
+                    "impl": name,
+                    "seconds": s,
+                    "gflops": gf[name],
+                    "weight_gbs": gbs,
+                    "peak_fraction": frac,
+                    "ratio": ratio if label else None,
+                    "ratio_label": label,
+                }
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"kernel": kernel, "cpu": _cpu_model(), "peak_gflops": peak,
-                       "blas": blas, "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "kernel": kernel,
+                    "cpu": _cpu_model(),
+                    "peak_gflops": peak,
+                    "blas": blas,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 
