@@ -1,5 +1,9 @@
 """Fixtures of the runtime tests: tiny random checkpoints (shardcore.runtime.tiny) and
-transformers' logits for them, the independent oracle."""
+transformers' logits for them, the independent oracle.
+
+torch, transformers and safetensors are in the test extra: a missing one fails the tests
+rather than skipping them.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,6 @@ import pytest
 def make_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed: int = 0,
                     max_shard_size=None, **overrides) -> str:
     """Save a random ``kind`` ('qwen3' or 'qwen3_moe') model to ``path``; returns the path."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     from shardcore.runtime.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(path, kind, dtype=dtype, seed=seed,
@@ -25,8 +27,8 @@ def reference_logits(path, prompts: np.ndarray, tokens: np.ndarray):
 
     Returns (prefill logits [B, S, V], decode logits [n - 1, B, V]) in float32.
     """
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     model = transformers.AutoModelForCausalLM.from_pretrained(os.fspath(path),
                                                               dtype=torch.float32)
     model.eval()

@@ -8,8 +8,6 @@ import pytest
 from runtime_fixtures import qwen3_moe_ckpt  # noqa: F401
 from shardcore.cli import main
 
-pytest.importorskip("safetensors")
-
 
 def test_generate_cli_tp2_pp2_checked_against_single_process(qwen3_moe_ckpt, capsys):  # noqa: F811
     rc = main(["generate", qwen3_moe_ckpt, "--prompt-ids", "5,17,42,99,3", "--prompt-ids",
@@ -50,7 +48,6 @@ def test_generate_cli_errors(qwen3_moe_ckpt, capsys, argv, message):  # noqa: F8
 
 
 def test_tiny_checkpoint_module(tmp_path, capsys):
-    pytest.importorskip("transformers")
     from shardcore.runtime import Checkpoint
     from shardcore.runtime.tiny import main as tiny_main
 

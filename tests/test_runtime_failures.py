@@ -9,8 +9,6 @@ from runtime_fixtures import prompts, qwen3_moe_ckpt  # noqa: F401
 from shardcore import LaunchError
 from shardcore.runtime import FailureInjection, generate
 
-pytest.importorskip("safetensors")
-
 
 def _shm_entries():
     """This process's shardcore segments (the launcher names them shardcore-<its pid>-...); other

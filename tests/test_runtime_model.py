@@ -19,8 +19,6 @@ from runtime_fixtures import (  # noqa: F401
 from shardcore import PlanError
 from shardcore.runtime import Checkpoint, ModelConfig, build_layouts, generate
 
-pytest.importorskip("safetensors")
-
 ORACLE_RTOL = 1e-4  # float32 against transformers' float32 (observed: about 5e-7)
 
 
@@ -192,7 +190,6 @@ def test_layouts_cover_every_head_column_and_expert(qwen3_moe_ckpt):  # noqa: F8
 
 def test_kernel_and_numpy_backends_agree(qwen3_moe_ckpt):  # noqa: F811
     """The default backend is shardcore's GEMM kernels; NumPy computes the same function."""
-    pytest.importorskip("shardcore._core")
     from shardcore.runtime.linear import resolve_backend
 
     assert resolve_backend("auto") == "kernels"

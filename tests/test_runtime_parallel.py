@@ -7,8 +7,6 @@ import pytest
 from runtime_fixtures import make_checkpoint, prompts, qwen3_ckpt, qwen3_moe_ckpt, rel_err  # noqa: F401
 from shardcore.runtime import generate
 
-pytest.importorskip("safetensors")
-
 PARALLEL_RTOL = 1e-5  # float32: only the order of TP sums differs (observed: about 5e-7)
 NEW_TOKENS = 4
 BATCH, PROMPT = 3, 7  # 3 prompts: uneven DP split; 7 positions: uneven prefill micro-batches
