@@ -159,6 +159,16 @@ def test_generate_rejects_bad_input(qwen3_ckpt):  # noqa: F811
         generate(qwen3_ckpt, [[1, 2], [3, 4]], dp=2, ep=2)
 
 
+def test_generate_rejects_a_plan_for_another_model(qwen3_ckpt, qwen3_moe_ckpt):  # noqa: F811
+    from shardcore.runtime import host_plan
+
+    moe_plan = host_plan(qwen3_moe_ckpt, tp=2)
+    with pytest.raises(ValueError, match="the plan is for another model"):
+        generate(qwen3_ckpt, [[1, 2]], plan=moe_plan)
+    with pytest.raises(ValueError, match="disagree with the plan"):
+        generate(qwen3_moe_ckpt, [[1, 2]], plan=moe_plan, tp=4)
+
+
 def test_layouts_cover_every_head_column_and_expert(qwen3_moe_ckpt):  # noqa: F811
     cfg = Checkpoint(qwen3_moe_ckpt).config
     for tp, pp, dp, ep in ((4, 1, 1, 1), (4, 1, 1, 4), (2, 2, 2, 2), (1, 4, 2, 2), (2, 1, 2, 4)):

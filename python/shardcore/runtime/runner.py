@@ -100,6 +100,13 @@ def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp:
     ckpt = Checkpoint(checkpoint_dir)
     if plan is None:
         plan = host_plan(checkpoint_dir, tp, pp, dp, ep, dtype)
+    else:
+        given = {"tp": tp, "pp": pp, "dp": dp, "ep": ep}
+        planned = {k: getattr(plan.config, k) for k in given}
+        clash = {k: v for k, v in given.items() if v != 1 and v != planned[k]}
+        if clash:
+            raise ValueError(f"degrees {clash} disagree with the plan's {planned}; pass a plan "
+                             "or degrees, not both")
     layouts = layouts_from_plan(ckpt.config, plan)
     lay0 = layouts[0]
     if prompts.shape[0] < lay0.dp:
