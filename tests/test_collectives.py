@@ -103,10 +103,24 @@ def _choice(comm, sizes):
     return out
 
 
-def test_automatic_choice_follows_the_size_thresholds():
-    sizes = [8, 88, 4096, 16384, 16388, 1 << 20, 64 << 20]
-    got = shardcore.launch(_choice, 2, args=(sizes,))[0]
-    assert got == ["one_shot"] * 4 + ["two_shot"] * 3
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_automatic_choice_follows_the_size_thresholds(n, monkeypatch):
+    monkeypatch.setenv("SHARDCORE_ONE_SHOT_MAX", "4096")
+    monkeypatch.setenv("SHARDCORE_TWO_SHOT_MAX", "65536")
+    sizes = [8, 88, 4096, 4100, 65536, 65540, 64 << 20]
+    got = shardcore.launch(_choice, n, args=(sizes,))[0]
+    assert got == ["one_shot"] * 3 + ["two_shot"] * 2 + ["ring"] * 2
+
+
+def _thresholds(comm):
+    return comm._core.one_shot_max, comm._core.two_shot_max
+
+
+def test_default_thresholds_shrink_one_shot_as_ranks_grow(monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "/nonexistent")  # no tuning cache
+    one2, two2 = shardcore.launch(_thresholds, 2)[0]
+    one8, two8 = shardcore.launch(_thresholds, 8)[0]
+    assert one2 > one8 >= 88 and two8 > two2
 
 
 def _big_all_reduce(comm, count):

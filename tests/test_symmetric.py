@@ -73,7 +73,7 @@ def test_symmetric_is_chosen_in_place_for_large_messages():
     for auto_big, auto_small, out_of_place, v, w, small in shardcore.launch(_auto_and_fallbacks, n):
         assert auto_big == "symmetric"
         assert auto_small == "one_shot"
-        assert out_of_place == "two_shot"
+        assert out_of_place in ("ring", "two_shot")
         assert v == 6.0 and w == 18.0
         assert small == [3.0] * 4
 

@@ -1,6 +1,7 @@
 // Python face of the communicator. Arrays arrive as raw addresses (the Python layer validates
 // dtype, shape, contiguity and writability first, and keeps the arrays alive during the call);
 // every call that can wait releases the GIL.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -16,6 +17,16 @@ namespace {
 template <typename T>
 T* ptr(uintptr_t a) { return reinterpret_cast<T*>(a); }
 
+// numpy type numbers of the reducible dtypes, in DType order, registered from Python
+// (set_type_nums): bfloat16's is assigned at run time by ml_dtypes, int64's differs by platform.
+int g_type_nums[6] = {-1, -1, -1, -1, -1, -1};
+
+int reducible_code(int type_num) {
+  for (int i = 0; i < 6; ++i)
+    if (g_type_nums[i] == type_num) return i;
+  return -1;
+}
+
 void raise_as(const char* cls, const char* msg) {
   py::object errors = py::module_::import("shardcore.errors");
   PyErr_SetString(errors.attr(cls).ptr(), msg);
@@ -24,6 +35,9 @@ void raise_as(const char* cls, const char* msg) {
 }  // namespace
 
 void register_comm(py::module_& m) {
+  m.def("set_type_nums", [](const std::vector<int>& nums) {
+    for (size_t i = 0; i < 6 && i < nums.size(); ++i) g_type_nums[i] = nums[i];
+  });
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -100,6 +114,28 @@ void register_comm(py::module_& m) {
           py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"),
           py::arg("algorithm"), py::arg("sym_stride") = 0, py::arg("sym_tag") = 0,
           py::arg("sym_offset") = 0)
+      .def(
+          "all_reduce_fast",
+          // The common case without Python-level checks: a fresh (base-less), C-contiguous,
+          // writeable array of a reducible dtype, reduced in place with the automatic choice.
+          // Returns None when the array is anything else, and the Python path takes over.
+          [](Communicator& c, py::handle obj, uint32_t op) -> py::object {
+            if (!py::isinstance<py::array>(obj)) return py::none();
+            auto* a = py::detail::array_proxy(obj.ptr());
+            const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                             py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+            if ((a->flags & need) != need || a->base != nullptr) return py::none();
+            int code = reducible_code(py::detail::array_descriptor_proxy(a->descr)->type_num);
+            if (code < 0) return py::none();
+            size_t count = 1;
+            for (int i = 0; i < a->nd; ++i) count *= size_t(a->dimensions[i]);
+            Algo used;
+            {
+              py::gil_scoped_release nogil;
+              used = c.all_reduce(a->data, a->data, count, DType(code), RedOp(op), Algo::kAuto);
+            }
+            return py::str(algo_name(used));
+          })
       .def(
           "reduce_scatter",
           [](Communicator& c, uintptr_t in, uintptr_t out, size_t m, uint32_t dt, uint32_t op) {

@@ -201,9 +201,14 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     header_->total_bytes = total_bytes_;
     header_->nbuf = nbuf_;
     header_->p2p_nbuf = p2p_nbuf_;
-    // Defaults measured on 2..16-core x86 hosts (docs/performance.md); `shardcore tune` refines.
-    one_shot_max_ = opt.one_shot_max ? opt.one_shot_max : size_t(16) << 10;
-    two_shot_max_ = opt.two_shot_max ? opt.two_shot_max : ~size_t(0);
+    // Defaults from the crossovers measured on a 16-core Xeon (tools/ar_sweep.py, see
+    // docs/performance.md): one-shot reads n-1 whole inputs, so it pays off only below a size
+    // that shrinks with n; two-shot beats the ring's 2(n-1) steps in a middle band that widens
+    // with n. `shardcore tune` measures this host's own.
+    const size_t one_default = size <= 2 ? 16 << 10 : size <= 4 ? 2 << 10 : size <= 8 ? 512 : 256;
+    const size_t two_default = size <= 2 ? one_default : size <= 4 ? 8 << 10 : 256 << 10;
+    one_shot_max_ = opt.one_shot_max ? opt.one_shot_max : one_default;
+    two_shot_max_ = opt.two_shot_max ? opt.two_shot_max : two_default;
     header_->one_shot_max = one_shot_max_;
     header_->two_shot_max = two_shot_max_;
     header_->magic.store(kMagic, std::memory_order_release);

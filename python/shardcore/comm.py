@@ -9,7 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _core
-from ._dtypes import ALGORITHMS, dtype_code, op_code
+from ._dtypes import ALGORITHMS, BFLOAT16, OPS, dtype_code, op_code
+
+_core.set_type_nums([np.dtype(t).num for t in
+                     (np.float32, np.float64, np.float16, BFLOAT16, np.int32, np.int64)])
 
 _DEFAULT_SLOT_BYTES = 1 << 19
 _DEFAULT_P2P_BYTES = 1 << 16
@@ -159,6 +162,13 @@ class Communicator:
     def all_reduce(self, x: np.ndarray, op: str = "sum", out: np.ndarray | None = None,
                    algorithm: str | None = None) -> np.ndarray:
         """Reduce ``x`` element-wise over all ranks; in place unless ``out`` is given."""
+        if out is None and algorithm is None:
+            opc = OPS.get(op) if isinstance(op, str) else None
+            if opc is not None:
+                used = self._core.all_reduce_fast(x, opc)
+                if used is not None:
+                    self.last_algorithm = used
+                    return x
         _require_array(x, "all_reduce: x")
         code = dtype_code(x.dtype, "all_reduce", reducible=True)
         opc = op_code(op, "all_reduce")
