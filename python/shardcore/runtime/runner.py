@@ -50,8 +50,9 @@ def _rank_main(comm, checkpoint_dir: str, prompts: np.ndarray, layouts, dtype: s
     """The body of every worker rank."""
     layout = layouts[comm.rank]
     precision = Precision(dtype)
-    tp_comm = comm.split(layout.tp_group[0], layout.tp_index)
-    ep_comm = comm.split(layout.ep_group[0], layout.ep_index)
+    # Every rank takes part in both splits; a group of one gets no communicator (None).
+    tp_comm = comm.split(layout.tp_group[0] if layout.tp > 1 else None, layout.tp_index)
+    ep_comm = comm.split(layout.ep_group[0] if layout.ep > 1 else None, layout.ep_index)
     comms = [c for c in (comm, tp_comm, ep_comm) if c is not None]
     lo, hi = split_even(prompts.shape[0], layout.dp)[layout.dp_index]
     mine = prompts[lo:hi]
