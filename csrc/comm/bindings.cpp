@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "comm/communicator.h"
+#include "comm/reduce.h"
 #include "comm/symmetric.h"
 #include "module.h"
 
@@ -35,6 +36,8 @@ void raise_as(const char* cls, const char* msg) {
 }  // namespace
 
 void register_comm(py::module_& m) {
+  m.def("reduce_kernel", [] { return std::string(reduce_kernel_name()); },
+        "The reduction kernels chosen for this CPU (SHARDCORE_KERNEL=generic forces the portable ones).");
   m.def("set_type_nums", [](const std::vector<int>& nums) {
     for (size_t i = 0; i < 6 && i < nums.size(); ++i) g_type_nums[i] = nums[i];
   });
