@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The many-core measurements of docs/performance.md in one command: builds shardcore in place,
 # installs carried wheels (DeepSpeed and what it needs), then runs stream, compare, model and
-# tp-vs-pp, writing JSON, the log and a tar of the plots to $OUT.
+# tp-vs-pp, and the 2-rank comparisons again pinned to two cores (taskset -c 0,1: a quiet
+# 2-core machine); writes the log and results.tar (every JSON and plot) to $OUT.
 #   OUT=/tmp/out WHL=/path/to/wheels bash bench/device_run.sh        (QUICK=1: tiny sizes)
 # Every step has its own time limit so that the whole run ends inside ten minutes.
 set -uo pipefail
@@ -9,7 +10,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/shardcore-bench-out}
 PY=${PYTHON:-python3}
 QUICK=${QUICK:-0}
-mkdir -p "$OUT/img"
+RES=$OUT/res
+mkdir -p "$RES/img"
 exec > >(tee "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
@@ -39,26 +41,34 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, report how long it t
 }
 
 if [ "$QUICK" = 1 ]; then
-  step 60 stream $SC stream -p 1,2 --size 32M --json "$OUT/stream.json"
+  step 60 stream $SC stream -p 1,2 --size 32M --json "$RES/stream.json"
   step 150 compare-allreduce $SC compare --op all_reduce -n 2,4 --sizes 8:64K --factor 64 \
-    --json "$OUT/compare_all_reduce.json" --plots "$OUT/img"
-  step 60 model $SC model --op all_reduce -n 2 --sizes 8:64K --factor 8 --plots "$OUT/img" \
-    --prefix model_ --json "$OUT/model.json"
-  step 60 tp-vs-pp $SC tp-vs-pp --tp 2 --pp 2 --ep 2 --json "$OUT/tp_vs_pp.json"
+    --json "$RES/compare_all_reduce.json" --plots "$RES/img"
+  step 60 model $SC model --op all_reduce -n 2 --sizes 8:64K --factor 8 --plots "$RES/img" \
+    --prefix model_ --json "$RES/model.json"
+  step 60 tp-vs-pp $SC tp-vs-pp --tp 2 --pp 2 --ep 2 --json "$RES/tp_vs_pp.json"
 else
   SIZES=8,64,512,4K,32K,256K,512K,1M,2M,8M,32M,256M
-  step 40 stream $SC stream -p 1,2,4,8,16 --size 256M --json "$OUT/stream.json"
+  step 40 stream $SC stream -p 1,2,4,8,16 --size 256M --json "$RES/stream.json"
   step 230 compare-allreduce $SC compare --op all_reduce -n 2,4,8 --sizes $SIZES --symmetric \
-    --json "$OUT/compare_all_reduce.json" --plots "$OUT/img"
+    --json "$RES/compare_all_reduce.json" --plots "$RES/img"
   step 90 compare-gather-a2a $SC compare --op all_gather,all_to_all -n 2,8 --sizes 1K:64M \
-    --factor 8 --peers gloo,mpi --json "$OUT/compare_gather_a2a.json" --plots "$OUT/img"
+    --factor 8 --peers gloo,mpi --json "$RES/compare_gather_a2a.json" --plots "$RES/img"
   step 40 compare-bf16 $SC compare --op all_reduce -n 8 --sizes 8,64K,1M,16M --dtype bfloat16 \
-    --peers gloo,deepspeed --json "$OUT/compare_bf16.json"
+    --peers gloo,deepspeed --json "$RES/compare_bf16.json"
   step 120 model $SC model --op all_reduce,all_gather,reduce_scatter,all_to_all -n 2,4,8 \
-    --algorithm ring --sizes 8:256M --factor 4 --plots "$OUT/img" --prefix model_ \
-    --json "$OUT/model.json"
+    --algorithm ring --sizes 8:256M --factor 4 --plots "$RES/img" --prefix model_ \
+    --json "$RES/model.json"
   step 30 tp-vs-pp $SC tp-vs-pp --hidden 4096 --blocks 8 --tokens 16 --tp 2,4,8 --pp 2,4,8 \
-    --ep 2,4,8 --json "$OUT/tp_vs_pp.json"
+    --ep 2,4,8 --json "$RES/tp_vs_pp.json"
+  PIN="taskset -c 0,1"
+  step 20 pin2-stream $PIN $SC stream -p 1,2 --size 256M --json "$RES/pin2_stream.json"
+  step 120 pin2-compare-n2 $PIN $SC compare --op all_reduce -n 2 --sizes $SIZES --symmetric \
+    --json "$RES/pin2_compare_all_reduce_n2.json" --plots "$RES/img/pin2"
+  step 60 pin2-compare-n4 $PIN $SC compare --op all_reduce -n 4 --sizes 8,4K,1M \
+    --json "$RES/pin2_compare_all_reduce_n4.json"
+  step 60 pin2-gather-a2a $PIN $SC compare --op all_gather,all_to_all -n 2 --sizes 1K:64M \
+    --factor 8 --peers gloo,mpi --json "$RES/pin2_compare_gather_a2a.json" --plots "$RES/img/pin2"
 fi
-tar cf "$OUT/img.tar" -C "$OUT" img && rm -rf "$OUT/img"
+tar cf "$OUT/results.tar" -C "$RES" . && rm -rf "$RES"
 ls -la "$OUT"
