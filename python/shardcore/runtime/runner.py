@@ -125,7 +125,7 @@ def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp:
                            backend=backend)
         outputs = [run_requests(model, lay0, prompts, max_new_tokens, micro)]
     else:
-        from ..launch import launch
+        from ..launcher import launch
 
         outputs = launch(_rank_main, world, args=(checkpoint_dir, prompts, layouts, dtype,
                                                   max_new_tokens, micro, record, _failure,
