@@ -7,6 +7,7 @@ returns a zero-argument callable per buffer set, so that the timed loop pays onl
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -100,15 +101,17 @@ class ShardcoreBackend(Backend):
 
     def caller(self, op, send, recv, algorithm):
         comm = self.comm
+        # Ops with a choice of algorithm take ``algorithm=``; the others run their only one.
+        kwargs = {}
+        if algorithm is not None and op in ("all_reduce", "all_gather") and \
+                "algorithm" in inspect.signature(getattr(comm, op)).parameters:
+            kwargs["algorithm"] = algorithm
         if op == "all_reduce":
-            kwargs = {} if algorithm is None else {"algorithm": algorithm}
             if recv is None:
                 return lambda: comm.all_reduce(send, **kwargs)
             return lambda: comm.all_reduce(send, out=recv, **kwargs)
-        if algorithm is not None:
-            raise ValueError(f"--algorithm applies to all_reduce only, not {op}")
         if op == "all_gather":
-            return lambda: comm.all_gather(send, out=recv)
+            return lambda: comm.all_gather(send, out=recv, **kwargs)
         if op == "reduce_scatter":
             return lambda: comm.reduce_scatter(send, out=recv)
         if op == "all_to_all":
@@ -168,9 +171,7 @@ class TorchBackend(Backend):
         self.dist.broadcast(_torch_view(x), src=0)
 
     def caller(self, op, send, recv, algorithm):
-        dist = self.dist
-        if algorithm is not None:
-            raise ValueError(f"{self.name} has no --algorithm choice")
+        dist = self.dist  # --algorithm is shardcore's: peers run their own choice
         s = _torch_view(send)
         r = None if recv is None else _torch_view(recv)
         if op == "all_reduce":
@@ -219,8 +220,6 @@ class DeepSpeedBackend(TorchBackend):
         return None
 
     def caller(self, op, send, recv, algorithm):
-        if algorithm is not None:
-            raise ValueError("deepspeed has no --algorithm choice")
         ds = self.ds_comm
         s = _torch_view(send)
         if recv is None:
@@ -259,8 +258,6 @@ class MPIBackend(Backend):
         return None
 
     def caller(self, op, send, recv, algorithm):
-        if algorithm is not None:
-            raise ValueError("mpi has no --algorithm choice")
         MPI, comm = self.MPI, self.comm
         if op in _REDUCING:
             if op == "reduce_scatter":

@@ -34,7 +34,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser, sizes: str = "8:32M",
     p.add_argument("--factor", type=float, default=None, help="step between sizes (default 2)")
     p.add_argument("--dtype", default="float32", choices=metrics.DTYPES)
     p.add_argument("--algorithm", default=None,
-                   help="force an all-reduce algorithm of the core (default: the core's choice)")
+                   help="force the core's algorithm for all_reduce and all_gather, e.g. ring "
+                        "(default: the core's choice by size; other ops have one algorithm; "
+                        "peers always run their own)")
     p.add_argument("--mode", choices=("out", "in", "both"), default=mode,
                    help=f"all-reduce out-of-place, in place, or both (default {mode}); "
                         "broadcast is always in place")
@@ -68,9 +70,7 @@ def configs_from_args(args) -> list[SweepConfig]:
             modes = [False]
         for inplace in modes:
             configs.append(SweepConfig(
-                op=op, sizes=sizes, dtype=args.dtype, inplace=inplace,
-                # only all-reduce has a choice of algorithm
-                algorithm=args.algorithm if op == "all_reduce" else None,
+                op=op, sizes=sizes, dtype=args.dtype, inplace=inplace, algorithm=args.algorithm,
                 warmup=args.warmup, iters=args.iters, min_time=args.min_time, hot=args.hot,
                 check=args.check, progress=progress))
     return configs
