@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 
 from .sweep import SweepConfig, run_sweep
@@ -144,12 +145,21 @@ def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
             else:
                 os.environ["OMP_NUM_THREADS"] = env_backup
         try:
+            deadline = time.monotonic() + _RANK_TIMEOUT_S
             while len(results) < world_size:
                 try:
-                    rank, status, payload = q.get(timeout=_RANK_TIMEOUT_S)
+                    rank, status, payload = q.get(timeout=1.0)
                 except queue_mod.Empty:
-                    raise RuntimeError(f"{peer}: no result from {world_size - len(results)} "
-                                       f"rank(s) within {_RANK_TIMEOUT_S:.0f} s") from None
+                    # a rank that returns (result or error) exits 0; anything else crashed
+                    dead = [r for r, p in enumerate(procs)
+                            if p.exitcode not in (None, 0) and r not in results]
+                    if dead:
+                        raise RuntimeError(f"{peer}: rank {dead[0]} exited with code "
+                                           f"{procs[dead[0]].exitcode} and no result") from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{peer}: no result from {world_size - len(results)} "
+                                           f"rank(s) within {_RANK_TIMEOUT_S:.0f} s") from None
+                    continue
                 if status == "error":
                     raise RuntimeError(f"{peer} rank {rank} failed:\n{payload}")
                 results[rank] = payload
