@@ -1,0 +1,125 @@
+// Pairwise all-to-all(v): in step s = 1..n-1 rank r sends to r+s and receives from r-s, one
+// slot-sized chunk per round, so every rank talks to one peer at a time.
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "comm/blocks.h"
+#include "comm/communicator.h"
+
+namespace shardcore {
+
+void Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz) {
+  enter(Desc{uint32_t(Kind::kAllToAll), uint32_t(dt), uint32_t(RedOp::kNone), uint32_t(Algo::kPairwise),
+             0, m, esz});
+  pairwise_all_to_all(static_cast<const char*>(in), static_cast<char*>(out), m, esz);
+}
+
+void Communicator::pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz) {
+  const int n = size_, r = rank_;
+  const size_t block = m * esz;
+  if (block) std::memcpy(out + size_t(r) * block, in + size_t(r) * block, block);
+  uint64_t sent = 0, received = 0;
+  if (n > 1 && m > 0) {
+    const size_t nchunks = ceil_div(block, slot_bytes_);
+    for (size_t c = 0; c < nchunks; ++c) {
+      const size_t lo = c * slot_bytes_;
+      const size_t bytes = std::min(slot_bytes_, block - lo);
+      for (int s = 1; s < n; ++s) {
+        const uint64_t t = round_ + uint64_t(s);
+        const int to = (r + s) % n, from = (r - s + n) % n;
+        one_peer_[0] = to;
+        acquire_slot(t, one_peer_);
+        std::memcpy(slot(r, t), in + size_t(to) * block + lo, bytes);
+        publish_posted(t);
+        wait_geq(posted(from), t, from);
+        std::memcpy(out + size_t(from) * block + lo, slot(from, t), bytes);
+        publish_consumed(t);
+        sent += bytes;
+        received += bytes;
+      }
+      round_ += uint64_t(n - 1);
+    }
+  }
+  account(Kind::kAllToAll, Algo::kPairwise, sent, received);
+}
+
+std::vector<int64_t> Communicator::all_to_allv_counts(const std::vector<int64_t>& send_counts,
+                                                      size_t row_elems, DType dt, size_t esz) {
+  const int n = size_, r = rank_;
+  if (send_counts.size() != size_t(n))
+    throw std::invalid_argument("all_to_allv: need one send count per rank");
+  for (int64_t v : send_counts)
+    if (v < 0) throw std::invalid_argument("all_to_allv: send counts must be >= 0");
+  // root = 0 marks the counts phase, root = 1 the data phase of the same call.
+  enter(Desc{uint32_t(Kind::kAllToAllV), uint32_t(dt), uint32_t(RedOp::kNone),
+             uint32_t(Algo::kPairwise), 0, row_elems, esz});
+  allv_matrix_.assign(size_t(n) * n, 0);
+  std::copy(send_counts.begin(), send_counts.end(), allv_matrix_.begin() + size_t(r) * n);
+  if (n > 1) {
+    const uint64_t t = round_ + 1;
+    acquire_slot(t, all_peers_);
+    std::memcpy(slot(r, t), send_counts.data(), size_t(n) * sizeof(int64_t));
+    publish_posted(t);
+    for (int p : all_peers_) {
+      wait_geq(posted(p), t, p);
+      std::memcpy(&allv_matrix_[size_t(p) * n], slot(p, t), size_t(n) * sizeof(int64_t));
+    }
+    publish_consumed(t);
+    round_ += 1;
+    account(Kind::kInternal, Algo::kPairwise, uint64_t(n) * 8, uint64_t(n - 1) * n * 8);
+  }
+  allv_row_bytes_ = row_elems * esz;
+  allv_row_elems_ = row_elems;
+  allv_dtype_ = dt;
+  allv_esz_ = esz;
+  std::vector<int64_t> recv(static_cast<size_t>(n), 0);
+  for (int p = 0; p < n; ++p) recv[size_t(p)] = allv_matrix_[size_t(p) * n + r];
+  return recv;
+}
+
+void Communicator::all_to_allv_data(const void* in_v, void* out_v) {
+  const int n = size_, r = rank_;
+  if (allv_matrix_.size() != size_t(n) * n)
+    throw std::logic_error("all_to_allv_data called without all_to_allv_counts");
+  enter(Desc{uint32_t(Kind::kAllToAllV), uint32_t(allv_dtype_), uint32_t(RedOp::kNone),
+             uint32_t(Algo::kPairwise), 1, allv_row_elems_, allv_esz_});
+  const char* in = static_cast<const char*>(in_v);
+  char* out = static_cast<char*>(out_v);
+  const size_t rb = allv_row_bytes_;
+  auto M = [&](int src, int dst) { return size_t(allv_matrix_[size_t(src) * n + dst]); };
+  std::vector<size_t> send_off(size_t(n) + 1, 0), recv_off(size_t(n) + 1, 0);
+  for (int j = 0; j < n; ++j) {
+    send_off[size_t(j) + 1] = send_off[size_t(j)] + M(r, j) * rb;
+    recv_off[size_t(j) + 1] = recv_off[size_t(j)] + M(j, r) * rb;
+  }
+  if (M(r, r) != 0 && rb != 0) std::memcpy(out + recv_off[size_t(r)], in + send_off[size_t(r)], M(r, r) * rb);
+  uint64_t sent = 0, received = 0;
+  for (int s = 1; s < n && rb; ++s) {
+    // Every rank computes the same number of rounds for this step from the shared matrix.
+    size_t longest = 0;
+    for (int i = 0; i < n; ++i) longest = std::max(longest, M(i, (i + s) % n) * rb);
+    const size_t nchunks = ceil_div(longest, slot_bytes_);
+    const int to = (r + s) % n, from = (r - s + n) % n;
+    const size_t out_bytes = M(r, to) * rb, in_bytes = M(from, r) * rb;
+    for (size_t c = 0; c < nchunks; ++c) {
+      const uint64_t t = round_ + 1;
+      const size_t lo = c * slot_bytes_;
+      const size_t ob = lo < out_bytes ? std::min(slot_bytes_, out_bytes - lo) : 0;
+      const size_t ib = lo < in_bytes ? std::min(slot_bytes_, in_bytes - lo) : 0;
+      one_peer_[0] = to;
+      acquire_slot(t, one_peer_);
+      if (ob) std::memcpy(slot(r, t), in + send_off[size_t(to)] + lo, ob);
+      publish_posted(t);
+      wait_geq(posted(from), t, from);
+      if (ib) std::memcpy(out + recv_off[size_t(from)] + lo, slot(from, t), ib);
+      publish_consumed(t);
+      round_ += 1;
+      sent += ob;
+      received += ib;
+    }
+  }
+  account(Kind::kAllToAllV, Algo::kPairwise, sent, received);
+}
+
+}  // namespace shardcore

@@ -1,0 +1,530 @@
+#include "comm/communicator.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+namespace shardcore {
+
+namespace {
+
+constexpr uint64_t kMagic = 0x524f434452414853ull;  // "SHARDCOR"
+constexpr uint32_t kVersion = 1;
+constexpr size_t kPage = 4096;
+constexpr size_t kAbortMsgBytes = 1024;
+// A sleeping waiter wakes at least this often to look at the abort word; liveness of the awaited
+// peer is checked every kLivenessPeriodNs, well inside the 10 s the error model promises.
+constexpr long kSleepSliceNs = 10'000'000;
+constexpr uint64_t kLivenessPeriodNs = 100'000'000;
+
+enum AbortReason : int { kReasonUser = 1, kReasonMismatch = 2, kReasonTimeout = 3, kReasonPeer = 4 };
+
+size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+}  // namespace
+
+struct Header {
+  uint32_t version, world_size;
+  uint64_t slot_bytes, p2p_bytes, total_bytes;
+  uint32_t nbuf, p2p_nbuf;
+  alignas(kLineBytes) Counter attached;
+  alignas(kLineBytes) std::atomic<uint64_t> abort_word;  // (reason << 32) | (rank + 1)
+  alignas(kLineBytes) std::atomic<uint64_t> magic;
+};
+
+struct alignas(kLineBytes) EntryLine {
+  Counter seq;
+  Desc desc;
+  char pad[kLineBytes - sizeof(Desc)];
+};
+
+// Fixed part of a rank's block; its p2p counters follow it (2 * size Counters).
+struct RankBlock {
+  alignas(kLineBytes) std::atomic<int32_t> pid;
+  std::atomic<uint32_t> state;  // 0 not attached, 1 attached, 2 closed
+  char abort_msg[kAbortMsgBytes];
+  EntryLine entry[2];
+  Counter posted;
+  Counter consumed;
+};
+
+struct alignas(kLineBytes) ChunkHeader {
+  int64_t tag;
+  uint64_t count;   // elements in the whole message
+  uint32_t dtype;
+  uint32_t esz;
+};
+
+const char* kind_name(Kind k) {
+  static const char* names[] = {"barrier", "all_reduce", "reduce_scatter", "all_gather",
+                                "all_to_all", "all_to_allv", "broadcast", "send", "recv",
+                                "internal"};
+  return size_t(k) < size_t(Kind::kCount) ? names[size_t(k)] : "?";
+}
+
+const char* algo_name(Algo a) {
+  static const char* names[] = {"auto", "ring", "pairwise", "flat", "one_shot", "two_shot"};
+  return size_t(a) < size_t(Algo::kCount) ? names[size_t(a)] : "?";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment layout and connection
+
+Communicator::Communicator(const std::string& name, int rank, int size, const Options& opt)
+    : name_(name), rank_(rank), size_(size) {
+  if (size < 1) throw std::invalid_argument("world size must be >= 1, got " + std::to_string(size));
+  if (rank < 0 || rank >= size)
+    throw std::invalid_argument("rank " + std::to_string(rank) + " is outside [0, " +
+                                std::to_string(size) + ")");
+  if (name.empty() || name[0] != '/' || name.find('/', 1) != std::string::npos || name.size() > 200)
+    throw std::invalid_argument("segment name must look like '/name' (no other '/'), got '" + name + "'");
+  if (opt.slot_bytes < 256 || opt.slot_bytes % 64)
+    throw std::invalid_argument("slot_bytes must be a multiple of 64 and >= 256");
+  if (opt.p2p_bytes < 64 || opt.p2p_bytes % 64)
+    throw std::invalid_argument("p2p_bytes must be a multiple of 64 and >= 64");
+  if (opt.timeout_s <= 0) throw std::invalid_argument("timeout must be > 0 seconds");
+  timeout_ns_ = uint64_t(opt.timeout_s * 1e9);
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 2.0);
+  spin_ns_ = uint64_t(spin_us * 1e3);
+  uint64_t deadline = now_ns() + timeout_ns_;
+
+  auto layout = [&](size_t slot, size_t p2p) {
+    slot_bytes_ = slot;
+    p2p_bytes_ = p2p;
+    rank_block_bytes_ = round_up(sizeof(RankBlock) + 2 * size_t(size_) * sizeof(Counter), kPage);
+    data_offset_ = round_up(sizeof(Header), kPage) + size_t(size_) * rank_block_bytes_;
+    p2p_offset_ = data_offset_ + size_t(size_) * nbuf_ * slot_bytes_;
+    total_bytes_ = p2p_offset_ + size_t(size_) * size_ * p2p_nbuf_ * (sizeof(ChunkHeader) + p2p_bytes_);
+  };
+
+  int fd = -1;
+  if (rank == 0) {
+    layout(opt.slot_bytes, opt.p2p_bytes);
+    fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0)
+      throw std::runtime_error("cannot create shared-memory segment " + name + ": " + strerror(errno));
+    if (ftruncate(fd, off_t(total_bytes_)) != 0) {
+      int e = errno;
+      ::close(fd);
+      shm_unlink(name.c_str());
+      throw std::runtime_error("cannot size segment " + name + ": " + strerror(e));
+    }
+    // Reserve the pages now: a full /dev/shm then fails here with a clear message instead of
+    // killing a rank with SIGBUS in the middle of a collective.
+    int e = posix_fallocate(fd, 0, off_t(total_bytes_));
+    if (e != 0 && e != EOPNOTSUPP && e != EINVAL) {
+      ::close(fd);
+      shm_unlink(name.c_str());
+      throw std::runtime_error("not enough shared memory for " + std::to_string(total_bytes_) +
+                               " bytes in /dev/shm: " + strerror(e));
+    }
+  } else {
+    // Rank 0 may not have created the segment yet: poll with a growing back-off.
+    long backoff_ns = 20'000;
+    for (;;) {
+      fd = shm_open(name.c_str(), O_RDWR, 0);
+      if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && size_t(st.st_size) >= sizeof(Header)) break;
+        ::close(fd);
+        fd = -1;
+      } else if (errno != ENOENT) {
+        throw std::runtime_error("cannot open segment " + name + ": " + strerror(errno));
+      }
+      if (now_ns() > deadline)
+        throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank 0 to create " + name);
+      timespec ts{0, backoff_ns};
+      nanosleep(&ts, nullptr);
+      backoff_ns = std::min(backoff_ns * 2, 2'000'000L);
+    }
+    // Read the geometry rank 0 chose (its options win, so all ranks agree).
+    void* h = mmap(nullptr, sizeof(Header), PROT_READ, MAP_SHARED, fd, 0);
+    if (h == MAP_FAILED) {
+      ::close(fd);
+      throw std::runtime_error("cannot map segment header: " + std::string(strerror(errno)));
+    }
+    const Header* hdr = static_cast<const Header*>(h);
+    long backoff = 20'000;
+    while (hdr->magic.load(std::memory_order_acquire) != kMagic) {
+      if (now_ns() > deadline) {
+        munmap(h, sizeof(Header));
+        ::close(fd);
+        throw Timeout("segment " + name + " was never initialised by rank 0");
+      }
+      timespec ts{0, backoff};
+      nanosleep(&ts, nullptr);
+      backoff = std::min(backoff * 2, 2'000'000L);
+    }
+    if (hdr->version != kVersion || int(hdr->world_size) != size) {
+      std::string msg = "segment " + name + " was created for world size " +
+                        std::to_string(hdr->world_size) + ", this rank expects " + std::to_string(size);
+      munmap(h, sizeof(Header));
+      ::close(fd);
+      throw std::invalid_argument(msg);
+    }
+    nbuf_ = hdr->nbuf;
+    p2p_nbuf_ = hdr->p2p_nbuf;
+    layout(hdr->slot_bytes, hdr->p2p_bytes);
+    munmap(h, sizeof(Header));
+  }
+  void* p = mmap(nullptr, total_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int map_errno = errno;
+  ::close(fd);
+  if (p == MAP_FAILED) {
+    if (rank == 0) shm_unlink(name.c_str());
+    throw std::runtime_error("cannot map segment " + name + ": " + strerror(map_errno));
+  }
+  base_ = static_cast<char*>(p);
+  header_ = reinterpret_cast<Header*>(base_);
+  if (rank == 0) {
+    header_->version = kVersion;
+    header_->world_size = uint32_t(size);
+    header_->slot_bytes = slot_bytes_;
+    header_->p2p_bytes = p2p_bytes_;
+    header_->total_bytes = total_bytes_;
+    header_->nbuf = nbuf_;
+    header_->p2p_nbuf = p2p_nbuf_;
+    header_->magic.store(kMagic, std::memory_order_release);
+  }
+  rb(rank_).pid.store(int32_t(getpid()), std::memory_order_relaxed);
+  rb(rank_).state.store(1, std::memory_order_release);
+  uint64_t attached = header_->attached.value.fetch_add(1, std::memory_order_acq_rel) + 1;
+  if (attached == uint64_t(size)) {
+    // Everyone has it mapped: from now on a crash of any rank leaves nothing in /dev/shm.
+    shm_unlink(name.c_str());
+    if (header_->attached.waiters.load()) futex_wake_all(&header_->attached.value);
+  } else {
+    try {
+      wait_geq(header_->attached, uint64_t(size), -1);
+    } catch (...) {
+      shm_unlink(name.c_str());
+      munmap(base_, total_bytes_);
+      base_ = nullptr;
+      throw;
+    }
+  }
+
+  slot_use_.resize(nbuf_);
+  succ_only_ = {(rank_ + 1) % size_};
+  for (int q = 0; q < size_; ++q)
+    if (q != rank_) all_peers_.push_back(q);
+  one_peer_ = {0};
+}
+
+Communicator::~Communicator() { close(); }
+
+void Communicator::close() {
+  if (!base_) return;
+  rb(rank_).state.store(2, std::memory_order_release);
+  munmap(base_, total_bytes_);
+  base_ = nullptr;
+  header_ = nullptr;
+}
+
+RankBlock& Communicator::rb(int r) const {
+  return *reinterpret_cast<RankBlock*>(base_ + round_up(sizeof(Header), kPage) +
+                                       size_t(r) * rank_block_bytes_);
+}
+EntryLine& Communicator::entry(int r, uint64_t k) const { return rb(r).entry[k & 1]; }
+Counter& Communicator::posted(int r) const { return rb(r).posted; }
+Counter& Communicator::consumed(int r) const { return rb(r).consumed; }
+Counter& Communicator::p2p_posted(int src, int dst) const {
+  return reinterpret_cast<Counter*>(reinterpret_cast<char*>(&rb(src)) + sizeof(RankBlock))[dst];
+}
+Counter& Communicator::p2p_consumed(int dst, int src) const {
+  return reinterpret_cast<Counter*>(reinterpret_cast<char*>(&rb(dst)) + sizeof(RankBlock))[size_ + src];
+}
+char* Communicator::slot(int r, uint64_t round) const {
+  return base_ + data_offset_ + (size_t(r) * nbuf_ + round % nbuf_) * slot_bytes_;
+}
+char* Communicator::mailbox(int src, int dst, uint64_t chunk) const {
+  size_t per = sizeof(ChunkHeader) + p2p_bytes_;
+  return base_ + p2p_offset_ + ((size_t(src) * size_ + dst) * p2p_nbuf_ + chunk % p2p_nbuf_) * per;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failure handling
+
+void Communicator::fail(int reason, const std::string& msg) {
+  if (base_) {
+    RankBlock& me = rb(rank_);
+    size_t n = std::min(msg.size(), kAbortMsgBytes - 1);
+    uint64_t expected = 0;
+    uint64_t word = (uint64_t(reason) << 32) | uint64_t(rank_ + 1);
+    // The message is written before the word is published; only the first abort writes.
+    if (header_->abort_word.load(std::memory_order_acquire) == 0) {
+      std::memcpy(me.abort_msg, msg.data(), n);
+      me.abort_msg[n] = 0;
+      header_->abort_word.compare_exchange_strong(expected, word, std::memory_order_acq_rel);
+    }
+  }
+  broken_ = true;
+  broken_reason_ = reason;
+  broken_msg_ = msg;
+  if (reason == kReasonMismatch) throw Mismatch(msg);
+  if (reason == kReasonTimeout) throw Timeout(msg);
+  throw PeerFailure(msg);
+}
+
+void Communicator::fail_from_abort(uint64_t word) {
+  int reason = int(word >> 32);
+  int who = int(word & 0xffffffffu) - 1;
+  std::string text(rb(who).abort_msg);
+  std::string msg = reason == kReasonMismatch
+                        ? text
+                        : "rank " + std::to_string(rank_) + ": the communicator was aborted by rank " +
+                              std::to_string(who) + ": " + text;
+  broken_ = true;
+  broken_reason_ = reason == kReasonMismatch ? kReasonMismatch : kReasonPeer;
+  broken_msg_ = msg;
+  if (reason == kReasonMismatch) throw Mismatch(msg);
+  throw PeerFailure(msg);
+}
+
+void Communicator::check_abort() {
+  uint64_t w = header_->abort_word.load(std::memory_order_acquire);
+  if (w) fail_from_abort(w);
+}
+
+void Communicator::check_usable() {
+  if (!base_) throw std::runtime_error("the communicator is closed");
+  if (broken_) {
+    if (broken_reason_ == kReasonMismatch) throw Mismatch(broken_msg_);
+    throw PeerFailure("the communicator failed earlier and cannot be used: " + broken_msg_);
+  }
+  check_abort();
+}
+
+void Communicator::abort(const std::string& reason) {
+  if (!base_ || broken_) return;
+  try {
+    fail(kReasonUser, "rank " + std::to_string(rank_) + " aborted: " + reason);
+  } catch (const std::exception&) {
+  }
+}
+
+bool Communicator::peer_gone(int p, std::string* why) const {
+  const RankBlock& b = rb(p);
+  if (b.state.load(std::memory_order_acquire) == 2) {
+    *why = "closed its communicator";
+    return true;
+  }
+  pid_t pid = b.pid.load(std::memory_order_relaxed);
+  if (pid <= 0) return false;
+  if (kill(pid, 0) != 0 && errno == ESRCH) {
+    *why = "died (process " + std::to_string(pid) + " no longer exists)";
+    return true;
+  }
+  // A killed child stays a zombie until its parent reaps it; kill() still succeeds on it.
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", int(pid));
+  FILE* f = std::fopen(path, "r");
+  if (!f) return false;
+  char buf[512];
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char* rp = std::strrchr(buf, ')');
+  if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X')) {
+    *why = "died (process " + std::to_string(pid) + " exited)";
+    return true;
+  }
+  return false;
+}
+
+void Communicator::wait_geq(Counter& c, uint64_t target, int peer) {
+  if (c.value.load(std::memory_order_acquire) >= target) return;
+  uint64_t start = now_ns();
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      cpu_relax();
+      if (c.value.load(std::memory_order_acquire) >= target) return;
+    }
+    check_abort();
+    if (now_ns() - start >= spin_ns_) break;
+  }
+  uint64_t next_check = start + kLivenessPeriodNs;
+  for (;;) {
+    c.waiters.fetch_add(1, std::memory_order_seq_cst);
+    uint64_t v = c.value.load(std::memory_order_seq_cst);
+    if (v >= target) {
+      c.waiters.fetch_sub(1, std::memory_order_seq_cst);
+      return;
+    }
+    futex_wait(&c.value, uint32_t(v), kSleepSliceNs);
+    c.waiters.fetch_sub(1, std::memory_order_seq_cst);
+    if (c.value.load(std::memory_order_acquire) >= target) return;
+    check_abort();
+    uint64_t t = now_ns();
+    if (t < next_check) continue;
+    next_check = t + kLivenessPeriodNs;
+    std::string where = std::string(kind_name(cur_kind_)) + " #" + std::to_string(coll_seq_);
+    if (peer >= 0) {
+      std::string why;
+      if (peer_gone(peer, &why)) {
+        if (c.value.load(std::memory_order_acquire) >= target) return;
+        fail(kReasonPeer, "rank " + std::to_string(peer) + " " + why + " while rank " +
+                              std::to_string(rank_) + " waited for it in " + where);
+      }
+    }
+    if (interrupt_check_) {
+      try {
+        interrupt_check_();
+      } catch (...) {
+        try {
+          fail(kReasonUser, "rank " + std::to_string(rank_) + " was interrupted in " + where);
+        } catch (...) {
+        }
+        throw;
+      }
+    }
+    if (t - start >= timeout_ns_) {
+      char secs[32];
+      std::snprintf(secs, sizeof(secs), "%.1f", double(t - start) / 1e9);
+      std::string whom = peer >= 0 ? "rank " + std::to_string(peer) : std::string("all ranks to connect");
+      fail(kReasonTimeout, "rank " + std::to_string(rank_) + " waited " + secs + " s for " + whom +
+                               " in " + where + " (timeout " + std::to_string(timeout_ns_ / 1000000000ull) + " s)");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry: every collective starts by publishing its descriptor and checking everyone else's.
+
+std::string Communicator::describe(const Desc& d) const {
+  std::string s = kind_name(Kind(d.kind));
+  s += "(count=" + std::to_string(d.count) + ", dtype=" + dtype_name(DType(d.dtype));
+  if (DType(d.dtype) == DType::kOther) s += "[" + std::to_string(d.aux) + " bytes]";
+  if (RedOp(d.op) != RedOp::kNone) s += std::string(", op=") + op_name(RedOp(d.op));
+  if (Kind(d.kind) == Kind::kBroadcast) s += ", root=" + std::to_string(d.root);
+  if (Algo(d.algo) != Algo::kAuto) s += std::string(", algorithm=") + algo_name(Algo(d.algo));
+  return s + ")";
+}
+
+uint64_t Communicator::enter(const Desc& d) {
+  check_usable();
+  cur_kind_ = Kind(d.kind);
+  uint64_t k = ++coll_seq_;
+  EntryLine& mine = entry(rank_, k);
+  mine.desc = d;
+  counter_publish(mine.seq, k);
+  for (int p : all_peers_) {
+    EntryLine& theirs = entry(p, k);
+    wait_geq(theirs.seq, k, p);
+    const Desc& o = theirs.desc;
+    if (o.kind != d.kind || o.dtype != d.dtype || o.op != d.op || o.algo != d.algo ||
+        o.root != d.root || o.count != d.count || o.aux != d.aux) {
+      fail(kReasonMismatch, "collective mismatch at call #" + std::to_string(k) + ": rank " +
+                                std::to_string(rank_) + " called " + describe(d) + " but rank " +
+                                std::to_string(p) + " called " + describe(o));
+    }
+  }
+  return k;
+}
+
+void Communicator::acquire_slot(uint64_t round, const std::vector<int>& readers) {
+  SlotUse& u = slot_use_[round % nbuf_];
+  for (int q : u.readers) wait_geq(consumed(q), u.round, q);
+  u.round = round;
+  u.readers = readers;
+}
+
+void Communicator::publish_posted(uint64_t round) { counter_publish(posted(rank_), round); }
+void Communicator::publish_consumed(uint64_t round) { counter_publish(consumed(rank_), round); }
+
+void Communicator::account(Kind k, Algo a, uint64_t sent, uint64_t recv) {
+  TrafficCounts& t = traffic_[size_t(k)];
+  t.calls += 1;
+  t.sent += sent;
+  t.recv += recv;
+  t.algo_calls[size_t(a)] += 1;
+}
+
+void Communicator::reset_traffic() {
+  for (auto& t : traffic_) t = TrafficCounts{};
+}
+
+void Communicator::barrier() {
+  enter(Desc{uint32_t(Kind::kBarrier), uint32_t(DType::kUInt8), uint32_t(RedOp::kNone),
+             uint32_t(Algo::kAuto), 0, 0, 0});
+  account(Kind::kBarrier, Algo::kAuto, 0, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Point to point: a FIFO of chunks per ordered pair; a message that fits in the mailbox's
+// buffers completes without the receiver (eager), a longer one streams through them.
+
+void Communicator::send(const void* buf, size_t count, DType dt, size_t esz, int dst, int64_t tag) {
+  check_usable();
+  if (dst < 0 || dst >= size_ || dst == rank_)
+    throw std::invalid_argument("send: dst " + std::to_string(dst) + " is not a peer of rank " +
+                                std::to_string(rank_) + " (size " + std::to_string(size_) + ")");
+  cur_kind_ = Kind::kSend;
+  size_t bytes = count * esz;
+  Counter& mine = p2p_posted(rank_, dst);
+  Counter& theirs = p2p_consumed(dst, rank_);
+  uint64_t next = mine.value.load(std::memory_order_relaxed);
+  size_t nchunks = std::max<size_t>(1, (bytes + p2p_bytes_ - 1) / p2p_bytes_);
+  const char* src = static_cast<const char*>(buf);
+  for (size_t i = 0; i < nchunks; ++i, ++next) {
+    if (next >= p2p_nbuf_) wait_geq(theirs, next + 1 - p2p_nbuf_, dst);
+    char* box = mailbox(rank_, dst, next);
+    auto* h = reinterpret_cast<ChunkHeader*>(box);
+    h->tag = tag;
+    h->count = count;
+    h->dtype = uint32_t(dt);
+    h->esz = uint32_t(esz);
+    size_t off = i * p2p_bytes_;
+    size_t len = std::min(p2p_bytes_, bytes - std::min(bytes, off));
+    if (len) std::memcpy(box + sizeof(ChunkHeader), src + off, len);
+    counter_publish(mine, next + 1);
+  }
+  account(Kind::kSend, Algo::kAuto, bytes, 0);
+}
+
+void Communicator::recv(void* buf, size_t count, DType dt, size_t esz, int src, int64_t tag) {
+  check_usable();
+  if (src < 0 || src >= size_ || src == rank_)
+    throw std::invalid_argument("recv: src " + std::to_string(src) + " is not a peer of rank " +
+                                std::to_string(rank_) + " (size " + std::to_string(size_) + ")");
+  cur_kind_ = Kind::kRecv;
+  size_t bytes = count * esz;
+  Counter& theirs = p2p_posted(src, rank_);
+  Counter& mine = p2p_consumed(rank_, src);
+  uint64_t next = mine.value.load(std::memory_order_relaxed);
+  size_t nchunks = std::max<size_t>(1, (bytes + p2p_bytes_ - 1) / p2p_bytes_);
+  char* dst = static_cast<char*>(buf);
+  for (size_t i = 0; i < nchunks; ++i, ++next) {
+    wait_geq(theirs, next + 1, src);
+    const char* box = mailbox(src, rank_, next);
+    const auto* h = reinterpret_cast<const ChunkHeader*>(box);
+    if (i == 0 && (h->tag != tag || h->count != count || h->dtype != uint32_t(dt) || h->esz != esz)) {
+      auto what = [](int64_t tg, uint64_t n, uint32_t d, uint32_t e) {
+        std::string s = "(tag=" + std::to_string(tg) + ", count=" + std::to_string(n) + ", dtype=" +
+                        dtype_name(DType(d));
+        if (DType(d) == DType::kOther) s += "[" + std::to_string(e) + " bytes]";
+        return s + ")";
+      };
+      fail(kReasonMismatch, "send/recv mismatch: rank " + std::to_string(src) + " sent " +
+                                what(h->tag, h->count, h->dtype, h->esz) + " but rank " +
+                                std::to_string(rank_) + " expects " +
+                                what(tag, count, uint32_t(dt), uint32_t(esz)));
+    }
+    size_t off = i * p2p_bytes_;
+    size_t len = std::min(p2p_bytes_, bytes - std::min(bytes, off));
+    if (len) std::memcpy(dst + off, box + sizeof(ChunkHeader), len);
+    counter_publish(mine, next + 1);
+  }
+  account(Kind::kRecv, Algo::kAuto, 0, bytes);
+}
+
+}  // namespace shardcore

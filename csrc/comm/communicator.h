@@ -1,0 +1,169 @@
+// A communicator: one POSIX shared-memory segment shared by `size` processes, the sequence
+// numbers that order their collectives, and the ring / pairwise / flat algorithms on top.
+//
+// Synchronisation model. Every rank owns, in the segment:
+//   - two entry lines (by collective-number parity) where it publishes the descriptor of the
+//     collective it enters; every collective starts by checking all peers' descriptors, so a
+//     mismatch is seen by every rank in that very call;
+//   - `posted` / `consumed` round counters: data moves in numbered rounds that every rank counts
+//     identically (a round count depends only on the descriptor). In round t a rank writes its
+//     slot t % nbuf and publishes posted = t; a reader waits for posted >= t, reads, and publishes
+//     consumed = t. A writer reuses a slot only after that slot's last readers consumed it.
+//   - per-peer point-to-point mailboxes with their own chunk counters (send/recv are not rounds).
+// Counters only grow, so no state is ever reused; waits spin briefly, then sleep on a futex, and
+// every wait checks the abort word, the awaited peer's liveness and a deadline.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "comm/dtypes.h"
+#include "comm/shm_sync.h"
+
+namespace shardcore {
+
+struct PeerFailure : std::runtime_error { using std::runtime_error::runtime_error; };
+struct Mismatch : std::runtime_error { using std::runtime_error::runtime_error; };
+struct Timeout : std::runtime_error { using std::runtime_error::runtime_error; };
+
+// What traffic is accounted under; "internal" is shardcore's own bookkeeping (split, counts).
+enum class Kind : uint32_t {
+  kBarrier, kAllReduce, kReduceScatter, kAllGather, kAllToAll, kAllToAllV, kBroadcast, kSend,
+  kRecv, kInternal, kCount
+};
+const char* kind_name(Kind k);
+
+enum class Algo : uint32_t { kAuto = 0, kRing, kPairwise, kFlat, kOneShot, kTwoShot, kCount };
+const char* algo_name(Algo a);
+
+struct Options {
+  size_t slot_bytes = size_t(1) << 19;  // 512 KiB: a chunk's copy (~30 us) dwarfs its sync (~1 us)
+  size_t p2p_bytes = size_t(1) << 16;   // 64 KiB per mailbox chunk; n^2 mailboxes per segment
+  double timeout_s = 600.0;             // a wait longer than this is a CommTimeoutError
+  double spin_us = -1.0;                // < 0: spin 50 us if ranks <= cores, else 2 us
+};
+
+// Descriptor of a collective, compared across ranks on entry.
+struct Desc {
+  uint32_t kind, dtype, op, algo;
+  int64_t root;
+  uint64_t count;  // elements (per-rank block for all_gather / all_to_all, row width for allv)
+  uint64_t aux;    // element size in bytes
+};
+
+struct TrafficCounts {
+  uint64_t calls = 0, sent = 0, recv = 0;
+  uint64_t algo_calls[size_t(Algo::kCount)] = {};
+};
+
+struct Header;
+struct RankBlock;
+struct EntryLine;
+
+class Communicator {
+ public:
+  // Rank 0 creates the segment `name` (O_EXCL, mode 0600); the others attach to it. Returns once
+  // every rank has mapped it; the last rank to map it unlinks the name.
+  Communicator(const std::string& name, int rank, int size, const Options& opt);
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const std::string& name() const { return name_; }
+  size_t slot_bytes() const { return slot_bytes_; }
+  void set_timeout(double seconds) { timeout_ns_ = uint64_t(seconds * 1e9); }
+  double timeout() const { return double(timeout_ns_) / 1e9; }
+
+  void barrier();
+  Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo);
+  void reduce_scatter(const void* in, void* out, size_t count_per_rank, DType dt, RedOp op);
+  void all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
+                  Kind account = Kind::kAllGather);
+  void all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz);
+  // all_to_allv in two collectives: the counts exchange (returns what this rank receives from
+  // each peer, in rows), then the data, which uses the count matrix the first call gathered.
+  std::vector<int64_t> all_to_allv_counts(const std::vector<int64_t>& send_counts,
+                                          size_t row_elems, DType dt, size_t esz);
+  void all_to_allv_data(const void* in, void* out);
+  void broadcast(void* buf, size_t count, DType dt, size_t esz, int root);
+  void send(const void* buf, size_t count, DType dt, size_t esz, int dst, int64_t tag);
+  void recv(void* buf, size_t count, DType dt, size_t esz, int src, int64_t tag);
+
+  // Marks the communicator failed for every rank (first reason wins) and closes nothing.
+  void abort(const std::string& reason);
+  void close();
+  bool closed() const { return base_ == nullptr; }
+
+  const TrafficCounts& traffic(Kind k) const { return traffic_[size_t(k)]; }
+  void reset_traffic();
+  // Called about every 100 ms while a rank sleeps; may throw (Python signal handling).
+  void set_interrupt_check(std::function<void()> f) { interrupt_check_ = std::move(f); }
+
+ private:
+  friend struct RingAllReduce;
+  // --- segment layout ---
+  RankBlock& rb(int r) const;
+  EntryLine& entry(int r, uint64_t k) const;
+  Counter& posted(int r) const;
+  Counter& consumed(int r) const;
+  Counter& p2p_posted(int src, int dst) const;
+  Counter& p2p_consumed(int dst, int src) const;
+  char* slot(int r, uint64_t round) const;
+  char* mailbox(int src, int dst, uint64_t chunk) const;
+
+  // --- synchronisation ---
+  void wait_geq(Counter& c, uint64_t target, int peer);
+  void check_usable();
+  void check_abort();
+  [[noreturn]] void fail_from_abort(uint64_t word);
+  [[noreturn]] void fail(int reason, const std::string& msg);
+  bool peer_gone(int p, std::string* why) const;
+  uint64_t enter(const Desc& d);
+  void acquire_slot(uint64_t round, const std::vector<int>& readers);
+  void publish_posted(uint64_t round);
+  void publish_consumed(uint64_t round);
+  std::string describe(const Desc& d) const;
+  void account(Kind k, Algo a, uint64_t sent, uint64_t recv);
+
+  // --- algorithms (one file each) ---
+  void ring_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz);
+  void ring_reduce_scatter(const char* in, char* out, size_t m, DType dt, RedOp op, size_t esz);
+  void ring_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
+  void pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz);
+  void flat_broadcast(char* buf, size_t bytes, int root);
+
+  std::string name_;
+  int rank_, size_;
+  char* base_ = nullptr;
+  size_t total_bytes_ = 0;
+  Header* header_ = nullptr;
+  size_t rank_block_bytes_ = 0, data_offset_ = 0, p2p_offset_ = 0;
+  size_t slot_bytes_ = 0, p2p_bytes_ = 0;
+  uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
+  uint64_t timeout_ns_ = 0, spin_ns_ = 0;
+
+  uint64_t coll_seq_ = 0;  // collectives entered
+  uint64_t round_ = 0;     // data rounds completed
+  Kind cur_kind_ = Kind::kBarrier;
+  struct SlotUse { uint64_t round = 0; std::vector<int> readers; };
+  std::vector<SlotUse> slot_use_;
+  std::vector<int> succ_only_, all_peers_, one_peer_;
+  std::vector<int64_t> allv_matrix_;  // [src * size + dst] rows, from all_to_allv_counts
+  size_t allv_row_bytes_ = 0;
+  DType allv_dtype_ = DType::kOther;
+  uint64_t allv_row_elems_ = 0;
+  size_t allv_esz_ = 0;
+
+  bool broken_ = false;
+  int broken_reason_ = 0;
+  std::string broken_msg_;
+  TrafficCounts traffic_[size_t(Kind::kCount)];
+  std::function<void()> interrupt_check_;
+};
+
+}  // namespace shardcore

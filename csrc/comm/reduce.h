@@ -1,0 +1,32 @@
+// Element-wise reduction kernels: dst[i] = a[i] (op) b[i]. dst may alias a or b.
+// bfloat16 and float16 are widened to float32, combined, and rounded back to nearest even once.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "comm/dtypes.h"
+
+namespace shardcore {
+
+void reduce(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op);
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x40u);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
+  return uint16_t(bits >> 16);
+}
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+}  // namespace shardcore

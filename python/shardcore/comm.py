@@ -1,0 +1,344 @@
+"""The communicator: collectives on NumPy arrays across shared-memory worker processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _core
+from ._dtypes import ALGORITHMS, dtype_code, op_code
+
+_DEFAULT_SLOT_BYTES = 1 << 19
+_DEFAULT_P2P_BYTES = 1 << 16
+_DEFAULT_TIMEOUT = 600.0
+
+
+def _env_number(name: str, default: float, cast=float):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return cast(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not a number") from None
+
+
+def new_segment_name() -> str:
+    """A fresh, unguessable shared-memory segment name (``/shardcore-<pid>-<random>``)."""
+    return f"/shardcore-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _require_array(x: Any, what: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what} must be a numpy.ndarray, got {type(x).__name__}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous (use numpy.ascontiguousarray)")
+    return x
+
+
+def _require_writeable(x: np.ndarray, what: str) -> None:
+    if not x.flags.writeable:
+        raise ValueError(f"{what} is read-only")
+
+
+def _check_out(out: Any, dtype: np.dtype, shape: tuple, what: str) -> np.ndarray:
+    _require_array(out, what)
+    _require_writeable(out, what)
+    if out.dtype != dtype:
+        raise TypeError(f"{what} has dtype {out.dtype}, expected {dtype}")
+    if out.shape != shape:
+        raise ValueError(f"{what} has shape {out.shape}, expected {shape}")
+    return out
+
+
+def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    if a.size and b.size and np.shares_memory(a, b):
+        raise ValueError(f"{what}: out must not overlap the input")
+
+
+class Communicator:
+    """A group of ranks that run collectives together through one shared-memory segment.
+
+    Arrays must be C-contiguous NumPy arrays; results are written straight into the output array
+    (zero-copy in and out) and the GIL is released while a rank waits. A communicator is used by
+    one thread at a time; sub-communicators from ``split`` run concurrently with each other.
+    """
+
+    def __init__(self, core: "_core.Comm", group_ranks: Sequence[int] | None = None):
+        self._core = core
+        self._nsplits = 0
+        self.group_ranks = list(group_ranks) if group_ranks is not None else list(range(core.size))
+        self.last_algorithm: str | None = None
+
+    @classmethod
+    def connect(
+        cls,
+        name: str,
+        rank: int,
+        size: int,
+        *,
+        timeout: float | None = None,
+        slot_bytes: int | None = None,
+        p2p_bytes: int | None = None,
+        group_ranks: Sequence[int] | None = None,
+    ) -> "Communicator":
+        """Join segment ``name`` as ``rank`` of ``size``; rank 0 creates it. Returns when all joined.
+
+        ``timeout`` (seconds, default $SHARDCORE_TIMEOUT or 600) bounds every wait;
+        ``slot_bytes`` (default $SHARDCORE_SLOT_BYTES or 512 KiB) is the chunk size of the
+        collectives, ``p2p_bytes`` (default $SHARDCORE_P2P_BYTES or 64 KiB) that of send/recv.
+        """
+        if timeout is None:
+            timeout = _env_number("SHARDCORE_TIMEOUT", _DEFAULT_TIMEOUT)
+        if slot_bytes is None:
+            slot_bytes = _env_number("SHARDCORE_SLOT_BYTES", _DEFAULT_SLOT_BYTES, int)
+        if p2p_bytes is None:
+            p2p_bytes = _env_number("SHARDCORE_P2P_BYTES", _DEFAULT_P2P_BYTES, int)
+        spin_us = _env_number("SHARDCORE_SPIN_US", -1.0)
+        core = _core.Comm(name, int(rank), int(size), int(slot_bytes), int(p2p_bytes),
+                          float(timeout), float(spin_us))
+        return cls(core, group_ranks)
+
+    # --- properties -----------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        """This process's rank in the communicator."""
+        return self._core.rank
+
+    @property
+    def size(self) -> int:
+        """Number of ranks."""
+        return self._core.size
+
+    @property
+    def name(self) -> str:
+        """Name of the shared-memory segment (unlinked once every rank has mapped it)."""
+        return self._core.name
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a wait may last before CommTimeoutError."""
+        return self._core.timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {seconds}")
+        self._core.timeout = float(seconds)
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size}, name={self.name!r})"
+
+    # --- collectives ------------------------------------------------------------------------
+    def barrier(self) -> None:
+        """Return once every rank has entered the barrier."""
+        self._core.barrier()
+
+    def all_reduce(self, x: np.ndarray, op: str = "sum", out: np.ndarray | None = None,
+                   algorithm: str | None = None) -> np.ndarray:
+        """Reduce ``x`` element-wise over all ranks; in place unless ``out`` is given."""
+        _require_array(x, "all_reduce: x")
+        code = dtype_code(x.dtype, "all_reduce", reducible=True)
+        opc = op_code(op, "all_reduce")
+        if algorithm is None:
+            algo = 0
+        elif algorithm in ALGORITHMS:
+            algo = ALGORITHMS[algorithm]
+        else:
+            raise ValueError(f"all_reduce: unknown algorithm {algorithm!r}; "
+                             f"known: {', '.join(ALGORITHMS)}")
+        if out is None:
+            _require_writeable(x, "all_reduce: x (in place; pass out= for a read-only input)")
+            out = x
+        else:
+            _check_out(out, x.dtype, x.shape, "all_reduce: out")
+            if out is not x and not (_addr(out) == _addr(x)):
+                _check_disjoint(x, out, "all_reduce")
+        self.last_algorithm = self._core.all_reduce(_addr(x), _addr(out), x.size, code, opc, algo)
+        return out
+
+    def reduce_scatter(self, x: np.ndarray, op: str = "sum",
+                       out: np.ndarray | None = None) -> np.ndarray:
+        """Reduce ``x`` (size*m rows) over all ranks and return this rank's m rows."""
+        _require_array(x, "reduce_scatter: x")
+        code = dtype_code(x.dtype, "reduce_scatter", reducible=True)
+        opc = op_code(op, "reduce_scatter")
+        if x.ndim == 0 or x.shape[0] % self.size:
+            raise ValueError(f"reduce_scatter: x has shape {x.shape}; its first dimension must be "
+                             f"a multiple of the communicator size {self.size}")
+        shape = (x.shape[0] // self.size,) + x.shape[1:]
+        if out is None:
+            out = np.empty(shape, x.dtype)
+        else:
+            _check_out(out, x.dtype, shape, "reduce_scatter: out")
+        self._core.reduce_scatter(_addr(x), _addr(out), out.size, code, opc)
+        return out
+
+    def all_gather(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Concatenate every rank's ``x`` along axis 0 (0-d arrays: a vector), in rank order."""
+        _require_array(x, "all_gather: x")
+        code = dtype_code(x.dtype, "all_gather")
+        shape = (self.size * x.shape[0],) + x.shape[1:] if x.ndim else (self.size,)
+        if out is None:
+            out = np.empty(shape, x.dtype)
+        else:
+            _check_out(out, x.dtype, shape, "all_gather: out")
+            in_place = _addr(x) == _addr(out) + self.rank * x.nbytes
+            if not in_place:
+                _check_disjoint(x, out, "all_gather")
+        self._core.all_gather(_addr(x), _addr(out), x.size, code, x.dtype.itemsize)
+        return out
+
+    def all_to_all(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i."""
+        _require_array(x, "all_to_all: x")
+        code = dtype_code(x.dtype, "all_to_all")
+        if x.ndim == 0 or x.shape[0] % self.size:
+            raise ValueError(f"all_to_all: x has shape {x.shape}; its first dimension must be a "
+                             f"multiple of the communicator size {self.size}")
+        if out is None:
+            out = np.empty_like(x)
+        else:
+            _check_out(out, x.dtype, x.shape, "all_to_all: out")
+            _check_disjoint(x, out, "all_to_all")
+        self._core.all_to_all(_addr(x), _addr(out), x.size // self.size, code, x.dtype.itemsize)
+        return out
+
+    def all_to_allv(self, x: np.ndarray, send_counts: Sequence[int],
+                    out: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+        """Send ``send_counts[j]`` consecutive rows of ``x`` to rank j.
+
+        Returns ``(result, recv_counts)``: the rows received, in source-rank order, and how many
+        came from each rank.
+        """
+        _require_array(x, "all_to_allv: x")
+        code = dtype_code(x.dtype, "all_to_allv")
+        if x.ndim == 0:
+            raise ValueError("all_to_allv: x must have at least one dimension (rows)")
+        counts = [int(c) for c in np.asarray(send_counts).reshape(-1)]
+        if len(counts) != self.size:
+            raise ValueError(f"all_to_allv: {len(counts)} send counts for {self.size} ranks")
+        if any(c < 0 for c in counts):
+            raise ValueError(f"all_to_allv: negative send count in {counts}")
+        if sum(counts) != x.shape[0]:
+            raise ValueError(f"all_to_allv: send counts add up to {sum(counts)} rows but x has "
+                             f"{x.shape[0]}")
+        if out is not None:
+            _require_array(out, "all_to_allv: out")
+            _require_writeable(out, "all_to_allv: out")
+            if out.dtype != x.dtype:
+                raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
+            _check_disjoint(x, out, "all_to_allv")
+        row = int(np.prod(x.shape[1:], dtype=np.int64))
+        recv = list(self._core.all_to_allv_counts(counts, row, code, x.dtype.itemsize))
+        shape = (sum(recv),) + x.shape[1:]
+        if out is None:
+            out = np.empty(shape, x.dtype)
+        elif out.shape != shape:
+            msg = f"all_to_allv: out has shape {out.shape}, the received rows need {shape}"
+            self._core.abort(msg)  # the peers are already committed to the data phase
+            raise ValueError(msg)
+        self._core.all_to_allv_data(_addr(x), _addr(out))
+        return out, recv
+
+    def broadcast(self, x: np.ndarray, root: int = 0) -> np.ndarray:
+        """Copy root's ``x`` into every rank's ``x`` (in place); returns ``x``."""
+        _require_array(x, "broadcast: x")
+        code = dtype_code(x.dtype, "broadcast")
+        root = int(root)
+        if not 0 <= root < self.size:
+            raise ValueError(f"broadcast: root {root} is outside [0, {self.size})")
+        if self.rank != root:
+            _require_writeable(x, "broadcast: x")
+        self._core.broadcast(_addr(x), x.size, code, x.dtype.itemsize, root)
+        return x
+
+    def send(self, x: np.ndarray, dst: int, tag: int = 0) -> None:
+        """Send ``x`` to rank ``dst``; returns once x may be reused (small messages: at once)."""
+        _require_array(x, "send: x")
+        code = dtype_code(x.dtype, "send")
+        self._core.send(_addr(x), x.size, code, x.dtype.itemsize, self._peer(dst, "send: dst"),
+                        int(tag))
+
+    def recv(self, out: np.ndarray, src: int, tag: int = 0) -> np.ndarray:
+        """Receive the next message from ``src`` into ``out``; its tag, size and dtype must match."""
+        _require_array(out, "recv: out")
+        _require_writeable(out, "recv: out")
+        code = dtype_code(out.dtype, "recv")
+        self._core.recv(_addr(out), out.size, code, out.dtype.itemsize,
+                        self._peer(src, "recv: src"), int(tag))
+        return out
+
+    def _peer(self, r: int, what: str) -> int:
+        r = int(r)
+        if not 0 <= r < self.size or r == self.rank:
+            raise ValueError(f"{what} {r} is not another rank of this communicator "
+                             f"(rank {self.rank} of {self.size})")
+        return r
+
+    # --- groups -----------------------------------------------------------------------------
+    def split(self, color: int | None, key: int = 0) -> "Communicator | None":
+        """Split into sub-communicators by ``color`` (as MPI_Comm_split), ordered by ``key`` then rank.
+
+        Every rank must call it. Ranks with color None get None. Sub-communicators have their own
+        segments and run concurrently with each other and with this one.
+        """
+        if color is not None:
+            color = int(color)
+            if color < 0:
+                raise ValueError(f"split: color must be >= 0 or None, got {color}")
+        mine = np.array([-1 if color is None else color, int(key), self.rank], np.int64)
+        table = np.empty(3 * self.size, np.int64)
+        self._core.all_gather(_addr(mine), _addr(table), 3, 5, 8, True)
+        index = self._nsplits
+        self._nsplits += 1
+        if color is None:
+            return None
+        members = sorted((int(k), int(r)) for c, k, r in table.reshape(-1, 3) if c == color)
+        ranks = [r for _, r in members]
+        return Communicator.connect(
+            f"{self.name}.{index}c{color}", ranks.index(self.rank), len(ranks),
+            timeout=self.timeout, slot_bytes=self._core.slot_bytes,
+            group_ranks=[self.group_ranks[r] for r in ranks],
+        )
+
+    # --- accounting and lifetime ----------------------------------------------------------
+    def traffic(self) -> dict[str, dict]:
+        """Bytes this rank sent to / received from peers, per collective kind, and call counts.
+
+        Each kind maps to ``{"calls", "sent", "recv", "algorithms"}``; ``internal`` is
+        shardcore's own bookkeeping (split, the counts exchange of all_to_allv).
+        """
+        return self._core.traffic()
+
+    def reset_traffic(self) -> None:
+        """Zero the traffic counters."""
+        self._core.reset_traffic()
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Make every rank's current and next collective on this communicator raise."""
+        self._core.abort(str(reason))
+
+    def close(self) -> None:
+        """Detach from the segment; peers that wait for this rank afterwards get PeerFailureError."""
+        self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._core.closed
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.abort(f"{exc_type.__name__}: {exc}")
+        self.close()
