@@ -21,8 +21,8 @@ __all__ = ["BACKEND_NAME", "ShardcoreProcessGroup", "UnsupportedError", "create_
 
 def create_process_group(store, rank: int, size: int, timeout) -> ShardcoreProcessGroup:
     """The backend factory torch calls for ``init_process_group``/``new_group``."""
-    comm = connect_from_store(store, rank, size, timeout)
-    return ShardcoreProcessGroup(comm, rank, size)
+    coll, p2p = connect_from_store(store, rank, size, timeout)
+    return ShardcoreProcessGroup(coll, rank, size, p2p_comm=p2p)
 
 
 if not dist.is_available():

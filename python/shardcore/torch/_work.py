@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import queue
 import threading
 from datetime import timedelta
 from typing import Callable
@@ -54,31 +54,42 @@ DONE = CompletedWork([])
 
 
 class ThreadWork(dist._Work):
-    """A handle for an operation running on a process group's point-to-point thread."""
+    """A handle for an operation queued on a process group's send or recv thread."""
 
-    def __init__(self, future: concurrent.futures.Future, outputs: list[torch.Tensor]):
+    def __init__(self, fn: Callable[[], None], outputs: list[torch.Tensor]):
         super().__init__()
-        self._future = future
+        self._fn = fn
         self._outputs = outputs
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # handed to whoever waits
+            self._error = exc
+        finally:
+            self._fn = None
+            self._done.set()
 
     def wait(self, timeout: timedelta | None = None) -> bool:
         seconds = None
         if timeout is not None and timeout > timedelta(0):
             seconds = timeout.total_seconds()
-        try:
-            self._future.result(seconds)  # re-raises the operation's exception
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"shardcore work did not complete within {timeout}") from None
+        if not self._done.wait(seconds):
+            raise TimeoutError(f"shardcore send/recv did not complete within {timeout}")
+        if self._error is not None:
+            raise self._error
         return True
 
     def is_completed(self) -> bool:
-        return self._future.done()
+        return self._done.is_set()
 
     def is_success(self) -> bool:
-        return self._future.done() and self._future.exception() is None
+        return self._done.is_set() and self._error is None
 
     def exception(self):
-        return self._future.exception() if self._future.done() else None
+        return self._error
 
     def result(self) -> list[torch.Tensor]:
         self.wait()
@@ -88,39 +99,65 @@ class ThreadWork(dist._Work):
         self.wait()
 
     def get_future(self) -> Future:
+        # Completed by a helper thread so that callbacks never run on the send/recv thread.
         fut: Future = Future()
-        outputs = self._outputs
 
-        def _done(f: concurrent.futures.Future) -> None:
-            exc = f.exception()
-            if exc is not None:
-                fut.set_exception(exc)
+        def _complete() -> None:
+            self._done.wait()
+            if self._error is not None:
+                fut.set_exception(self._error)
             else:
-                fut.set_result(outputs)
+                fut.set_result(self._outputs)
 
-        self._future.add_done_callback(_done)
+        threading.Thread(target=_complete, daemon=True).start()
         return fut
 
 
 class Lane:
-    """One daemon thread that runs submitted operations in order (started on first use)."""
+    """One daemon thread that runs queued operations in order (started on first use).
+
+    A daemon thread, so that a receive nobody sends to cannot keep the interpreter from exiting.
+    """
 
     def __init__(self, name: str):
         self._name = name
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._last: ThreadWork | None = None
 
     def submit(self, fn: Callable[[], None], outputs: list[torch.Tensor]) -> ThreadWork:
         """Queue ``fn`` behind earlier submissions; the handle completes when it has run."""
+        work = ThreadWork(fn, outputs)
         with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix=self._name)
-            return ThreadWork(self._executor.submit(fn), outputs)
+            if self._thread is None:
+                self._queue = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._loop, args=(self._queue,),
+                                                name=self._name, daemon=True)
+                self._thread.start()
+            self._last = work
+            self._queue.put(work)
+        return work
+
+    @property
+    def busy(self) -> bool:
+        """Whether an operation is queued or running."""
+        last = self._last
+        return last is not None and not last.is_completed()
+
+    @staticmethod
+    def _loop(q: queue.SimpleQueue) -> None:
+        while True:
+            work = q.get()
+            if work is None:
+                return
+            work._run()
 
     def shutdown(self) -> None:
-        """Wait for queued operations, then stop the thread."""
+        """Let queued operations finish, then stop the thread."""
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+            thread, q = self._thread, self._queue
+            self._thread = self._queue = None
+        if thread is not None:
+            q.put(None)
+            thread.join()

@@ -79,14 +79,16 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
     """A torch.distributed process group whose operations run on a shardcore communicator.
 
     ``comm`` is any object with the ``shardcore.Communicator`` methods (NumPy arrays in, in place
-    or into ``out=``). Collectives run on the calling thread; ``send``/``recv`` run on two
-    per-group threads so that exchange patterns (every rank sends, then receives) cannot
-    deadlock on the bounded shared-memory mailboxes.
+    or into ``out=``). Collectives run on the calling thread. ``send``/``recv`` run on two
+    per-group threads, through ``p2p_comm`` (a second communicator over the same ranks; default
+    ``comm``), so that exchange patterns (every rank sends, then receives) cannot deadlock on
+    the bounded shared-memory mailboxes.
     """
 
-    def __init__(self, comm: Any, rank: int, size: int):
+    def __init__(self, comm: Any, rank: int, size: int, p2p_comm: Any = None):
         super().__init__(rank, size)
         self._comm = comm
+        self._p2p = comm if p2p_comm is None else p2p_comm
         self._rank = rank
         self._size = size
         self._group_name = ""
@@ -284,7 +286,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         _check_tensor(t, "send", MOVABLE, "data movement")
         self._check_peer("send", dst)
         x = numpy_view(t).reshape(-1)
-        comm = self._comm
+        comm = self._p2p
         return self._send_lane.submit(lambda: comm.send(x, dst, tag=tag), [t])
 
     def recv(self, tensors, src, tag=0):
@@ -292,7 +294,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         _check_tensor(t, "recv", MOVABLE, "data movement")
         self._check_peer("recv", src)
         out = numpy_view(t).reshape(-1)
-        comm = self._comm
+        comm = self._p2p
         return self._recv_lane.submit(lambda: comm.recv(out, src, tag=tag), [t])
 
     def recv_anysource(self, tensors, tag=0):
@@ -318,19 +320,26 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
     # ---- lifetime ------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Finish queued send/recv, then close the communicator (called by
-        ``destroy_process_group``)."""
+        """Close the communicators (``destroy_process_group`` calls this).
+
+        A send or recv still pending would wait for a peer forever: it is aborted (it raises
+        PeerFailureError on this rank and on the peer) before its thread is joined.
+        """
+        if self._send_lane.busy or self._recv_lane.busy:
+            self._p2p.abort("the process group was destroyed with a send/recv pending")
         self._send_lane.shutdown()
         self._recv_lane.shutdown()
-        close = getattr(self._comm, "close", None)
-        if close is not None:
-            close()
+        for comm in {id(self._comm): self._comm, id(self._p2p): self._p2p}.values():
+            close = getattr(comm, "close", None)
+            if close is not None:
+                close()
 
     def abort(self) -> None:
-        """Mark the communicator failed for every rank, then close it."""
-        abort = getattr(self._comm, "abort", None)
-        if abort is not None:
-            abort("torch.distributed abort")
+        """Mark the communicators failed for every rank, then close them."""
+        for comm in {id(self._comm): self._comm, id(self._p2p): self._p2p}.values():
+            abort = getattr(comm, "abort", None)
+            if abort is not None:
+                abort("torch.distributed abort")
         self.shutdown()
 
     # ---- helpers -------------------------------------------------------------------------
