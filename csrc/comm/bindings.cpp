@@ -96,8 +96,12 @@ void register_comm(py::module_& m) {
             c.all_to_all(ptr<const void>(in), ptr<void>(out), m, DType(dt), esz);
           },
           py::call_guard<py::gil_scoped_release>())
-      .def("all_to_allv_counts", &Communicator::all_to_allv_counts,
-           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "all_to_allv_counts",
+          [](Communicator& c, const std::vector<int64_t>& counts, size_t row, uint32_t dt, size_t esz) {
+            return c.all_to_allv_counts(counts, row, DType(dt), esz);
+          },
+          py::call_guard<py::gil_scoped_release>())
       .def(
           "all_to_allv_data",
           [](Communicator& c, uintptr_t in, uintptr_t out) {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -95,6 +96,8 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 2.0);
   spin_ns_ = uint64_t(spin_us * 1e3);
+  // Fault injection for the tests of the error model: die in the middle of a collective.
+  if (const char* k = getenv("SHARDCORE_FAULT_KILL_AT_ROUND")) fault_kill_round_ = strtoull(k, nullptr, 10);
   uint64_t deadline = now_ns() + timeout_ns_;
 
   auto layout = [&](size_t slot, size_t p2p) {
@@ -438,7 +441,10 @@ void Communicator::acquire_slot(uint64_t round, const std::vector<int>& readers)
   u.readers = readers;
 }
 
-void Communicator::publish_posted(uint64_t round) { counter_publish(posted(rank_), round); }
+void Communicator::publish_posted(uint64_t round) {
+  if (fault_kill_round_ && round >= fault_kill_round_) raise(SIGKILL);
+  counter_publish(posted(rank_), round);
+}
 void Communicator::publish_consumed(uint64_t round) { counter_publish(consumed(rank_), round); }
 
 void Communicator::account(Kind k, Algo a, uint64_t sent, uint64_t recv) {

@@ -146,6 +146,7 @@ class Communicator {
   size_t slot_bytes_ = 0, p2p_bytes_ = 0;
   uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
   uint64_t timeout_ns_ = 0, spin_ns_ = 0;
+  uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
 
   uint64_t coll_seq_ = 0;  // collectives entered
   uint64_t round_ = 0;     // data rounds completed

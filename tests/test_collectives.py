@@ -1,0 +1,275 @@
+"""Every collective, op and dtype on world sizes 1-8 against NumPy float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from collective_refs import BF16, OPS, REDUCIBLE, assert_reduced, make_input
+
+import shardcore
+
+WORLD_SIZES = range(1, 9)
+# Slots of 512 bytes make every size below but the smallest span several chunks per block.
+SMALL_SLOT = 512
+SIZES = [0, 1, 7, 131, 4099]
+MOVABLE = REDUCIBLE + [np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.bool_),
+                       np.dtype(np.complex64), np.dtype("S3")]
+
+
+def ring_allreduce_bytes(count: int, n: int, r: int, itemsize: int) -> int:
+    """Bytes rank r sends in a ring all-reduce: (S - |B_r+1|) + (S - |B_r+2|) elements."""
+    if n == 1:
+        return 0
+    base, rem = divmod(count, n)
+    length = lambda b: base + (1 if b < rem else 0)  # noqa: E731
+    return ((count - length((r + 1) % n)) + (count - length((r + 2) % n))) * itemsize
+
+
+def _all_reduce_cases(comm):
+    out = []
+    for di, dtype in enumerate(REDUCIBLE):
+        for oi, op in enumerate(OPS):
+            for size in SIZES:
+                x = make_input((di, oi, size), comm.rank, (size,), dtype, op)
+                comm.reset_traffic()
+                if (size + oi) % 2:
+                    res = comm.all_reduce(x, op=op, algorithm="ring")
+                else:
+                    res = comm.all_reduce(x, op=op, out=np.empty_like(x))
+                t = comm.traffic()["all_reduce"]
+                out.append((res, t["sent"], t["recv"], comm.last_algorithm))
+    return out
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_all_reduce_every_dtype_op_size(n):
+    results = shardcore.launch(_all_reduce_cases, n, slot_bytes=SMALL_SLOT)
+    i = 0
+    for di, dtype in enumerate(REDUCIBLE):
+        for oi, op in enumerate(OPS):
+            for size in SIZES:
+                inputs = [make_input((di, oi, size), r, (size,), dtype, op) for r in range(n)]
+                first = results[0][i][0]
+                assert first.shape == (size,)
+                assert_reduced(first, inputs, op, dtype)
+                for r in range(n):
+                    res, sent, recv, algo = results[r][i]
+                    assert res.tobytes() == first.tobytes(), f"rank {r} differs ({dtype}, {op}, {size})"
+                    assert sent == ring_allreduce_bytes(size, n, r, dtype.itemsize)
+                    # what a rank receives is what its predecessor sent
+                    assert recv == ring_allreduce_bytes(size, n, (r - 1) % n, dtype.itemsize)
+                    assert algo == "ring"
+                i += 1
+
+
+def _big_all_reduce(comm, count):
+    x = make_input(99, comm.rank, (count,), np.dtype(np.float32))
+    comm.all_reduce(x)
+    y = make_input(98, comm.rank, (count // 2, 2), BF16)
+    comm.all_reduce(y, op="max")
+    return x, y, comm.traffic()["all_reduce"]["sent"]
+
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_all_reduce_larger_than_default_slot(n):
+    count = 1_200_007 if n == 8 else 300_007  # blocks larger than the 512 KiB default slot
+    results = shardcore.launch(_big_all_reduce, n, args=(count,))
+    xs = [make_input(99, r, (count,), np.dtype(np.float32)) for r in range(n)]
+    ys = [make_input(98, r, (count // 2, 2), BF16) for r in range(n)]
+    assert_reduced(results[0][0], xs, "sum", np.dtype(np.float32))
+    assert_reduced(results[0][1], ys, "max", BF16)
+    for r in range(n):
+        assert results[r][0].tobytes() == results[0][0].tobytes()
+        assert results[r][1].tobytes() == results[0][1].tobytes()
+        expected = ring_allreduce_bytes(count, n, r, 4) + ring_allreduce_bytes(count // 2 * 2, n, r, 2)
+        assert results[r][2] == expected
+
+
+def _movement_cases(comm):
+    n, r = comm.size, comm.rank
+    out = {}
+    for di, dtype in enumerate(REDUCIBLE):
+        for oi, op in enumerate(OPS):
+            for rows in (0, 1, 5, 300):
+                x = make_input(("rs", di, oi, rows), r, (n * rows, 3), dtype, op)
+                comm.reset_traffic()
+                res = comm.reduce_scatter(x, op=op)
+                out["rs", di, oi, rows] = (res, comm.traffic()["reduce_scatter"]["sent"])
+    for di, dtype in enumerate(MOVABLE):
+        for rows in (0, 1, 7, 300):
+            x = make_input(("ag", di, rows), r, (rows, 2), dtype)
+            comm.reset_traffic()
+            res = comm.all_gather(x)
+            out["ag", di, rows] = (res, comm.traffic()["all_gather"]["sent"])
+            x = make_input(("a2a", di, rows), r, (n * rows, 2), dtype)
+            comm.reset_traffic()
+            res = comm.all_to_all(x, out=np.empty_like(x))
+            out["a2a", di, rows] = (res, comm.traffic()["all_to_all"]["sent"])
+            counts = make_input(("cnt", di, rows), r, (n,), np.dtype(np.int64), "prod") % (rows + 2)
+            counts = np.abs(counts)
+            x = make_input(("a2av", di, rows), r, (int(counts.sum()), 3), dtype)
+            comm.reset_traffic()
+            res, recv = comm.all_to_allv(x, counts)
+            out["a2av", di, rows] = (res, recv, comm.traffic()["all_to_allv"]["sent"])
+            for root in range(n):
+                x = make_input(("bc", di, rows, root), r, (rows, 3), dtype)
+                comm.reset_traffic()
+                comm.broadcast(x, root=root)
+                out["bc", di, rows, root] = (x, comm.traffic()["broadcast"])
+    # scalars: all_gather of a 0-d array gives a vector
+    out["scalar"] = comm.all_gather(np.array(r * 1.5))
+    return out
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_data_movement_collectives(n):
+    results = shardcore.launch(_movement_cases, n, slot_bytes=SMALL_SLOT)
+    for di, dtype in enumerate(REDUCIBLE):
+        for oi, op in enumerate(OPS):
+            for rows in (0, 1, 5, 300):
+                xs = [make_input(("rs", di, oi, rows), r, (n * rows, 3), dtype, op) for r in range(n)]
+                full = np.stack(xs)
+                for r in range(n):
+                    res, sent = results[r]["rs", di, oi, rows]
+                    assert res.shape == (rows, 3)
+                    assert_reduced(res, list(full[:, r * rows:(r + 1) * rows]), op, dtype)
+                    assert sent == (n - 1) * rows * 3 * dtype.itemsize
+    for di, dtype in enumerate(MOVABLE):
+        for rows in (0, 1, 7, 300):
+            xs = [make_input(("ag", di, rows), r, (rows, 2), dtype) for r in range(n)]
+            a2a = [make_input(("a2a", di, rows), r, (n * rows, 2), dtype) for r in range(n)]
+            counts = [np.abs(make_input(("cnt", di, rows), r, (n,), np.dtype(np.int64), "prod")
+                             % (rows + 2)) for r in range(n)]
+            a2av = [make_input(("a2av", di, rows), r, (int(counts[r].sum()), 3), dtype)
+                    for r in range(n)]
+            for r in range(n):
+                res, sent = results[r]["ag", di, rows]
+                np.testing.assert_array_equal(res, np.concatenate(xs))
+                assert sent == (n - 1) * xs[r].nbytes
+                res, sent = results[r]["a2a", di, rows]
+                expect = np.concatenate([a2a[src][r * rows:(r + 1) * rows] for src in range(n)])
+                np.testing.assert_array_equal(res, expect)
+                assert sent == (n - 1) * rows * 2 * dtype.itemsize
+                res, recv, sent = results[r]["a2av", di, rows]
+                offsets = [np.concatenate([[0], np.cumsum(c)]) for c in counts]
+                expect = np.concatenate([a2av[s][offsets[s][r]:offsets[s][r + 1]] for s in range(n)])
+                np.testing.assert_array_equal(res, expect)
+                assert recv == [int(counts[s][r]) for s in range(n)]
+                assert sent == (int(counts[r].sum()) - int(counts[r][r])) * 3 * dtype.itemsize
+                for root in range(n):
+                    res, t = results[r]["bc", di, rows, root]
+                    np.testing.assert_array_equal(res, make_input(("bc", di, rows, root), root, (rows, 3), dtype))
+                    nbytes = rows * 3 * dtype.itemsize if n > 1 else 0
+                    assert (t["sent"], t["recv"]) == ((nbytes, 0) if r == root else (0, nbytes))
+    for r in range(n):
+        np.testing.assert_array_equal(results[r]["scalar"], np.arange(n) * 1.5)
+
+
+def _sendrecv(comm, sizes):
+    n, r = comm.size, comm.rank
+    got = []
+    # Eager: every rank sends to its successor before receiving (fits in the mailbox).
+    for tag, size in enumerate(sizes):
+        x = make_input(("p2p", tag), r, (size,), np.dtype(np.float32))
+        small = size * 4 <= 2 * 64 * 1024
+        if small or r % 2 == 0:
+            comm.send(x, (r + 1) % n, tag=tag)
+            y = comm.recv(np.empty(size, np.float32), (r - 1) % n, tag=tag)
+        else:
+            y = comm.recv(np.empty(size, np.float32), (r - 1) % n, tag=tag)
+            comm.send(x, (r + 1) % n, tag=tag)
+        got.append(y)
+    return got, comm.traffic()["send"]["sent"], comm.traffic()["recv"]["recv"]
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_send_recv_ring_shift(n):
+    sizes = [0, 1, 7, 16411, 200003]  # the last streams through the 64 KiB mailbox chunks
+    if n % 2:
+        sizes = sizes[:-1]  # an odd ring of blocking large sends has a cycle of senders
+    results = shardcore.launch(_sendrecv, n, args=(sizes,))
+    for r in range(n):
+        got, sent, recv = results[r]
+        for tag, size in enumerate(sizes):
+            np.testing.assert_array_equal(got[tag], make_input(("p2p", tag), (r - 1) % n, (size,), np.dtype(np.float32)))
+        assert sent == recv == 4 * sum(sizes)
+
+
+def _split_concurrent(comm):
+    r = comm.rank
+    half = comm.split(r % 2, key=-r)  # reversed order inside each half
+    quarter = half.split(half.rank // 2)
+    a = np.full(3, float(r))
+    half.all_reduce(a)
+    b = np.full(2, float(r + 1))
+    quarter.all_reduce(b, op="max")
+    c = np.array([float(r)])
+    comm.all_reduce(c)
+    none = comm.split(None if r == 0 else 1)
+    res = (half.rank, half.size, half.group_ranks, a, b, c, none is None)
+    for sub in (quarter, half) + ((none,) if none else ()):
+        sub.close()
+    return res
+
+
+def test_split_groups_run_independently():
+    n = 8
+    results = shardcore.launch(_split_concurrent, n)
+    for r, (hrank, hsize, granks, a, b, c, none) in enumerate(results):
+        same = [q for q in range(n) if q % 2 == r % 2]
+        assert hsize == len(same)
+        assert granks == sorted(same, reverse=True)
+        assert hrank == granks.index(r)
+        np.testing.assert_array_equal(a, np.full(3, float(sum(same))))
+        quarter = [q for q in granks if granks.index(q) // 2 == hrank // 2]
+        np.testing.assert_array_equal(b, np.full(2, float(max(quarter) + 1)))
+        assert c[0] == sum(range(n))
+        assert none == (r == 0)
+
+
+def _gil_released(comm):
+    import threading
+
+    a = comm.split(0)
+    b = comm.split(0)
+    x, y = np.ones(4), np.ones(4)
+    if comm.rank == 0:
+        # While this thread waits in a, rank 1 is in b: b must run in the other thread meanwhile,
+        # which it can only do if the wait in a released the GIL.
+        t = threading.Thread(target=a.all_reduce, args=(x,))
+        t.start()
+        b.all_reduce(y)
+        t.join()
+    else:
+        b.all_reduce(y)
+        a.all_reduce(x)
+    return x.sum() + y.sum()
+
+
+def test_waits_release_the_gil():
+    assert shardcore.launch(_gil_released, 2, comm_timeout=60) == [16.0, 16.0]
+
+
+def _mixed_stress(comm, iters):
+    rng = np.random.default_rng(1234)  # same sequence of collectives on every rank
+    acc = 0.0
+    for _ in range(iters):
+        kind = rng.integers(0, 5)
+        size = int(rng.integers(0, 700))
+        if kind == 0:
+            acc += comm.all_reduce(np.full(size, 1.0))[:1].sum()
+        elif kind == 1:
+            acc += comm.all_gather(np.full(size, float(comm.rank))).sum()
+        elif kind == 2:
+            acc += comm.reduce_scatter(np.ones(size * comm.size)).sum()
+        elif kind == 3:
+            acc += comm.broadcast(np.full(size, float(comm.rank)), root=int(rng.integers(comm.size))).sum()
+        else:
+            comm.barrier()
+    return acc
+
+
+@pytest.mark.parametrize("n", [5, 8])
+def test_many_mixed_collectives_oversubscribed(n):
+    results = shardcore.launch(_mixed_stress, n, args=(150,), slot_bytes=1024)
+    assert len(set(results)) == 1
