@@ -505,3 +505,26 @@ def test_backend_is_registered_for_cpu():
     assert "shardcore" in dist.Backend.backend_list
     assert dist.Backend.backend_capability["shardcore"] == ["cpu"]
     assert dist.is_backend_available("shardcore")
+
+
+@pytest.mark.timeout(180)
+def test_tp_mlp_example_under_torchrun():
+    """The README's worked example: torchrun, env:// rendezvous, checked against nn.Linear."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import shardcore
+
+    root = Path(__file__).resolve().parents[1]
+    # the ranks import the same shardcore as this process (installed, or the source tree)
+    package_dir = str(Path(shardcore.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in [package_dir, os.environ.get("PYTHONPATH", "")] if p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+         str(root / "examples" / "tp_mlp_torch.py"), "--hidden", "64",
+         "--ffn", "256"],
+        env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "matches the unsharded module" in proc.stdout
