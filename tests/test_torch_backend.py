@@ -329,6 +329,24 @@ def case_functional(rank, world, gloo):
     return True
 
 
+def case_compile(rank, world, gloo):
+    """torch.compile(fullgraph=True) traces dist.all_reduce into a functional collective that
+    runs on the shardcore group (aot_eager: no C++ code generation in the test)."""
+    def fn(x, w):
+        y = x @ w
+        dist.all_reduce(y)
+        return torch.relu(y) + 1
+
+    x = make(rank, (4, 8), torch.float32, seed=43)
+    w = make(0, (8, 8), torch.float32, seed=47)
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    got = compiled(x, w)
+    y = x @ w
+    dist.all_reduce(y, group=gloo)
+    check_equal(got, torch.relu(y) + 1, "compiled all_reduce")
+    return True
+
+
 def case_subgroups(rank, world, gloo):
     """Even and odd ranks form shardcore groups, compared with the same gloo groups."""
     evens, odds = list(range(0, world, 2)), list(range(1, world, 2))
@@ -497,6 +515,11 @@ def test_dead_peer_makes_others_raise(tmp_path):
     assert len(results) == 2
     for text in results:
         assert "rank 2" in text
+
+
+@pytest.mark.timeout(180)
+def test_torch_compile_fullgraph(tmp_path):
+    assert run_ranks(2, "case_compile", tmp_path=tmp_path) == [True, True]
 
 
 def test_backend_is_registered_for_cpu():
