@@ -142,9 +142,9 @@ def compare_all_reduce(sizes: list[int], iters: int | None = None, world_size: i
 def backend_layer_overhead(dtype: str = "float32", iters: int = 200_000) -> dict[str, float]:
     """Seconds per call spent in ``ShardcoreProcessGroup.allreduce`` itself, one process.
 
-    The group runs on a communicator that does nothing, so what is left is the backend's
-    Python (argument checks, the NumPy view, the work handle); ``torch_frontend`` is the rest of
-    ``dist.all_reduce`` (torch's own checks), measured with the same null communicator.
+    The group runs on a C++ communicator that does nothing, so what is left is the backend's
+    Python (argument checks, the tensor's address, the work handle); ``torch_frontend`` is the
+    rest of ``dist.all_reduce`` (torch's own checks), measured with the same null communicator.
     """
     import timeit
 
@@ -154,22 +154,24 @@ def backend_layer_overhead(dtype: str = "float32", iters: int = 200_000) -> dict
 
     from .process_group import ShardcoreProcessGroup
 
+    class NullCore:  # the C++ communicator's all_reduce(in, out, count, dtype, op, algorithm)
+        def all_reduce(self, src, dst, count, dtype, op, algorithm):
+            return "none"
+
     class NullCommunicator:
-        def all_reduce(self, x, op="sum", out=None):
-            return x
+        _core = NullCore()
 
     pg = ShardcoreProcessGroup(NullCommunicator(), 0, 1)
     t = torch.ones(2, dtype=getattr(torch, dtype))
     tensors, opts = [t], AllreduceOptions()
     opts.asyncOp = False
-    null = NullCommunicator()
-    a = t.numpy() if t.dtype is not torch.bfloat16 else None
+    core, p = NullCore(), t.data_ptr()
 
     def best(fn):
         return min(timeit.repeat(fn, number=iters // 5, repeat=5)) / (iters // 5)
 
     layer = best(lambda: pg.allreduce(tensors, opts))
-    null_call = best(lambda: null.all_reduce(a)) if a is not None else 0.0
+    null_call = best(lambda: core.all_reduce(p, p, 2, 0, 0, 0))
     # dist.all_reduce needs a registered group: time torch's frontend over the same method
     frontend = None
     if not dist.is_initialized():
