@@ -329,6 +329,17 @@ def case_functional(rank, world, gloo):
     return True
 
 
+def case_objects(rank, world, gloo):
+    """Object collectives (pickles moved as uint8 tensors of different sizes per rank)."""
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"rank": rank, "text": "x" * (37 * rank)})
+    assert gathered == [{"rank": r, "text": "x" * (37 * r)} for r in range(world)], gathered
+    objs = [rank, f"from {rank}"]
+    dist.broadcast_object_list(objs, src=world - 1)
+    assert objs == [world - 1, f"from {world - 1}"], objs
+    return True
+
+
 def case_compile(rank, world, gloo):
     """torch.compile(fullgraph=True) traces dist.all_reduce into a functional collective that
     runs on the shardcore group (aot_eager: no C++ code generation in the test)."""
@@ -465,6 +476,7 @@ def _full_matrix(rank, world, gloo):
         globals()[case](rank, world, gloo, dtypes)
     case_async(rank, world, gloo)
     case_functional(rank, world, gloo)
+    case_objects(rank, world, gloo)
     return True
 
 
