@@ -534,6 +534,23 @@ def test_torch_compile_fullgraph(tmp_path):
     assert run_ranks(2, "case_compile", tmp_path=tmp_path) == [True, True]
 
 
+def test_installed_package_registers_backend_when_torch_is_imported():
+    """The ``torch.backends`` entry point: no ``import shardcore.torch`` needed."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    if not any(ep.value == "shardcore.torch:_autoload"
+               for ep in entry_points(group="torch.backends")):
+        pytest.skip("shardcore is not installed (source tree on PYTHONPATH): no entry points")
+    code = ("import sys, torch.distributed as dist; "
+            "print('shardcore' in dist.Backend.backend_list, "
+            "'shardcore.torch.process_group' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["True", "False"]  # registered, and the backend itself not loaded yet
+
+
 def test_backend_is_registered_for_cpu():
     import shardcore.torch  # noqa: F401
 
