@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 
+import shardcore.torch  # noqa: F401  registers the "shardcore" backend
 import torch
 import torch.distributed as dist
 from torch import nn
-
-import shardcore.torch  # noqa: F401  registers the "shardcore" backend
 
 # style -> (weight dim to split, the nn.Linear attribute that shrinks); biases split with dim 0.
 SHARDING = {"colwise": (0, "out_features"), "rowwise": (1, "in_features")}

@@ -66,7 +66,7 @@ class ThreadWork(dist._Work):
     def _run(self) -> None:
         try:
             self._fn()
-        except BaseException as exc:  # handed to whoever waits
+        except BaseException as exc:  # noqa: BLE001  handed to whoever waits
             self._error = exc
         finally:
             self._fn = None

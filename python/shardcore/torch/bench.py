@@ -52,7 +52,7 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
         torch.set_num_threads(1)
         import torch.distributed as dist
 
-        import shardcore.torch  # noqa: F401  registers the backend
+        import shardcore.torch
 
         dist.init_process_group("shardcore", init_method=f"file://{store_path}", rank=rank,
                                 world_size=world)
@@ -66,9 +66,9 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
             t = torch.ones(count, dtype=dtype)
             a = shardcore.torch._dtypes.numpy_view(t)
             calls = {
-                "shardcore": lambda: dist.all_reduce(t),
-                "gloo": lambda: dist.all_reduce(t, group=gloo),
-                "raw": lambda: comm.all_reduce(a),
+                "shardcore": lambda t=t: dist.all_reduce(t),
+                "gloo": lambda t=t: dist.all_reduce(t, group=gloo),
+                "raw": lambda a=a: comm.all_reduce(a),
             }
             n = _iterations(count * itemsize, iters)
             per_round = max(1, n // _ROUNDS)
@@ -191,8 +191,8 @@ def backend_layer_overhead(dtype: str = "float32", iters: int = 200_000) -> dict
 
 
 def _format(results: dict[int, dict[str, float]]) -> str:
-    lines = [f"{'bytes':>10} {'shardcore us':>13} {'gloo us':>11} {'raw us':>10} "
-             f"{'gloo/shardcore':>15} {'torch overhead us':>18}"]
+    lines = [(f"{'bytes':>10} {'shardcore us':>13} {'gloo us':>11} {'raw us':>10} "
+              f"{'gloo/shardcore':>15} {'torch overhead us':>18}")]
     for nbytes, r in sorted(results.items()):
         lines.append(f"{nbytes:>10} {r['shardcore'] * 1e6:>13.2f} {r['gloo'] * 1e6:>11.2f} "
                      f"{r['raw'] * 1e6:>10.2f} {r['gloo'] / r['shardcore']:>14.1f}x "
