@@ -8,9 +8,13 @@ import pytest
 
 
 def shm_entries() -> set[str]:
-    """shardcore's segments currently in /dev/shm."""
+    """Segments in /dev/shm named by this test process (shardcore-<pid>-...).
+
+    Only this process's names: other test runs on the machine may come and go meanwhile.
+    """
+    prefix = f"shardcore-{os.getpid()}-"
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("shardcore")}
+        return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
     except FileNotFoundError:
         return set()
 

@@ -8,8 +8,8 @@
 namespace shardcore {
 
 void Communicator::all_gather(const void* in, void* out, size_t m, DType dt, size_t esz, Kind account_as) {
-  enter(Desc{uint32_t(Kind::kAllGather), uint32_t(dt), uint32_t(RedOp::kNone), uint32_t(Algo::kRing),
-             0, m, esz});
+  enter(make_desc(Kind::kAllGather, dt, RedOp::kNone, Algo::kRing,
+             0, m, esz));
   ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m, esz, account_as);
 }
 

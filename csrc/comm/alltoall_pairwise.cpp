@@ -10,8 +10,8 @@
 namespace shardcore {
 
 void Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz) {
-  enter(Desc{uint32_t(Kind::kAllToAll), uint32_t(dt), uint32_t(RedOp::kNone), uint32_t(Algo::kPairwise),
-             0, m, esz});
+  enter(make_desc(Kind::kAllToAll, dt, RedOp::kNone, Algo::kPairwise,
+             0, m, esz));
   pairwise_all_to_all(static_cast<const char*>(in), static_cast<char*>(out), m, esz);
 }
 
@@ -52,8 +52,8 @@ std::vector<int64_t> Communicator::all_to_allv_counts(const std::vector<int64_t>
   for (int64_t v : send_counts)
     if (v < 0) throw std::invalid_argument("all_to_allv: send counts must be >= 0");
   // root = 0 marks the counts phase, root = 1 the data phase of the same call.
-  enter(Desc{uint32_t(Kind::kAllToAllV), uint32_t(dt), uint32_t(RedOp::kNone),
-             uint32_t(Algo::kPairwise), 0, row_elems, esz});
+  enter(make_desc(Kind::kAllToAllV, dt, RedOp::kNone,
+             Algo::kPairwise, 0, row_elems, esz));
   allv_matrix_.assign(size_t(n) * n, 0);
   std::copy(send_counts.begin(), send_counts.end(), allv_matrix_.begin() + size_t(r) * n);
   if (n > 1) {
@@ -82,8 +82,8 @@ void Communicator::all_to_allv_data(const void* in_v, void* out_v) {
   const int n = size_, r = rank_;
   if (allv_matrix_.size() != size_t(n) * n)
     throw std::logic_error("all_to_allv_data called without all_to_allv_counts");
-  enter(Desc{uint32_t(Kind::kAllToAllV), uint32_t(allv_dtype_), uint32_t(RedOp::kNone),
-             uint32_t(Algo::kPairwise), 1, allv_row_elems_, allv_esz_});
+  enter(make_desc(Kind::kAllToAllV, allv_dtype_, RedOp::kNone,
+             Algo::kPairwise, 1, allv_row_elems_, allv_esz_));
   const char* in = static_cast<const char*>(in_v);
   char* out = static_cast<char*>(out_v);
   const size_t rb = allv_row_bytes_;

@@ -14,8 +14,8 @@ void Communicator::broadcast(void* buf, size_t count, DType dt, size_t esz, int 
   if (root < 0 || root >= size_)
     throw std::invalid_argument("broadcast: root " + std::to_string(root) + " is outside [0, " +
                                 std::to_string(size_) + ")");
-  enter(Desc{uint32_t(Kind::kBroadcast), uint32_t(dt), uint32_t(RedOp::kNone), uint32_t(Algo::kFlat),
-             root, count, esz});
+  enter(make_desc(Kind::kBroadcast, dt, RedOp::kNone, Algo::kFlat,
+             root, count, esz));
   flat_broadcast(static_cast<char*>(buf), count * esz, root);
 }
 

@@ -36,16 +36,18 @@ struct Header {
   uint32_t version, world_size;
   uint64_t slot_bytes, p2p_bytes, total_bytes;
   uint32_t nbuf, p2p_nbuf;
+  uint64_t one_shot_max, two_shot_max;
   alignas(kLineBytes) Counter attached;
   alignas(kLineBytes) std::atomic<uint64_t> abort_word;  // (reason << 32) | (rank + 1)
   alignas(kLineBytes) std::atomic<uint64_t> magic;
 };
 
 struct alignas(kLineBytes) EntryLine {
-  Counter seq;
+  SyncWord seq;
   Desc desc;
-  char pad[kLineBytes - sizeof(Desc)];
+  char payload[kInlineBytes];
 };
+static_assert(sizeof(EntryLine) == kLineBytes, "an entry line is one line pair");
 
 // Fixed part of a rank's block; its p2p counters follow it (2 * size Counters).
 struct RankBlock {
@@ -72,7 +74,8 @@ const char* kind_name(Kind k) {
 }
 
 const char* algo_name(Algo a) {
-  static const char* names[] = {"auto", "ring", "pairwise", "flat", "one_shot", "two_shot"};
+  static const char* names[] = {"auto",     "ring",     "pairwise", "flat",
+                                "one_shot", "two_shot", "symmetric"};
   return size_t(a) < size_t(Algo::kCount) ? names[size_t(a)] : "?";
 }
 
@@ -176,6 +179,8 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     }
     nbuf_ = hdr->nbuf;
     p2p_nbuf_ = hdr->p2p_nbuf;
+    one_shot_max_ = hdr->one_shot_max;
+    two_shot_max_ = hdr->two_shot_max;
     layout(hdr->slot_bytes, hdr->p2p_bytes);
     munmap(h, sizeof(Header));
   }
@@ -196,6 +201,16 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     header_->total_bytes = total_bytes_;
     header_->nbuf = nbuf_;
     header_->p2p_nbuf = p2p_nbuf_;
+    // Defaults from the crossovers measured on a 16-core Xeon (tools/ar_sweep.py, see
+    // docs/performance.md): one-shot reads n-1 whole inputs, so it pays off only below a size
+    // that shrinks with n; two-shot beats the ring's 2(n-1) steps in a middle band that widens
+    // with n. `shardcore tune` measures this host's own.
+    const size_t one_default = size <= 2 ? 16 << 10 : size <= 4 ? 2 << 10 : size <= 8 ? 512 : 256;
+    const size_t two_default = size <= 2 ? one_default : size <= 4 ? 8 << 10 : 256 << 10;
+    one_shot_max_ = opt.one_shot_max ? opt.one_shot_max : one_default;
+    two_shot_max_ = opt.two_shot_max ? opt.two_shot_max : two_default;
+    header_->one_shot_max = one_shot_max_;
+    header_->two_shot_max = two_shot_max_;
     header_->magic.store(kMagic, std::memory_order_release);
   }
   rb(rank_).pid.store(int32_t(getpid()), std::memory_order_relaxed);
@@ -344,7 +359,7 @@ bool Communicator::peer_gone(int p, std::string* why) const {
   return false;
 }
 
-void Communicator::wait_geq(Counter& c, uint64_t target, int peer) {
+void Communicator::wait_geq(SyncWord& c, uint64_t target, int peer) {
   if (c.value.load(std::memory_order_acquire) >= target) return;
   uint64_t start = now_ns();
   for (;;) {
@@ -406,26 +421,26 @@ void Communicator::wait_geq(Counter& c, uint64_t target, int peer) {
 std::string Communicator::describe(const Desc& d) const {
   std::string s = kind_name(Kind(d.kind));
   s += "(count=" + std::to_string(d.count) + ", dtype=" + dtype_name(DType(d.dtype));
-  if (DType(d.dtype) == DType::kOther) s += "[" + std::to_string(d.aux) + " bytes]";
+  if (DType(d.dtype) == DType::kOther) s += "[" + std::to_string(d.esz) + " bytes]";
   if (RedOp(d.op) != RedOp::kNone) s += std::string(", op=") + op_name(RedOp(d.op));
   if (Kind(d.kind) == Kind::kBroadcast) s += ", root=" + std::to_string(d.root);
   if (Algo(d.algo) != Algo::kAuto) s += std::string(", algorithm=") + algo_name(Algo(d.algo));
   return s + ")";
 }
 
-uint64_t Communicator::enter(const Desc& d) {
+uint64_t Communicator::enter(const Desc& d, const void* payload, size_t payload_bytes) {
   check_usable();
   cur_kind_ = Kind(d.kind);
   uint64_t k = ++coll_seq_;
   EntryLine& mine = entry(rank_, k);
   mine.desc = d;
+  if (payload_bytes) std::memcpy(mine.payload, payload, payload_bytes);
   counter_publish(mine.seq, k);
   for (int p : all_peers_) {
     EntryLine& theirs = entry(p, k);
     wait_geq(theirs.seq, k, p);
     const Desc& o = theirs.desc;
-    if (o.kind != d.kind || o.dtype != d.dtype || o.op != d.op || o.algo != d.algo ||
-        o.root != d.root || o.count != d.count || o.aux != d.aux) {
+    if (std::memcmp(&o, &d, sizeof(Desc)) != 0) {
       fail(kReasonMismatch, "collective mismatch at call #" + std::to_string(k) + ": rank " +
                                 std::to_string(rank_) + " called " + describe(d) + " but rank " +
                                 std::to_string(p) + " called " + describe(o));
@@ -433,6 +448,8 @@ uint64_t Communicator::enter(const Desc& d) {
   }
   return k;
 }
+
+const char* Communicator::entry_payload(int r, uint64_t k) const { return entry(r, k).payload; }
 
 void Communicator::acquire_slot(uint64_t round, const std::vector<int>& readers) {
   SlotUse& u = slot_use_[round % nbuf_];
@@ -460,8 +477,8 @@ void Communicator::reset_traffic() {
 }
 
 void Communicator::barrier() {
-  enter(Desc{uint32_t(Kind::kBarrier), uint32_t(DType::kUInt8), uint32_t(RedOp::kNone),
-             uint32_t(Algo::kAuto), 0, 0, 0});
+  enter(make_desc(Kind::kBarrier, DType::kUInt8, RedOp::kNone,
+             Algo::kAuto, 0, 0, 0));
   account(Kind::kBarrier, Algo::kAuto, 0, 0);
 }
 

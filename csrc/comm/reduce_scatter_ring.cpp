@@ -14,8 +14,8 @@ void Communicator::reduce_scatter(const void* in, void* out, size_t m, DType dt,
     throw std::invalid_argument(std::string("reduce_scatter: cannot reduce dtype ") + dtype_name(dt));
   if (op == RedOp::kNone) throw std::invalid_argument("reduce_scatter: no reduction op given");
   size_t esz = dtype_size(dt);
-  enter(Desc{uint32_t(Kind::kReduceScatter), uint32_t(dt), uint32_t(op), uint32_t(Algo::kRing), 0,
-             m * size_t(size_), esz});
+  enter(make_desc(Kind::kReduceScatter, dt, op, Algo::kRing, 0,
+             m * size_t(size_), esz));
   ring_reduce_scatter(static_cast<const char*>(in), static_cast<char*>(out), m, dt, op, esz);
 }
 

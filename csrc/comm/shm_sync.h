@@ -17,10 +17,15 @@ namespace shardcore {
 // written by different ranks must be 128 bytes apart to avoid false sharing.
 constexpr size_t kLineBytes = 128;
 
-struct alignas(kLineBytes) Counter {
+// The synchronisation word itself; `Counter` pads it to a line pair of its own, an entry line
+// (communicator.cpp) packs a descriptor and a small payload after it.
+struct SyncWord {
   std::atomic<uint64_t> value;
   std::atomic<uint32_t> waiters;
+  uint32_t reserved;
 };
+
+struct alignas(kLineBytes) Counter : SyncWord {};
 static_assert(sizeof(Counter) == kLineBytes, "Counter must fill exactly one line pair");
 
 inline uint32_t* futex_word(std::atomic<uint64_t>* v) {
@@ -39,7 +44,7 @@ inline void futex_wake_all(std::atomic<uint64_t>* v) {
 }
 
 // Publishes a new value; wakes sleepers only when there are any (a syscall costs ~1 us).
-inline void counter_publish(Counter& c, uint64_t value) {
+inline void counter_publish(SyncWord& c, uint64_t value) {
   c.value.store(value, std::memory_order_seq_cst);
   if (c.waiters.load(std::memory_order_seq_cst) != 0) futex_wake_all(&c.value);
 }

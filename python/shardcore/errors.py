@@ -33,9 +33,13 @@ class LaunchError(ShardcoreError, RuntimeError):
     def __init__(self, message: str, rank: int = -1, traceback: str | None = None,
                  exitcode: int | None = None):
         super().__init__(message)
+        self.args = (message,)
         self.rank = rank
         self.traceback = traceback
         self.exitcode = exitcode
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class PlanError(ShardcoreError, ValueError):

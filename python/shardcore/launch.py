@@ -73,7 +73,8 @@ def _combined_error_class(base: type) -> type | None:
     if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(base, LaunchError):
         return None
     try:
-        return type(f"LaunchError[{base.__name__}]", (LaunchError, base), {"__module__": __name__})
+        return type(f"LaunchError[{base.__name__}]", (LaunchError, base),
+                    {"__module__": __name__, "__str__": LaunchError.__str__})
     except TypeError:  # incompatible layouts (OSError and friends)
         return None
 
@@ -90,8 +91,7 @@ def _make_error(failure: RankFailure, failures: list[RankFailure]) -> LaunchErro
     err: LaunchError | None = None
     if cls is not None:
         try:
-            err = cls.__new__(cls)
-            Exception.__init__(err, message)
+            err = cls(message)
         except Exception:
             err = None
     if err is None:
@@ -251,9 +251,7 @@ def launch(fn: Callable, world_size: int, args: Sequence[Any] = (), kwargs: dict
                     procs[r].join()
                 running.clear()
                 cls = _combined_error_class(TimeoutError) or LaunchError
-                err = cls.__new__(cls)
-                Exception.__init__(err, f"launch timed out after {timeout} s; ranks still "
-                                        f"running: {stuck}")
+                err = cls(f"launch timed out after {timeout} s; ranks still running: {stuck}")
                 err.rank, err.traceback, err.exitcode, err.failures = stuck[0], None, None, failures
                 raise err
     finally:
