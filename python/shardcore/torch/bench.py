@@ -3,8 +3,8 @@
     python -m shardcore.torch.bench --world-size 2 --sizes 8,2M,32M
 
 Rows per message size: the median time of one ``dist.all_reduce`` on a "shardcore" group, on a
-"gloo" group over the same ranks, and of the raw ``Communicator.all_reduce`` on the same memory
-(the torch backend's overhead is the difference). Each iteration's time is the slowest rank's;
+"gloo" group over the same ranks, and of the raw ``Communicator.all_reduce`` on a NumPy array
+of the same size (the torch backend's overhead is the difference). Each iteration's time is the slowest rank's;
 the backends take turns in rounds so that a change in machine load hits them alike.
 ``compare_all_reduce`` is the function ``shardcore bench compare`` can call.
 """
@@ -64,7 +64,8 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
         for nbytes in sizes:
             count = max(1, nbytes // itemsize)
             t = torch.ones(count, dtype=dtype)
-            a = shardcore.torch._dtypes.numpy_view(t)
+            # a fresh array of the same size and dtype: the Communicator's fastest case
+            a = shardcore.torch._dtypes.numpy_view(t).copy()
             calls = {
                 "shardcore": lambda t=t: dist.all_reduce(t),
                 "gloo": lambda t=t: dist.all_reduce(t, group=gloo),
@@ -101,7 +102,7 @@ def compare_all_reduce(sizes: list[int], iters: int | None = None, world_size: i
     """Median seconds per ``dist.all_reduce`` (SUM, in place) per message size in bytes.
 
     Returns ``{bytes: {"shardcore": s, "gloo": s, "raw": s}}``; ``raw`` is the shardcore
-    Communicator called directly on the same memory. ``iters`` defaults by size.
+    Communicator called directly on a NumPy array of the same size. ``iters`` defaults by size.
     """
     if world_size < 2:
         raise ValueError(f"world_size must be >= 2, got {world_size}")
