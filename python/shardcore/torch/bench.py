@@ -20,6 +20,9 @@ import time
 import traceback
 
 KINDS = ("shardcore", "gloo", "raw")
+# --breakdown: the shardcore call with torch's frontend skipped (the group's method called
+# directly), and the C++ communicator called on the tensor's address (no Python layer at all).
+BREAKDOWN = ("group_method", "core_pointer")
 _ROUNDS = 3  # each kind runs iters/_ROUNDS timed calls per round
 
 
@@ -45,7 +48,7 @@ def _iterations(nbytes: int, iters: int | None) -> int:
 
 
 def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int | None,
-          dtype_name: str, queue) -> None:
+          dtype_name: str, breakdown: bool, queue) -> None:
     try:
         import torch
 
@@ -57,7 +60,12 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
         dist.init_process_group("shardcore", init_method=f"file://{store_path}", rank=rank,
                                 world_size=world)
         gloo = dist.new_group(backend="gloo")
-        comm = dist.group.WORLD.communicator
+        group = dist.group.WORLD
+        comm = group.communicator
+        kinds = KINDS + (BREAKDOWN if breakdown else ())
+        from torch._C._distributed_c10d import AllreduceOptions
+
+        from .process_group import _CORE_DTYPES, _CORE_SUM
         dtype = getattr(torch, dtype_name)
         itemsize = torch.empty(0, dtype=dtype).element_size()
         out = {}
@@ -71,14 +79,21 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
                 "gloo": lambda t=t: dist.all_reduce(t, group=gloo),
                 "raw": lambda a=a: comm.all_reduce(a),
             }
+            if breakdown:
+                opts = AllreduceOptions()
+                opts.asyncOp = False
+                ptr, code = t.data_ptr(), _CORE_DTYPES[dtype]
+                calls["group_method"] = lambda t=t, o=opts: group.allreduce([t], o)
+                calls["core_pointer"] = lambda p=ptr, n=count, c=code: comm._core.all_reduce(
+                    p, p, n, c, _CORE_SUM, 0)
             n = _iterations(count * itemsize, iters)
             per_round = max(1, n // _ROUNDS)
-            samples: dict[str, list[float]] = {k: [] for k in KINDS}
-            for kind in KINDS:  # warm-up: connections, page faults, caches
+            samples: dict[str, list[float]] = {k: [] for k in kinds}
+            for kind in kinds:  # warm-up: connections, page faults, caches
                 for _ in range(3):
                     calls[kind]()
             for _ in range(_ROUNDS):
-                for kind in KINDS:
+                for kind in kinds:
                     call = calls[kind]
                     dist.barrier(group=gloo)
                     times = samples[kind]
@@ -87,10 +102,10 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
                         call()
                         times.append(time.perf_counter() - t0)
             # the slowest rank's time per iteration
-            stacked = torch.tensor([samples[k] for k in KINDS], dtype=torch.float64)
+            stacked = torch.tensor([samples[k] for k in kinds], dtype=torch.float64)
             dist.all_reduce(stacked, op=dist.ReduceOp.MAX, group=gloo)
             out[count * itemsize] = {k: statistics.median(stacked[i].tolist())
-                                     for i, k in enumerate(KINDS)}
+                                     for i, k in enumerate(kinds)}
         dist.destroy_process_group()
         queue.put((rank, "ok", out))
     except BaseException:  # noqa: BLE001  re-raised by the parent with the rank
@@ -98,11 +113,13 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
 
 
 def compare_all_reduce(sizes: list[int], iters: int | None = None, world_size: int = 2,
-                       dtype: str = "float32") -> dict[int, dict[str, float]]:
+                       dtype: str = "float32",
+                       breakdown: bool = False) -> dict[int, dict[str, float]]:
     """Median seconds per ``dist.all_reduce`` (SUM, in place) per message size in bytes.
 
     Returns ``{bytes: {"shardcore": s, "gloo": s, "raw": s}}``; ``raw`` is the shardcore
     Communicator called directly on a NumPy array of the same size. ``iters`` defaults by size.
+    ``breakdown`` adds ``group_method`` and ``core_pointer`` (see ``BREAKDOWN``).
     """
     if world_size < 2:
         raise ValueError(f"world_size must be >= 2, got {world_size}")
@@ -117,7 +134,7 @@ def compare_all_reduce(sizes: list[int], iters: int | None = None, world_size: i
         with tempfile.TemporaryDirectory(prefix="shardcore-torch-bench-") as tmp:
             store = os.path.join(tmp, "store")
             procs = [ctx.Process(target=_rank, args=(r, world_size, store, list(sizes), iters,
-                                                     dtype, queue))
+                                                     dtype, breakdown, queue))
                      for r in range(world_size)]
             for p in procs:
                 p.start()
@@ -198,6 +215,11 @@ def _format(results: dict[int, dict[str, float]]) -> str:
         lines.append(f"{nbytes:>10} {r['shardcore'] * 1e6:>13.2f} {r['gloo'] * 1e6:>11.2f} "
                      f"{r['raw'] * 1e6:>10.2f} {r['gloo'] / r['shardcore']:>14.1f}x "
                      f"{(r['shardcore'] - r['raw']) * 1e6:>18.2f}")
+    if any("group_method" in r for r in results.values()):
+        lines.append(f"{'bytes':>10} {'group method us':>16} {'core on pointer us':>19}")
+        for nbytes, r in sorted(results.items()):
+            lines.append(f"{nbytes:>10} {r['group_method'] * 1e6:>16.2f} "
+                         f"{r['core_pointer'] * 1e6:>19.2f}")
     return "\n".join(lines)
 
 
@@ -209,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="8,2M,32M", help="comma-separated bytes (K/M/G)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls per size")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the group's method alone and the core on the pointer")
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
-    results = compare_all_reduce(sizes, args.iters, args.world_size, args.dtype)
+    results = compare_all_reduce(sizes, args.iters, args.world_size, args.dtype, args.breakdown)
     print(f"dist.all_reduce (SUM, {args.dtype}, in place), {args.world_size} ranks, "
           f"median of the slowest rank per call; {os.cpu_count()} CPUs")
     print(_format(results))
