@@ -580,3 +580,25 @@ def test_tp_mlp_example_under_torchrun():
         env=env, capture_output=True, text=True, timeout=170, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "matches the unsharded module" in proc.stdout
+
+
+def test_bench_parse_size():
+    from shardcore.torch.bench import parse_size
+
+    assert [parse_size(s) for s in ("8", "64K", "2M", "1g", "32MB")] == [
+        8, 64 << 10, 2 << 20, 1 << 30, 32 << 20]
+    for bad in ("", "x", "0", "-3K"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+@pytest.mark.timeout(180)
+def test_bench_compare_all_reduce_runs_both_backends():
+    """The benchmark entry point returns a median per backend per size (timings unchecked)."""
+    from shardcore.torch.bench import compare_all_reduce
+
+    results = compare_all_reduce([8, 4096], iters=6, world_size=2, breakdown=True)
+    assert sorted(results) == [8, 4096]
+    for row in results.values():
+        assert set(row) == {"shardcore", "gloo", "raw", "group_method", "core_pointer"}
+        assert all(v > 0 for v in row.values())
