@@ -26,13 +26,14 @@ def shard_linear(full: nn.Linear, style: str, rank: int, world: int) -> nn.Linea
     size = getattr(full, attr)
     if size % world:
         raise ValueError(f"{style} sharding needs {attr}={size} divisible by {world} ranks")
-    part = nn.Linear(full.in_features, full.out_features, bias=full.bias is not None)
-    setattr(part, attr, size // world)
-    part.weight = nn.Parameter(full.weight.detach().chunk(world, dim=dim)[rank].clone())
-    if full.bias is not None:
-        # a row-parallel layer adds the bias once, after the all_reduce (see TPMLP.forward)
-        bias = full.bias.detach()
-        part.bias = nn.Parameter(bias.chunk(world)[rank].clone() if dim == 0 else bias.clone())
+    dims = {"in_features": full.in_features, "out_features": full.out_features}
+    dims[attr] = size // world
+    part = nn.Linear(**dims, bias=full.bias is not None, dtype=full.weight.dtype)
+    with torch.no_grad():
+        part.weight.copy_(full.weight.chunk(world, dim=dim)[rank])
+        if full.bias is not None:
+            # a row-parallel layer's bias is added once, after the all_reduce (TPMLP.forward)
+            part.bias.copy_(full.bias.chunk(world)[rank] if dim == 0 else full.bias)
     return part
 
 
