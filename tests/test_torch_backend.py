@@ -540,15 +540,16 @@ def test_installed_package_registers_backend_when_torch_is_imported():
     import sys
     from importlib.metadata import entry_points
 
-    if not any(ep.value == "shardcore.torch:_autoload"
+    if not any(ep.value == "shardcore.torch._autoload:register"
                for ep in entry_points(group="torch.backends")):
         pytest.skip("shardcore is not installed (source tree on PYTHONPATH): no entry points")
-    code = ("import sys, torch.distributed as dist; "
-            "print('shardcore' in dist.Backend.backend_list, "
-            "'shardcore.torch.process_group' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split()
-    assert out == ["True", "False"]  # registered, and the backend itself not loaded yet
+    check = ("print('shardcore' in dist.Backend.backend_list, "
+             "'shardcore.torch.process_group' in sys.modules)")
+    for first in ("import torch", "import shardcore.torch"):  # both import orders
+        code = f"import sys; {first}; import torch.distributed as dist; {check}"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, check=True).stdout.split()
+        assert out == ["True", "False"], (first, out)  # registered, backend not loaded yet
 
 
 def test_backend_is_registered_for_cpu():

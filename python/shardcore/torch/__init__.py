@@ -36,10 +36,6 @@ def create_process_group(store, rank: int, size: int, timeout):
     return ShardcoreProcessGroup(coll, rank, size, p2p_comm=p2p)
 
 
-def _autoload() -> None:
-    """Entry point of the ``torch.backends`` group: importing this module registered it."""
-
-
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
