@@ -176,6 +176,10 @@ def case_reduce_scatter(rank, world, gloo, dtypes, ops):
             out = torch.empty(m, 3, dtype=dtype)
             dist.reduce_scatter_single(out, x, op=op)
             check_equal(out, want, f"reduce_scatter_single {op} {dtype}")
+            # in place: the output is this rank's block of the input
+            buf = x.clone()
+            dist.reduce_scatter_single(buf[rank * m:(rank + 1) * m], buf, op=op)
+            check_equal(buf[rank * m:(rank + 1) * m], want, f"reduce_scatter in place {op} {dtype}")
             # the list form
             out2 = torch.empty(m, 3, dtype=dtype)
             dist.reduce_scatter(out2, list(x.chunk(world)), op=op)
@@ -217,6 +221,9 @@ def case_all_to_all(rank, world, gloo, dtypes):
         out = torch.empty_like(x)
         dist.all_to_all_single(out, x)
         check_equal(out, want, f"all_to_all_single {dtype}")
+        inplace = x.clone()  # output and input the same tensor
+        dist.all_to_all_single(inplace, inplace)
+        check_equal(inplace, want, f"all_to_all_single in place {dtype}")
         # uneven splits, including empty ones: rank r sends (r + j) % 3 rows to rank j
         send = [(rank + j) % 3 for j in range(world)]
         recv = [(j + rank) % 3 for j in range(world)]

@@ -66,6 +66,12 @@ def _single(tensors: Any, what: str) -> torch.Tensor:
     return tensors[0]
 
 
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two contiguous tensors share any byte of memory."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes and a.nbytes > 0 and b.nbytes > 0
+
+
 def _op_name(reduce_op: Any, dtype: torch.dtype, what: str) -> tuple[str, bool]:
     """(core op name, is_avg) for a torch ReduceOp; raises for ops the core lacks."""
     kind = reduce_op.op if isinstance(reduce_op, ReduceOp) else reduce_op
@@ -176,7 +182,10 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                 f"output.numel() * group size = {output.numel()} * {self._size}")
         op = opts.reduceOp if opts is not None else _RedOpType.SUM
         name, is_avg = _op_name(op, input.dtype, what)
-        self._comm.reduce_scatter(numpy_view(input).reshape(-1), op=name,
+        # in place (the output is a block of the input): the core reads the input while it writes
+        # the output, so reduce from a copy
+        src = input.clone() if _overlap(input, output) else input
+        self._comm.reduce_scatter(numpy_view(src).reshape(-1), op=name,
                                   out=numpy_view(output).reshape(-1))
         if is_avg:
             output.div_(self._size)
@@ -257,7 +266,8 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                     f"shardcore {what}: without split sizes input and output need the same "
                     f"element count and a first dimension divisible by the group size {n} "
                     f"(input {tuple(input.shape)}, output {tuple(output.shape)})")
-            self._comm.all_to_all(numpy_view(input).reshape(-1),
+            src = input.clone() if _overlap(input, output) else input
+            self._comm.all_to_all(numpy_view(src).reshape(-1),
                                   out=numpy_view(output).reshape(-1))
             return self._work(opts, [output])
         send = self._splits(what, "input", input, input_split_sizes)
@@ -267,7 +277,8 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         if row != out_row:
             raise ValueError(f"shardcore {what}: input rows have {row} elements, output rows "
                              f"{out_row}")
-        x = numpy_view(input).reshape(input.shape[0], row)
+        src = input.clone() if _overlap(input, output) else input
+        x = numpy_view(src).reshape(input.shape[0], row)
         out = numpy_view(output).reshape(output.shape[0], row)
         _, got = self._comm.all_to_allv(x, list(send), out=out)
         if list(got) != list(recv):
