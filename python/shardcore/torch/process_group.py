@@ -1,5 +1,6 @@
 """``ShardcoreProcessGroup``: torch.distributed operations on CPU tensors through a shardcore
-communicator, zero-copy (the core reads and writes the tensors' storage through NumPy views)."""
+communicator, zero-copy: the core reads and writes the tensors' storage, through NumPy views
+(an all_reduce SUM through the tensor's address)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ class UnsupportedError(NotImplementedError):
 def _unsupported(what: str) -> UnsupportedError:
     return UnsupportedError(
         f"the shardcore torch.distributed backend does not support {what}; supported: "
-        "all_reduce, all_reduce_coalesced, reduce_scatter_tensor, all_gather_into_tensor, "
-        "all_gather, all_to_all_single, broadcast, send, recv (from a given rank), barrier")
+        "all_reduce, reduce_scatter_tensor, reduce_scatter (lists), all_gather_into_tensor, "
+        "all_gather (lists), all_to_all_single, broadcast, send, recv (from a given rank), "
+        "barrier, and their coalesced forms")
 
 
 def _check_tensor(t: Any, what: str, dtypes: frozenset, kind: str) -> None:
