@@ -68,28 +68,28 @@ def ratio_table(rows: list[dict], time_key: str) -> str:
                    f"time = {time_key.replace('time_', '').replace('_us', '')} (us); "
                    f"ratio = shardcore time / peer time (< 1: shardcore faster)")
         head = [f"{'size':>9}"]
-        head += [f"{b[:13]:>13} {'busbw':>7}" + (f" {'algo':>10}" if b.startswith("shardcore")
+        head += [f"{b[:15]:>15} {'busbw':>7}" + (f" {'algo':>10}" if b.startswith("shardcore")
                                                    else "") for b in backends]
-        head += [f"{(o.replace('shardcore', 'sc') + '/' + p)[:14]:>14}" for o in ours for p in peers]
+        head += [f"{(o.replace('shardcore', 'sc') + '/' + p)[:18]:>18}" for o in ours for p in peers]
         out.append("  ".join(head))
         for s in sizes:
             cells = [f"{metrics.format_bytes(s):>9}"]
             for b in backends:
                 r = by_backend[b].get(s)
                 if r is None or "skipped" in r:
-                    cells.append(f"{'-':>13} {'-':>7}" + (f" {'-':>10}" if b.startswith(
+                    cells.append(f"{'-':>15} {'-':>7}" + (f" {'-':>10}" if b.startswith(
                         "shardcore") else ""))
                 else:
                     algo = r.get("algorithm", "")[:10]
-                    cells.append(f"{r[time_key]:>13.2f} {r['busbw']:>7.3f}" +
+                    cells.append(f"{r[time_key]:>15.2f} {r['busbw']:>7.3f}" +
                                  (f" {algo:>10}" if b.startswith("shardcore") else ""))
             for o in ours:
                 for p in peers:
                     a, b = by_backend[o].get(s), by_backend[p].get(s)
                     if a is None or b is None or "skipped" in a or "skipped" in b:
-                        cells.append(f"{'-':>14}")
+                        cells.append(f"{'-':>18}")
                     else:
-                        cells.append(f"{a[time_key] / b[time_key]:>14.3f}")
+                        cells.append(f"{a[time_key] / b[time_key]:>18.3f}")
             out.append("  ".join(cells))
         out.append("")
     return "\n".join(out)
