@@ -11,7 +11,8 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.mark.parametrize("peer,ops", [("mpi", ("all_reduce", "all_gather")),
-                                     ("gloo", ("all_reduce",))])
+                                     ("gloo", ("all_reduce",)),
+                                     ("torch-shardcore", ("all_reduce", "all_gather"))])
 def test_compare_with_peer(capsys, peer, ops):
     if peer_missing(peer):
         pytest.skip(peer_missing(peer))
