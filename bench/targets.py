@@ -25,7 +25,7 @@ def _ratio(idx, ours, op, n, size, peers=None, key="time_median_us"):
     """ours' time over the fastest peer's (or the named peers') at one size; None if missing."""
     a = idx.get((ours, op, n, size))
     cands = [(r[key], b) for (b, o, w, s), r in idx.items()
-             if o == op and w == n and s == size and not b.startswith("shardcore")
+             if o == op and w == n and s == size and "shardcore" not in b
              and (peers is None or b in peers)]
     if a is None or not cands:
         return None
