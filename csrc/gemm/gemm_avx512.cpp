@@ -25,25 +25,34 @@ inline __m512 load_w(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// Shared prologue/epilogue: accumulators start at bias (or zero) when `first`, else at C.
+// Shared prologue/epilogue: accumulators start at bias (first) or zero; C is added at the end.
 template <int ROWS>
 struct Acc {
   __m512 v0[ROWS], v1[ROWS];
   __mmask16 m0, m1;
 
-  Acc(float* c, int64_t ldc, int ncols, const float* bias, bool first)
+  // C is added after the k loop (add_c), not loaded before it: a C tile that has fallen out of
+  // cache then arrives (prefetched here) while the FMAs run instead of stalling their start.
+  Acc(const float* c, int64_t ldc, int ncols, const float* bias, bool first)
       : m0(half_mask(ncols)), m1(half_mask(ncols - 16)) {
-    if (first) {
-      const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-      const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+    const __m512 b0 = first && bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+    const __m512 b1 = first && bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-      for (int r = 0; r < ROWS; ++r) v0[r] = b0, v1[r] = b1;
-    } else {
-#pragma GCC unroll 16
-      for (int r = 0; r < ROWS; ++r) {
-        v0[r] = _mm512_maskz_loadu_ps(m0, c + r * ldc);
-        v1[r] = _mm512_maskz_loadu_ps(m1, c + r * ldc + 16);
+    for (int r = 0; r < ROWS; ++r) {
+      v0[r] = b0, v1[r] = b1;
+      if (!first) {
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 31), _MM_HINT_T0);
       }
+    }
+  }
+
+  void add_c(const float* c, int64_t ldc) {
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {
+      v0[r] = _mm512_add_ps(v0[r], _mm512_maskz_loadu_ps(m0, c + r * ldc));
+      v1[r] = _mm512_add_ps(v1[r], _mm512_maskz_loadu_ps(m1, c + r * ldc + 16));
     }
   }
 
@@ -70,7 +79,8 @@ struct Acc {
 //       bf16 (widened in registers);
 //   c:  ROWS x ncols block of C (row stride ldc), 1 <= ncols <= 32; columns >= ncols are never
 //       read or written (masked), so C needs no padding;
-//   first: C = bias + X*W (C is not read; bias may be nullptr for zero), else C += X*W.
+//   first: C = bias + X*W (C is not read; bias may be nullptr for zero), else C += X*W (the
+//          block's sum is formed in registers, then added to C).
 // Inputs need no alignment. Accumulation is float32 (FMA) in k order within the call.
 template <class WType>
 struct Avx512FmaKernel {
@@ -96,6 +106,7 @@ struct Avx512FmaKernel {
       }
       xp += ROWS;
     }
+    if (!first) acc.add_c(c, ldc);
     acc.store(c, ldc, ncols);
   }
 };
@@ -129,6 +140,7 @@ struct Avx512DpKernel {
       }
       xp += ROWS;
     }
+    if (!first) acc.add_c(c, ldc);
     acc.store(c, ldc, ncols);
   }
 };

@@ -35,7 +35,7 @@ constexpr Tiles kTilesGenericF32  {  4, 16, 256, 128, 4096 };
 constexpr Tiles kTilesGenericBF16 {  4, 16, 256, 128, 4096 };
 // avx2: 6 rows x 2 ymm = 12 accumulators + 2 W vectors + 1 broadcast = 15 of 16 ymm registers;
 //   sliver 256*16*4 = 16 KiB (L1 half); block 240*256*4 = 240 KiB (L2 half on Zen3).
-constexpr Tiles kTilesAvx2F32     {  6, 16, 256, 240, 4096 };
+constexpr Tiles kTilesAvx2F32     { 6, 16, 256, 240, 4096 };
 //   bf16 sliver is 8 KiB at KC=256; widening costs 2 ops per W vector, amortised over 6 FMAs.
 constexpr Tiles kTilesAvx2BF16    {  6, 16, 256, 240, 4096 };
 // avx512: 12 rows x 2 zmm = 24 accumulators + 2 W vectors + broadcasts folded into the FMA
