@@ -65,13 +65,13 @@ def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--repeat",
         type=int,
-        default=5,
+        default=10,
         help="timed repetitions, interleaved across implementations (best reported)",
     )
     p.add_argument(
         "--min-time",
         type=float,
-        default=0.2,
+        default=0.1,
         help="seconds per repetition, reached by repeating the call",
     )
     p.add_argument("--no-torch", action="store_true", help="skip the torch peers")
