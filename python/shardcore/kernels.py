@@ -38,6 +38,11 @@ and results to zero, adding at most ``2**-126`` per term. A bfloat16 output is t
 to nearest even, one more relative error of ``2**-8``. Rounding float32 activations to bfloat16
 adds, relative to the float32 activations, at most ``2**-8 * sum_k |x_k| |w_kn|``.
 
+Results do not depend on ``threads`` (each element is summed in the same order however the
+work is split), but they may differ in the last bits between batch sizes M: the blocking of K
+and the accumulator layout depend on M (small M streams all of K in one block, 1-3 rows split
+the sum over several accumulators).
+
 Threads
 -------
 One thread per call by default (ranks are the parallelism); ``threads=n`` splits the panels of W
