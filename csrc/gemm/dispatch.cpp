@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <stdexcept>
 #include <thread>
 
@@ -187,11 +188,22 @@ void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const vo
           impl.run(a, rb, re, 0, panels, scratch.get(impl.scratch_bytes(re - rb, K)));
         }
       };
+      // A failure in a worker (out of memory for its scratch) is re-raised here, after the join.
+      std::vector<std::exception_ptr> errors(static_cast<size_t>(t));
+      auto guarded = [&](int64_t i) {
+        try {
+          work(i);
+        } catch (...) {
+          errors[static_cast<size_t>(i)] = std::current_exception();
+        }
+      };
       std::vector<std::thread> pool;
       pool.reserve(static_cast<size_t>(t - 1));
-      for (int64_t i = 1; i < t; ++i) pool.emplace_back(work, i);
-      work(0);
+      for (int64_t i = 1; i < t; ++i) pool.emplace_back(guarded, i);
+      guarded(0);
       for (auto& th : pool) th.join();
+      for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
     }
   }
   if (out_dtype == DType::bf16) {
