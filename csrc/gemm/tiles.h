@@ -39,8 +39,8 @@ constexpr Tiles kTilesGenericBF16 {  4, 16, 256, 128, 4096 };
 constexpr Tiles kTilesAvx2F32     {  6, 16, 256, 240, 4096 };
 //   bf16 sliver is 8 KiB at KC=256; widening costs 2 ops per W vector, amortised over 6 FMAs.
 constexpr Tiles kTilesAvx2BF16    {  6, 16, 256, 240, 4096 };
-// avx512: 12 rows x 2 zmm = 24 accumulators + 2 W vectors + broadcasts folded into the FMA
-//   ({1to16}) = 26 of 32 zmm; 24 independent chains cover FMA latency 4 x 2 pipes (x3).
+// avx512: 12 rows x 2 zmm = 24 accumulators + 2 W vectors + 1 broadcast (a load-port
+//   vbroadcastss) = 27 of 32 zmm; 24 independent chains cover FMA latency 4 x 2 pipes (x3).
 //   sliver 256*32*4 = 32 KiB (L1-sized, partly streamed from L2); block 480*256*4 = 480 KiB
 //   (half of Zen4's 1 MiB L2). KC 128 lost 30% at M = 2048 to C traffic (see KC above).
 constexpr Tiles kTilesAvx512F32   { 12, 32, 256, 480, 4096 };
