@@ -49,6 +49,8 @@ if [ "$QUICK" = 1 ]; then
   step 60 tp-vs-pp $SC tp-vs-pp --tp 2 --pp 2 --ep 2 --json "$RES/tp_vs_pp.json"
 else
   SIZES=8,64,512,4K,32K,256K,512K,1M,2M,8M,32M,256M
+  # what a user does first on a new host: measure the all-reduce crossovers (cached per host)
+  step 120 tune $PY -m shardcore.cli tune -n 2,4,8
   step 40 stream $SC stream -p 1,2,4,8,16 --size 256M --json "$RES/stream.json"
   step 230 compare-allreduce $SC compare --op all_reduce -n 2,4,8 --sizes $SIZES --symmetric \
     --json "$RES/compare_all_reduce.json" --plots "$RES/img"
@@ -61,6 +63,8 @@ else
     --json "$RES/model.json"
   step 30 tp-vs-pp $SC tp-vs-pp --hidden 4096 --blocks 8 --tokens 16 --tp 2,4,8 --pp 2,4,8 \
     --ep 2,4,8 --json "$RES/tp_vs_pp.json"
+  step 30 tp-vs-pp-auto $SC tp-vs-pp --hidden 4096 --blocks 8 --tokens 16 --tp 2,4,8 --pp 2 \
+    --ep 2 --algorithm auto --json "$RES/tp_vs_pp_auto.json"
   PIN="taskset -c 0,1"
   step 20 pin2-stream $PIN $SC stream -p 1,2 --size 256M --json "$RES/pin2_stream.json"
   step 120 pin2-compare-n2 $PIN $SC compare --op all_reduce -n 2 --sizes $SIZES --symmetric \
