@@ -65,7 +65,7 @@ else
     --ep 2,4,8 --json "$RES/tp_vs_pp.json"
   step 30 tp-vs-pp-auto $SC tp-vs-pp --hidden 4096 --blocks 8 --tokens 16 --tp 2,4,8 --pp 2 \
     --ep 2 --algorithm auto --json "$RES/tp_vs_pp_auto.json"
-  PIN="taskset -c 0,1"
+  PIN="env XDG_CACHE_HOME=/tmp/no-tune taskset -c 0,1"  # built-in thresholds, as on the dev machine
   step 20 pin2-stream $PIN $SC stream -p 1,2 --size 256M --json "$RES/pin2_stream.json"
   step 120 pin2-compare-n2 $PIN $SC compare --op all_reduce -n 2 --sizes $SIZES --symmetric \
     --json "$RES/pin2_compare_all_reduce_n2.json" --plots "$RES/img/pin2"
