@@ -25,49 +25,111 @@ def ring_allreduce_bytes(count: int, n: int, r: int, itemsize: int) -> int:
     return ((count - length((r + 1) % n)) + (count - length((r + 2) % n))) * itemsize
 
 
+def two_shot_bytes(count: int, n: int, r: int, itemsize: int, slot_bytes: int) -> int:
+    """Bytes rank r sends (= receives) in a two-shot all-reduce: per slot-sized chunk of S
+    elements, the peers' blocks of its input plus its reduced block to each peer."""
+    if n == 1:
+        return 0
+    total, chunk = 0, slot_bytes // itemsize
+    for lo in range(0, count, chunk):
+        length = min(chunk, count - lo)
+        base, rem = divmod(length, n)
+        mine = base + (1 if r < rem else 0)
+        total += (length - mine) + (n - 1) * mine
+    return total * itemsize
+
+
+def expected_bytes(algo: str, count: int, n: int, r: int, itemsize: int, slot: int):
+    """(sent, received) of rank r for one all-reduce by the named algorithm."""
+    if algo == "ring":
+        # what a rank receives is what its predecessor sent
+        return (ring_allreduce_bytes(count, n, r, itemsize),
+                ring_allreduce_bytes(count, n, (r - 1) % n, itemsize))
+    if algo == "one_shot":
+        return ((n - 1) * count * itemsize,) * 2
+    return (two_shot_bytes(count, n, r, itemsize, slot),) * 2
+
+
+ALGOS = ["ring", "one_shot", "two_shot", None]
+
+
 def _all_reduce_cases(comm):
     out = []
     for di, dtype in enumerate(REDUCIBLE):
         for oi, op in enumerate(OPS):
             for size in SIZES:
-                x = make_input((di, oi, size), comm.rank, (size,), dtype, op)
-                comm.reset_traffic()
-                if (size + oi) % 2:
-                    res = comm.all_reduce(x, op=op, algorithm="ring")
-                else:
-                    res = comm.all_reduce(x, op=op, out=np.empty_like(x))
-                t = comm.traffic()["all_reduce"]
-                out.append((res, t["sent"], t["recv"], comm.last_algorithm))
+                for algo in ALGOS:
+                    if algo == "one_shot" and size * dtype.itemsize > SMALL_SLOT:
+                        continue
+                    x = make_input((di, oi, size), comm.rank, (size,), dtype, op)
+                    comm.reset_traffic()
+                    if (size + oi) % 2:
+                        res = comm.all_reduce(x, op=op, algorithm=algo)
+                    else:
+                        res = comm.all_reduce(x, op=op, out=np.empty_like(x), algorithm=algo)
+                    t = comm.traffic()["all_reduce"]
+                    out.append((res, t["sent"], t["recv"], comm.last_algorithm, t["algorithms"]))
     return out
 
 
 @pytest.mark.parametrize("n", WORLD_SIZES)
-def test_all_reduce_every_dtype_op_size(n):
+def test_all_reduce_every_dtype_op_size_algorithm(n):
     results = shardcore.launch(_all_reduce_cases, n, slot_bytes=SMALL_SLOT)
     i = 0
     for di, dtype in enumerate(REDUCIBLE):
         for oi, op in enumerate(OPS):
             for size in SIZES:
                 inputs = [make_input((di, oi, size), r, (size,), dtype, op) for r in range(n)]
-                first = results[0][i][0]
-                assert first.shape == (size,)
-                assert_reduced(first, inputs, op, dtype)
-                for r in range(n):
-                    res, sent, recv, algo = results[r][i]
-                    assert res.tobytes() == first.tobytes(), f"rank {r} differs ({dtype}, {op}, {size})"
-                    assert sent == ring_allreduce_bytes(size, n, r, dtype.itemsize)
-                    # what a rank receives is what its predecessor sent
-                    assert recv == ring_allreduce_bytes(size, n, (r - 1) % n, dtype.itemsize)
-                    assert algo == "ring"
-                i += 1
+                for algo in ALGOS:
+                    if algo == "one_shot" and size * dtype.itemsize > SMALL_SLOT:
+                        continue
+                    first = results[0][i][0]
+                    assert first.shape == (size,)
+                    assert_reduced(first, inputs, op, dtype)
+                    for r in range(n):
+                        res, sent, recv, used, counted = results[r][i]
+                        assert res.tobytes() == first.tobytes(), f"rank {r} differs ({dtype}, {op}, {size}, {algo})"
+                        assert used == (algo or used) and counted == {used: 1}
+                        if n > 1 or algo is not None:
+                            assert (sent, recv) == expected_bytes(used, size, n, r, dtype.itemsize, SMALL_SLOT)
+                    i += 1
+
+
+def _choice(comm, sizes):
+    out = []
+    for nbytes in sizes:
+        comm.all_reduce(np.zeros(nbytes // 4, np.float32))
+        out.append(comm.last_algorithm)
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_automatic_choice_follows_the_size_thresholds(n, monkeypatch):
+    monkeypatch.setenv("SHARDCORE_ONE_SHOT_MAX", "4096")
+    monkeypatch.setenv("SHARDCORE_TWO_SHOT_MAX", "65536")
+    sizes = [8, 88, 4096, 4100, 65536, 65540, 64 << 20]
+    got = shardcore.launch(_choice, n, args=(sizes,))[0]
+    assert got == ["one_shot"] * 3 + ["two_shot"] * 2 + ["ring"] * 2
+
+
+def _thresholds(comm):
+    return comm._core.one_shot_max, comm._core.two_shot_max
+
+
+def test_default_thresholds_shrink_one_shot_as_ranks_grow(monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "/nonexistent")  # no tuning cache
+    one2, two2 = shardcore.launch(_thresholds, 2)[0]
+    one8, two8 = shardcore.launch(_thresholds, 8)[0]
+    assert one2 > one8 >= 88 and two8 > two2
 
 
 def _big_all_reduce(comm, count):
     x = make_input(99, comm.rank, (count,), np.dtype(np.float32))
-    comm.all_reduce(x)
+    comm.all_reduce(x, algorithm="ring")
+    ring = comm.traffic()["all_reduce"]["sent"]
     y = make_input(98, comm.rank, (count // 2, 2), BF16)
-    comm.all_reduce(y, op="max")
-    return x, y, comm.traffic()["all_reduce"]["sent"]
+    comm.all_reduce(y, op="max", algorithm="two_shot")
+    return x, y, ring, comm.traffic()["all_reduce"]["sent"] - ring
 
 
 @pytest.mark.parametrize("n", [2, 3, 8])
@@ -81,8 +143,8 @@ def test_all_reduce_larger_than_default_slot(n):
     for r in range(n):
         assert results[r][0].tobytes() == results[0][0].tobytes()
         assert results[r][1].tobytes() == results[0][1].tobytes()
-        expected = ring_allreduce_bytes(count, n, r, 4) + ring_allreduce_bytes(count // 2 * 2, n, r, 2)
-        assert results[r][2] == expected
+        assert results[r][2] == ring_allreduce_bytes(count, n, r, 4)
+        assert results[r][3] == two_shot_bytes(count // 2 * 2, n, r, 2, 1 << 19)
 
 
 def _movement_cases(comm):

@@ -34,6 +34,7 @@ def _mismatch(comm, case):
         "op": lambda: comm.all_reduce(x, op="max" if r == 0 else "sum"),
         "kind": lambda: comm.all_gather(x) if r == 1 else comm.all_reduce(x),
         "root": lambda: comm.broadcast(x, root=1 if r == 2 else 0),
+        "algorithm": lambda: comm.all_reduce(x, algorithm="one_shot" if r == 3 else "ring"),
     }
     first = _catch(calls[case])
     # The communicator is unusable afterwards, on every rank.
@@ -41,7 +42,7 @@ def _mismatch(comm, case):
     return first, second
 
 
-@pytest.mark.parametrize("case", ["count", "dtype", "op", "kind", "root"])
+@pytest.mark.parametrize("case", ["count", "dtype", "op", "kind", "root", "algorithm"])
 def test_mismatch_raises_on_every_rank(case):
     results = shardcore.launch(_mismatch, 4, args=(case,))
     for first, second in results:

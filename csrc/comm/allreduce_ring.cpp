@@ -13,18 +13,56 @@
 
 namespace shardcore {
 
-Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo) {
+Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
+                              int64_t sym_stride, uint32_t sym_tag, int32_t sym_offset) {
   if (!dtype_reducible(dt))
     throw std::invalid_argument(std::string("all_reduce: cannot reduce dtype ") + dtype_name(dt));
   if (op == RedOp::kNone) throw std::invalid_argument("all_reduce: no reduction op given");
-  if (algo == Algo::kAuto) algo = Algo::kRing;
-  if (algo != Algo::kRing)
-    throw std::invalid_argument(std::string("all_reduce: algorithm '") + algo_name(algo) +
-                                "' is not available");
-  size_t esz = dtype_size(dt);
-  enter(make_desc(Kind::kAllReduce, dt, op, algo, 0, count, esz));
-  ring_all_reduce(static_cast<const char*>(in), static_cast<char*>(out), count, dt, op, esz);
+  const size_t esz = dtype_size(dt);
+  const size_t bytes = count * esz;
+  const bool sym_in_place = sym_stride != 0 && in == out;
+  if (algo == Algo::kAuto) algo = choose_all_reduce(bytes, sym_in_place);
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  const bool sym = algo == Algo::kSymmetric;
+  const Desc d = make_desc(Kind::kAllReduce, dt, op, algo, sym ? sym_offset : 0, count, esz,
+                           sym ? sym_tag : 0);
+  switch (algo) {
+    case Algo::kSymmetric:
+      if (!sym_in_place)
+        throw std::invalid_argument("all_reduce: the symmetric algorithm runs in place on an array "
+                                    "from Communicator.empty/zeros");
+      enter(d);
+      symmetric_all_reduce(dst, count, dt, op, esz, sym_stride);
+      break;
+    case Algo::kRing:
+      enter(d);
+      ring_all_reduce(src, dst, count, dt, op, esz);
+      break;
+    case Algo::kOneShot:
+      if (bytes > kInlineBytes && bytes > slot_bytes_)
+        throw std::invalid_argument("all_reduce: one_shot needs the message (" + std::to_string(bytes) +
+                                    " bytes) to fit in one slot (" + std::to_string(slot_bytes_) + " bytes)");
+      one_shot_all_reduce(src, dst, count, dt, op, esz, d);
+      break;
+    case Algo::kTwoShot:
+      enter(d);
+      two_shot_all_reduce(src, dst, count, dt, op, esz);
+      break;
+    default:
+      throw std::invalid_argument(std::string("all_reduce: algorithm '") + algo_name(algo) +
+                                  "' does not apply to all_reduce");
+  }
   return algo;
+}
+
+// The size-based choice; every rank makes the same one since the thresholds come from rank 0.
+Algo Communicator::choose_all_reduce(size_t bytes, bool symmetric) const {
+  if (size_ == 1) return Algo::kRing;
+  if (bytes <= kInlineBytes || (bytes <= one_shot_max_ && bytes <= slot_bytes_)) return Algo::kOneShot;
+  if (symmetric) return Algo::kSymmetric;
+  if (bytes <= two_shot_max_) return Algo::kTwoShot;
+  return Algo::kRing;
 }
 
 void Communicator::ring_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op,

@@ -1,10 +1,12 @@
 // Python face of the communicator. Arrays arrive as raw addresses (the Python layer validates
 // dtype, shape, contiguity and writability first, and keeps the arrays alive during the call);
 // every call that can wait releases the GIL.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "comm/communicator.h"
+#include "comm/symmetric.h"
 #include "module.h"
 
 namespace py = pybind11;
@@ -15,6 +17,16 @@ namespace {
 template <typename T>
 T* ptr(uintptr_t a) { return reinterpret_cast<T*>(a); }
 
+// numpy type numbers of the reducible dtypes, in DType order, registered from Python
+// (set_type_nums): bfloat16's is assigned at run time by ml_dtypes, int64's differs by platform.
+int g_type_nums[6] = {-1, -1, -1, -1, -1, -1};
+
+int reducible_code(int type_num) {
+  for (int i = 0; i < 6; ++i)
+    if (g_type_nums[i] == type_num) return i;
+  return -1;
+}
+
 void raise_as(const char* cls, const char* msg) {
   py::object errors = py::module_::import("shardcore.errors");
   PyErr_SetString(errors.attr(cls).ptr(), msg);
@@ -23,6 +35,9 @@ void raise_as(const char* cls, const char* msg) {
 }  // namespace
 
 void register_comm(py::module_& m) {
+  m.def("set_type_nums", [](const std::vector<int>& nums) {
+    for (size_t i = 0; i < 6 && i < nums.size(); ++i) g_type_nums[i] = nums[i];
+  });
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -35,10 +50,28 @@ void register_comm(py::module_& m) {
     }
   });
 
+  py::class_<SymmetricSegment>(m, "SymmetricSegment", py::buffer_protocol(),
+                               "Shared memory holding one equal region per rank.")
+      .def(py::init<const std::string&, int, int, size_t, bool>(), py::arg("name"),
+           py::arg("rank"), py::arg("size"), py::arg("nbytes"), py::arg("create"))
+      .def("unlink", &SymmetricSegment::unlink)
+      .def_property_readonly("stride", &SymmetricSegment::stride)
+      .def_property_readonly("address", [](const SymmetricSegment& s) {
+        return reinterpret_cast<uintptr_t>(s.mine());
+      })
+      .def_property_readonly("nbytes", &SymmetricSegment::bytes)
+      .def_buffer([](SymmetricSegment& s) {
+        return py::buffer_info(s.mine(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {py::ssize_t(s.bytes())}, {py::ssize_t(1)});
+      });
+
   py::class_<Communicator>(m, "Comm", "A shared-memory communicator (see shardcore.Communicator).")
       .def(py::init([](const std::string& name, int rank, int size, size_t slot_bytes,
-                       size_t p2p_bytes, double timeout, double spin_us) {
+                       size_t p2p_bytes, double timeout, double spin_us, size_t one_shot_max,
+                       size_t two_shot_max) {
              Options o;
+             o.one_shot_max = one_shot_max;
+             o.two_shot_max = two_shot_max;
              o.slot_bytes = slot_bytes;
              o.p2p_bytes = p2p_bytes;
              o.timeout_s = timeout;
@@ -55,25 +88,53 @@ void register_comm(py::module_& m) {
              return c;
            }),
            py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("slot_bytes"),
-           py::arg("p2p_bytes"), py::arg("timeout"), py::arg("spin_us"))
+           py::arg("p2p_bytes"), py::arg("timeout"), py::arg("spin_us"),
+           py::arg("one_shot_max") = 0, py::arg("two_shot_max") = 0)
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("name", &Communicator::name)
       .def_property_readonly("slot_bytes", &Communicator::slot_bytes)
+      .def_property_readonly("one_shot_max", &Communicator::one_shot_max)
+      .def_property_readonly("two_shot_max", &Communicator::two_shot_max)
       .def_property_readonly("closed", &Communicator::closed)
       .def_property("timeout", &Communicator::timeout, &Communicator::set_timeout)
       .def("barrier", &Communicator::barrier, py::call_guard<py::gil_scoped_release>())
       .def(
           "all_reduce",
           [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, uint32_t dt, uint32_t op,
-             uint32_t algo) {
+             uint32_t algo, int64_t sym_stride, uint32_t sym_tag, int32_t sym_offset) {
             Algo used;
             {
               py::gil_scoped_release nogil;
               used = c.all_reduce(ptr<const void>(in), ptr<void>(out), count, DType(dt), RedOp(op),
-                                  Algo(algo));
+                                  Algo(algo), sym_stride, sym_tag, sym_offset);
             }
-            return std::string(algo_name(used));
+            return algo_name(used);
+          },
+          py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+          py::arg("algorithm"), py::arg("sym_stride") = 0, py::arg("sym_tag") = 0,
+          py::arg("sym_offset") = 0)
+      .def(
+          "all_reduce_fast",
+          // The common case without Python-level checks: a fresh (base-less), C-contiguous,
+          // writeable array of a reducible dtype, reduced in place with the automatic choice.
+          // Returns None when the array is anything else, and the Python path takes over.
+          [](Communicator& c, py::handle obj, uint32_t op) -> py::object {
+            if (!py::isinstance<py::array>(obj)) return py::none();
+            auto* a = py::detail::array_proxy(obj.ptr());
+            const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                             py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+            if ((a->flags & need) != need || a->base != nullptr) return py::none();
+            int code = reducible_code(py::detail::array_descriptor_proxy(a->descr)->type_num);
+            if (code < 0) return py::none();
+            size_t count = 1;
+            for (int i = 0; i < a->nd; ++i) count *= size_t(a->dimensions[i]);
+            Algo used;
+            {
+              py::gil_scoped_release nogil;
+              used = c.all_reduce(a->data, a->data, count, DType(code), RedOp(op), Algo::kAuto);
+            }
+            return py::str(algo_name(used));
           })
       .def(
           "reduce_scatter",

@@ -36,6 +36,7 @@ struct Header {
   uint32_t version, world_size;
   uint64_t slot_bytes, p2p_bytes, total_bytes;
   uint32_t nbuf, p2p_nbuf;
+  uint64_t one_shot_max, two_shot_max;
   alignas(kLineBytes) Counter attached;
   alignas(kLineBytes) std::atomic<uint64_t> abort_word;  // (reason << 32) | (rank + 1)
   alignas(kLineBytes) std::atomic<uint64_t> magic;
@@ -73,7 +74,8 @@ const char* kind_name(Kind k) {
 }
 
 const char* algo_name(Algo a) {
-  static const char* names[] = {"auto", "ring", "pairwise", "flat", "one_shot", "two_shot"};
+  static const char* names[] = {"auto",     "ring",     "pairwise", "flat",
+                                "one_shot", "two_shot", "symmetric"};
   return size_t(a) < size_t(Algo::kCount) ? names[size_t(a)] : "?";
 }
 
@@ -177,6 +179,8 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     }
     nbuf_ = hdr->nbuf;
     p2p_nbuf_ = hdr->p2p_nbuf;
+    one_shot_max_ = hdr->one_shot_max;
+    two_shot_max_ = hdr->two_shot_max;
     layout(hdr->slot_bytes, hdr->p2p_bytes);
     munmap(h, sizeof(Header));
   }
@@ -197,6 +201,16 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     header_->total_bytes = total_bytes_;
     header_->nbuf = nbuf_;
     header_->p2p_nbuf = p2p_nbuf_;
+    // Defaults from the crossovers measured on a 16-core Xeon (tools/ar_sweep.py, see
+    // docs/performance.md): one-shot reads n-1 whole inputs, so it pays off only below a size
+    // that shrinks with n; two-shot beats the ring's 2(n-1) steps in a middle band that widens
+    // with n. `shardcore tune` measures this host's own.
+    const size_t one_default = size <= 2 ? 16 << 10 : size <= 4 ? 2 << 10 : size <= 8 ? 512 : 256;
+    const size_t two_default = size <= 2 ? one_default : size <= 4 ? 8 << 10 : 256 << 10;
+    one_shot_max_ = opt.one_shot_max ? opt.one_shot_max : one_default;
+    two_shot_max_ = opt.two_shot_max ? opt.two_shot_max : two_default;
+    header_->one_shot_max = one_shot_max_;
+    header_->two_shot_max = two_shot_max_;
     header_->magic.store(kMagic, std::memory_order_release);
   }
   rb(rank_).pid.store(int32_t(getpid()), std::memory_order_relaxed);

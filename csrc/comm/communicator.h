@@ -36,7 +36,7 @@ enum class Kind : uint32_t {
 };
 const char* kind_name(Kind k);
 
-enum class Algo : uint32_t { kAuto = 0, kRing, kPairwise, kFlat, kOneShot, kTwoShot, kCount };
+enum class Algo : uint32_t { kAuto = 0, kRing, kPairwise, kFlat, kOneShot, kTwoShot, kSymmetric, kCount };
 const char* algo_name(Algo a);
 
 struct Options {
@@ -44,6 +44,10 @@ struct Options {
   size_t p2p_bytes = size_t(1) << 16;   // 64 KiB per mailbox chunk; n^2 mailboxes per segment
   double timeout_s = 600.0;             // a wait longer than this is a CommTimeoutError
   double spin_us = -1.0;                // < 0: spin 50 us if ranks <= cores, else 2 us
+  // Automatic all-reduce choice by message size (rank 0's values win): one-shot up to
+  // one_shot_max bytes, two-shot up to two_shot_max, the ring above. 0 = built-in default.
+  size_t one_shot_max = 0;
+  size_t two_shot_max = 0;
 };
 
 // Descriptor of a collective, compared across ranks on entry (24 bytes: it shares the entry
@@ -88,11 +92,17 @@ class Communicator {
   int size() const { return size_; }
   const std::string& name() const { return name_; }
   size_t slot_bytes() const { return slot_bytes_; }
+  size_t one_shot_max() const { return one_shot_max_; }
+  size_t two_shot_max() const { return two_shot_max_; }
   void set_timeout(double seconds) { timeout_ns_ = uint64_t(seconds * 1e9); }
   double timeout() const { return double(timeout_ns_) / 1e9; }
 
   void barrier();
-  Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo);
+  // `sym_stride` != 0 says that `in` lives in a symmetric buffer whose peers' copies are that
+  // many bytes apart (rank r+1's at in + stride); `sym_tag` identifies buffer and offset, and must
+  // agree across ranks. In place on a symmetric buffer, large messages skip the copy in and out.
+  Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
+                  int64_t sym_stride = 0, uint32_t sym_tag = 0, int32_t sym_offset = 0);
   void reduce_scatter(const void* in, void* out, size_t count_per_rank, DType dt, RedOp op);
   void all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
                   Kind account = Kind::kAllGather);
@@ -145,7 +155,12 @@ class Communicator {
   void account(Kind k, Algo a, uint64_t sent, uint64_t recv);
 
   // --- algorithms (one file each) ---
+  Algo choose_all_reduce(size_t bytes, bool symmetric) const;
+  void symmetric_all_reduce(char* x, size_t count, DType dt, RedOp op, size_t esz, int64_t stride);
   void ring_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz);
+  void one_shot_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz,
+                           const Desc& d);
+  void two_shot_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz);
   void ring_reduce_scatter(const char* in, char* out, size_t m, DType dt, RedOp op, size_t esz);
   void ring_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
   void pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz);
@@ -159,6 +174,7 @@ class Communicator {
   size_t rank_block_bytes_ = 0, data_offset_ = 0, p2p_offset_ = 0;
   size_t slot_bytes_ = 0, p2p_bytes_ = 0;
   uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
+  size_t one_shot_max_ = 0, two_shot_max_ = 0;
   uint64_t timeout_ns_ = 0, spin_ns_ = 0;
   uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
 

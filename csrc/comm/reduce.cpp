@@ -1,5 +1,6 @@
 #include "comm/reduce.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -109,7 +110,63 @@ void reduce_half(void* dst, const void* a, const void* b, size_t n, RedOp op) {
   }
 }
 
+// Accumulates over sources in blocks that stay in L1, so every source is streamed once.
+template <typename T, typename Acc, typename LoadF, typename StoreF, typename F>
+void many(void* dst_v, const void* const* srcs, int m, size_t n, LoadF load, StoreF store, F f) {
+  constexpr size_t kBlock = 512;  // 2 KiB of float32 accumulators
+  Acc acc[kBlock];
+  T* dst = static_cast<T*>(dst_v);
+  for (size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const size_t len = std::min(kBlock, n - i0);
+    const T* s0 = static_cast<const T*>(srcs[0]) + i0;
+    for (size_t i = 0; i < len; ++i) acc[i] = load(s0[i]);
+    for (int s = 1; s < m; ++s) {
+      const T* p = static_cast<const T*>(srcs[s]) + i0;
+      for (size_t i = 0; i < len; ++i) acc[i] = f(acc[i], load(p[i]));
+    }
+    for (size_t i = 0; i < len; ++i) dst[i0 + i] = store(acc[i]);
+  }
+}
+
+template <typename T, typename Acc, typename LoadF, typename StoreF>
+void many_op(void* dst, const void* const* srcs, int m, size_t n, RedOp op, LoadF ld, StoreF st) {
+  switch (op) {
+    case RedOp::kSum: return many<T, Acc>(dst, srcs, m, n, ld, st, [](Acc x, Acc y) { return Acc(x + y); });
+    case RedOp::kProd: return many<T, Acc>(dst, srcs, m, n, ld, st, [](Acc x, Acc y) { return Acc(x * y); });
+    case RedOp::kMax: return many<T, Acc>(dst, srcs, m, n, ld, st, op_max<Acc>);
+    case RedOp::kMin: return many<T, Acc>(dst, srcs, m, n, ld, st, op_min<Acc>);
+    default: throw std::invalid_argument("unsupported reduction op");
+  }
+}
+
+template <typename T, typename U>
+void many_int(void* dst, const void* const* srcs, int m, size_t n, RedOp op) {
+  auto id = [](T v) { return v; };
+  switch (op) {
+    case RedOp::kSum: return many<T, T>(dst, srcs, m, n, id, id, [](T x, T y) { return T(U(x) + U(y)); });
+    case RedOp::kProd: return many<T, T>(dst, srcs, m, n, id, id, [](T x, T y) { return T(U(x) * U(y)); });
+    case RedOp::kMax: return many<T, T>(dst, srcs, m, n, id, id, [](T x, T y) { return x > y ? x : y; });
+    case RedOp::kMin: return many<T, T>(dst, srcs, m, n, id, id, [](T x, T y) { return x < y ? x : y; });
+    default: throw std::invalid_argument("unsupported reduction op");
+  }
+}
+
 }  // namespace
+
+void reduce_many(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt, RedOp op) {
+  if (count == 0 || nsrc == 0) return;
+  auto idf = [](float v) { return v; };
+  auto idd = [](double v) { return v; };
+  switch (dt) {
+    case DType::kFloat32: return many_op<float, float>(dst, srcs, nsrc, count, op, idf, idf);
+    case DType::kFloat64: return many_op<double, double>(dst, srcs, nsrc, count, op, idd, idd);
+    case DType::kBFloat16: return many_op<uint16_t, float>(dst, srcs, nsrc, count, op, bf16_to_f32, f32_to_bf16);
+    case DType::kFloat16: return many_op<uint16_t, float>(dst, srcs, nsrc, count, op, f16_to_f32, f32_to_f16);
+    case DType::kInt32: return many_int<int32_t, uint32_t>(dst, srcs, nsrc, count, op);
+    case DType::kInt64: return many_int<int64_t, uint64_t>(dst, srcs, nsrc, count, op);
+    default: throw std::invalid_argument(std::string("cannot reduce dtype ") + dtype_name(dt));
+  }
+}
 
 void reduce(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op) {
   if (count == 0) return;

@@ -11,6 +11,11 @@ namespace shardcore {
 
 void reduce(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op);
 
+// dst[i] = srcs[0][i] (op) srcs[1][i] (op) ... in that order, accumulated in the element type,
+// except bfloat16 and float16, which are accumulated in float32 and rounded once. dst may alias
+// any source exactly (same address), not partially.
+void reduce_many(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt, RedOp op);
+
 inline float bf16_to_f32(uint16_t h) {
   uint32_t bits = uint32_t(h) << 16;
   float f;

@@ -9,7 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _core
-from ._dtypes import ALGORITHMS, dtype_code, op_code
+from ._dtypes import ALGORITHMS, BFLOAT16, OPS, dtype_code, op_code
+
+_core.set_type_nums([np.dtype(t).num for t in
+                     (np.float32, np.float64, np.float16, BFLOAT16, np.int32, np.int64)])
 
 _DEFAULT_SLOT_BYTES = 1 << 19
 _DEFAULT_P2P_BYTES = 1 << 16
@@ -58,6 +61,16 @@ def _check_out(out: Any, dtype: np.dtype, shape: tuple, what: str) -> np.ndarray
     return out
 
 
+def _symmetric_owner(a: np.ndarray):
+    """The SymmetricSegment an array lives in (Communicator.empty), or None."""
+    base = a.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):  # numpy.frombuffer keeps a memoryview of the exporter
+        base = base.obj
+    return base if isinstance(base, _core.SymmetricSegment) else None
+
+
 def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str) -> None:
     if a.size and b.size and np.shares_memory(a, b):
         raise ValueError(f"{what}: out must not overlap the input")
@@ -76,6 +89,8 @@ class Communicator:
         self._nsplits = 0
         self.group_ranks = list(group_ranks) if group_ranks is not None else list(range(core.size))
         self.last_algorithm: str | None = None
+        self._nsymmetric = 0
+        self._symmetric_ids: dict[int, int] = {}
 
     @classmethod
     def connect(
@@ -102,8 +117,11 @@ class Communicator:
         if p2p_bytes is None:
             p2p_bytes = _env_number("SHARDCORE_P2P_BYTES", _DEFAULT_P2P_BYTES, int)
         spin_us = _env_number("SHARDCORE_SPIN_US", -1.0)
+        from .tuning import thresholds
+
+        one_shot_max, two_shot_max = thresholds(int(size))
         core = _core.Comm(name, int(rank), int(size), int(slot_bytes), int(p2p_bytes),
-                          float(timeout), float(spin_us))
+                          float(timeout), float(spin_us), one_shot_max, two_shot_max)
         return cls(core, group_ranks)
 
     # --- properties -----------------------------------------------------------------------
@@ -144,6 +162,13 @@ class Communicator:
     def all_reduce(self, x: np.ndarray, op: str = "sum", out: np.ndarray | None = None,
                    algorithm: str | None = None) -> np.ndarray:
         """Reduce ``x`` element-wise over all ranks; in place unless ``out`` is given."""
+        if out is None and algorithm is None:
+            opc = OPS.get(op) if isinstance(op, str) else None
+            if opc is not None:
+                used = self._core.all_reduce_fast(x, opc)
+                if used is not None:
+                    self.last_algorithm = used
+                    return x
         _require_array(x, "all_reduce: x")
         code = dtype_code(x.dtype, "all_reduce", reducible=True)
         opc = op_code(op, "all_reduce")
@@ -161,8 +186,54 @@ class Communicator:
             _check_out(out, x.dtype, x.shape, "all_reduce: out")
             if out is not x and not (_addr(out) == _addr(x)):
                 _check_disjoint(x, out, "all_reduce")
-        self.last_algorithm = self._core.all_reduce(_addr(x), _addr(out), x.size, code, opc, algo)
+        xa = _addr(x)
+        seg = _symmetric_owner(x) if x.base is not None else None
+        if seg is None:
+            self.last_algorithm = self._core.all_reduce(xa, _addr(out), x.size, code, opc, algo)
+        else:
+            offset = (xa - seg.address) // x.dtype.itemsize
+            self.last_algorithm = self._core.all_reduce(
+                xa, _addr(out), x.size, code, opc, algo, seg.stride,
+                self._symmetric_ids.get(id(seg), 0), offset)
         return out
+
+    # --- symmetric buffers ------------------------------------------------------------------
+    def empty(self, shape, dtype=np.float32) -> np.ndarray:
+        """A zero-filled array in shared memory, at the same place on every rank (collective).
+
+        Every rank must call it with the same shape and dtype. In-place collectives on such
+        arrays read the peers' copies where they live instead of copying through the slots.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.hasobject:
+            raise TypeError(f"empty: dtype {dtype} cannot live in shared memory")
+        shape = tuple(int(d) for d in np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist()) \
+            if not isinstance(shape, int) else (int(shape),)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"empty: negative dimension in shape {shape}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        mine = np.array([nbytes], np.int64)
+        sizes = np.empty(self.size, np.int64)
+        self._core.all_gather(_addr(mine), _addr(sizes), 1, 5, 8, True)
+        if len(set(sizes.tolist())) != 1:
+            raise ValueError(f"empty: ranks asked for different sizes in bytes: {sizes.tolist()}")
+        index = self._nsymmetric
+        self._nsymmetric += 1
+        name = f"{self.name}.m{index}"
+        seg = _core.SymmetricSegment(name, self.rank, self.size, nbytes, self.rank == 0) \
+            if self.rank == 0 else None
+        self._core.barrier()
+        if seg is None:
+            seg = _core.SymmetricSegment(name, self.rank, self.size, nbytes, False)
+        self._core.barrier()
+        if self.rank == 0:
+            seg.unlink()
+        self._symmetric_ids[id(seg)] = index + 1
+        return np.frombuffer(seg, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape)
+
+    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
+        """Same as ``empty``: fresh shared memory is zero-filled."""
+        return self.empty(shape, dtype)
 
     def reduce_scatter(self, x: np.ndarray, op: str = "sum",
                        out: np.ndarray | None = None) -> np.ndarray:
