@@ -633,13 +633,13 @@ void collectives_on_rank(Communicator& c, int n, RankRecord& rec, bool quick, co
           char* x = reinterpret_cast<char*>(buf.data());
           if (algo == Algo::kSymmetric) {  // this rank's input sits at an odd offset in its region
             x = sym->mine() + 64;
-            std::memcpy(x, buf.data(), bytes);
+            if (bytes) std::memcpy(x, buf.data(), bytes);
           }
           c.reset_traffic();
           Algo used = algo == Algo::kSymmetric
                           ? c.all_reduce(x, x, count, t.dt, op, algo, int64_t(sym->stride()), 7, 64)
                           : c.all_reduce(x, in_place ? x : reinterpret_cast<char*>(out.data()), count, t.dt, op, algo);
-          if (algo == Algo::kSymmetric) std::memcpy(buf.data(), x, bytes);
+          if (algo == Algo::kSymmetric && bytes) std::memcpy(buf.data(), x, bytes);
           const std::vector<uint8_t>& res = in_place ? buf : out;
           if (!in_place) CHECK(buf == ins[size_t(r)], "the input was modified");
           if (algo == Algo::kAuto)
