@@ -55,8 +55,8 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 # runs the CTest registration (every case); the sanitizer builds run --quick (fewer sizes and
 # rank counts, since instrumentation makes each check several times slower).
 cpp_tests() {
-  local dir=build/check-$1 flags=$2
-  cmake -S . -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARDCORE_BUILD_MODULE=OFF \
+  local dir=build/check-$1 type=$2 flags=$3
+  cmake -S . -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE="$type" -DSHARDCORE_BUILD_MODULE=OFF \
     -DSHARDCORE_BUILD_TESTS=ON -DSHARDCORE_WERROR=ON -DCMAKE_CXX_FLAGS="$flags" >/dev/null &&
     cmake --build "$dir" -j"$jobs" || return 1
   if [ "$1" = plain ]; then
@@ -65,7 +65,8 @@ cpp_tests() {
     "$dir/shardcore_core_tests" --quick
   fi
 }
-san="-O1 -g -fno-omit-frame-pointer"  # -O1: quicker to build, still realistic
+# Sanitizer builds: Debug adds only -g, so these optimisation levels stand.
+san="-fno-omit-frame-pointer"
 
 pytest_step() {
   env PYTHON="$py" JOBS="$jobs" tools/devbuild.sh >/dev/null &&
@@ -78,9 +79,10 @@ for step in "${steps[@]}"; do
     format) py_step "ruff format --check" ruff format --check python/shardcore tests/test_cpp_core.py ;;
     mypy) py_step mypy mypy ;;  # what and how: [tool.mypy] in pyproject.toml
     build) run_step "build -Werror" env PYTHON="$py" JOBS="$jobs" tools/devbuild.sh ;;
-    cpp) run_step "C++ tests" cpp_tests plain "" ;;
-    asan) run_step "C++ tests ASan+UBSan" cpp_tests asan "$san -fsanitize=address,undefined -fno-sanitize-recover=all" ;;
-    tsan) run_step "C++ tests TSan" cpp_tests tsan "$san -fsanitize=thread" ;;
+    cpp) run_step "C++ tests" cpp_tests plain Release "" ;;
+    asan) run_step "C++ tests ASan+UBSan" cpp_tests asan Debug \
+            "-O0 $san -fsanitize=address,undefined -fno-sanitize-recover=all" ;;
+    tsan) run_step "C++ tests TSan" cpp_tests tsan Debug "-O1 $san -fsanitize=thread" ;;
     pytest) run_step pytest pytest_step ;;
   esac
 done

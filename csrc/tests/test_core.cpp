@@ -616,6 +616,11 @@ void collectives_on_rank(Communicator& c, int n, RankRecord& rec, bool quick, co
         for (size_t count : kCounts) {
           if (mode == Mode::kNaN && count != 61) continue;
           if (quick && count > 61 && count != 1031) continue;
+          // Quick: the full matrix on the ring and auto; the other algorithms share reduce_many,
+          // whose arithmetic the kernel section checks for every dtype and op.
+          if (quick && algo != Algo::kRing && algo != Algo::kAuto &&
+              (mode == Mode::kNaN || op == RedOp::kMin || op == RedOp::kProd))
+            continue;
           const size_t bytes = count * t.esz;
           const bool fits_one_shot = bytes <= kInlineBytes || bytes <= c.slot_bytes();
           ++cfg;
@@ -827,7 +832,7 @@ void test_collectives(bool quick) {
   // Region size: the largest all_reduce input (1031 float64) plus the 64-byte offset.
   const size_t sym_bytes = 1031 * 8 + 64;
   for (int n = 1; n <= g_nranks_max; ++n) {
-    if (quick && n > 3 && n != 5 && n != 8) continue;
+    if (quick && n > 3 && n != 8) continue;
     std::vector<RankRecord> recs(static_cast<size_t>(n));
     const std::string sym_name = fresh_name();
     HostBarrier hb(n);
