@@ -160,9 +160,10 @@ def _movement_cases(comm):
     for di, dtype in enumerate(MOVABLE):
         for rows in (0, 1, 7, 300):
             x = make_input(("ag", di, rows), r, (rows, 2), dtype)
-            comm.reset_traffic()
-            res = comm.all_gather(x)
-            out["ag", di, rows] = (res, comm.traffic()["all_gather"]["sent"])
+            for algo in ("ring", "flat", None):
+                comm.reset_traffic()
+                res = comm.all_gather(x, algorithm=algo)
+                out["ag", di, rows, algo] = (res, comm.traffic()["all_gather"]["sent"])
             x = make_input(("a2a", di, rows), r, (n * rows, 2), dtype)
             comm.reset_traffic()
             res = comm.all_to_all(x, out=np.empty_like(x))
@@ -205,9 +206,10 @@ def test_data_movement_collectives(n):
             a2av = [make_input(("a2av", di, rows), r, (int(counts[r].sum()), 3), dtype)
                     for r in range(n)]
             for r in range(n):
-                res, sent = results[r]["ag", di, rows]
-                np.testing.assert_array_equal(res, np.concatenate(xs))
-                assert sent == (n - 1) * xs[r].nbytes
+                for algo in ("ring", "flat", None):
+                    res, sent = results[r]["ag", di, rows, algo]
+                    np.testing.assert_array_equal(res, np.concatenate(xs))
+                    assert sent == (n - 1) * xs[r].nbytes
                 res, sent = results[r]["a2a", di, rows]
                 expect = np.concatenate([a2a[src][r * rows:(r + 1) * rows] for src in range(n)])
                 np.testing.assert_array_equal(res, expect)

@@ -54,7 +54,8 @@ SCRIPT = textwrap.dedent("""
     if sys.argv[1] == "fail" and comm.rank == 1:
         raise RuntimeError("rank 1 fails on purpose")
     comm.barrier()
-    print(f"rank {comm.rank}/{comm.size} sum {x[0]:.0f} arg {sys.argv[1]}")
+    # one write per line: ranks share the pipe (and PYTHONUNBUFFERED splits print's writes)
+    sys.stdout.write(f"rank {comm.rank}/{comm.size} sum {x[0]:.0f} arg {sys.argv[1]}\\n")
 """)
 
 

@@ -1,16 +1,54 @@
 // Ring all-gather: n-1 steps; each rank copies what its predecessor posted into the output and,
 // except on the last step, forwards it as its own next message.
+#include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #include "comm/blocks.h"
 #include "comm/communicator.h"
 
 namespace shardcore {
 
-void Communicator::all_gather(const void* in, void* out, size_t m, DType dt, size_t esz, Kind account_as) {
-  enter(make_desc(Kind::kAllGather, dt, RedOp::kNone, Algo::kRing,
-             0, m, esz));
-  ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m, esz, account_as);
+Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, size_t esz,
+                              Kind account_as, Algo algo) {
+  if (algo == Algo::kAuto) algo = Algo::kFlat;
+  if (algo != Algo::kRing && algo != Algo::kFlat)
+    throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
+                                "' does not apply to all_gather (ring or flat)");
+  enter(make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz));
+  if (algo == Algo::kRing)
+    ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m, esz, account_as);
+  else
+    flat_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m, esz, account_as);
+  return algo;
+}
+
+// Flat all-gather: every rank writes its chunk once into its slot and copies every peer's
+// chunk straight out of theirs; one synchronisation per chunk and no forwarding copies.
+void Communicator::flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account_as) {
+  const int n = size_, r = rank_;
+  const size_t block = m * esz;
+  char* own = out + size_t(r) * block;
+  if (block && own != in) std::memmove(own, in, block);
+  uint64_t sent = 0, received = 0;
+  if (n > 1 && block) {
+    for (size_t lo = 0; lo < block; lo += slot_bytes_) {
+      const size_t len = std::min(slot_bytes_, block - lo);
+      const uint64_t t = round_ + 1;
+      acquire_slot(t, all_peers_);
+      std::memcpy(slot(r, t), own + lo, len);
+      publish_posted(t);
+      for (int p : all_peers_) {
+        wait_geq(posted(p), t, p);
+        std::memcpy(out + size_t(p) * block + lo, slot(p, t), len);
+      }
+      publish_consumed(t);
+      round_ += 1;
+      sent += uint64_t(n - 1) * len;  // every peer reads it
+      received += uint64_t(n - 1) * len;
+    }
+  }
+  account(account_as, Algo::kFlat, sent, received);
 }
 
 void Communicator::ring_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account_as) {

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "comm/communicator.h"
+#include "comm/reduce.h"
 #include "comm/symmetric.h"
 #include "module.h"
 
@@ -35,6 +36,8 @@ void raise_as(const char* cls, const char* msg) {
 }  // namespace
 
 void register_comm(py::module_& m) {
+  m.def("reduce_kernel", [] { return std::string(reduce_kernel_name()); },
+        "The reduction kernels chosen for this CPU (SHARDCORE_KERNEL=generic forces the portable ones).");
   m.def("set_type_nums", [](const std::vector<int>& nums) {
     for (size_t i = 0; i < 6 && i < nums.size(); ++i) g_type_nums[i] = nums[i];
   });
@@ -145,12 +148,17 @@ void register_comm(py::module_& m) {
       .def(
           "all_gather",
           [](Communicator& c, uintptr_t in, uintptr_t out, size_t m, uint32_t dt, size_t esz,
-             bool internal) {
-            c.all_gather(ptr<const void>(in), ptr<void>(out), m, DType(dt), esz,
-                         internal ? Kind::kInternal : Kind::kAllGather);
+             bool internal, uint32_t algo) {
+            Algo used;
+            {
+              py::gil_scoped_release nogil;
+              used = c.all_gather(ptr<const void>(in), ptr<void>(out), m, DType(dt), esz,
+                                  internal ? Kind::kInternal : Kind::kAllGather, Algo(algo));
+            }
+            return algo_name(used);
           },
           py::arg("inp"), py::arg("out"), py::arg("m"), py::arg("dtype"), py::arg("esz"),
-          py::arg("internal") = false, py::call_guard<py::gil_scoped_release>())
+          py::arg("internal") = false, py::arg("algorithm") = 0)
       .def(
           "all_to_all",
           [](Communicator& c, uintptr_t in, uintptr_t out, size_t m, uint32_t dt, size_t esz) {

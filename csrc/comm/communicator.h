@@ -104,8 +104,10 @@ class Communicator {
   Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
                   int64_t sym_stride = 0, uint32_t sym_tag = 0, int32_t sym_offset = 0);
   void reduce_scatter(const void* in, void* out, size_t count_per_rank, DType dt, RedOp op);
-  void all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
-                  Kind account = Kind::kAllGather);
+  // algo: kRing (the model's reference) or kFlat (each block written once, read by all: the
+  // default); kAuto picks kFlat.
+  Algo all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
+                  Kind account = Kind::kAllGather, Algo algo = Algo::kAuto);
   void all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz);
   // all_to_allv in two collectives: the counts exchange (returns what this rank receives from
   // each peer, in rows), then the data, which uses the count matrix the first call gathered.
@@ -163,6 +165,7 @@ class Communicator {
   void two_shot_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz);
   void ring_reduce_scatter(const char* in, char* out, size_t m, DType dt, RedOp op, size_t esz);
   void ring_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
+  void flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
   void pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz);
   void flat_broadcast(char* buf, size_t bytes, int root);
 

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
 #include <stdexcept>
 
 namespace shardcore {
@@ -153,7 +156,8 @@ void many_int(void* dst, const void* const* srcs, int m, size_t n, RedOp op) {
 
 }  // namespace
 
-void reduce_many(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt, RedOp op) {
+void reduce_many_generic(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt,
+                         RedOp op) {
   if (count == 0 || nsrc == 0) return;
   auto idf = [](float v) { return v; };
   auto idd = [](double v) { return v; };
@@ -168,7 +172,7 @@ void reduce_many(void* dst, const void* const* srcs, int nsrc, size_t count, DTy
   }
 }
 
-void reduce(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op) {
+void reduce_generic(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op) {
   if (count == 0) return;
   switch (dt) {
     case DType::kFloat32: return reduce_native<float>(dst, a, b, count, op);
@@ -180,5 +184,63 @@ void reduce(void* dst, const void* a, const void* b, size_t count, DType dt, Red
     default: throw std::invalid_argument(std::string("cannot reduce dtype ") + dtype_name(dt));
   }
 }
+
+// --- dispatch -------------------------------------------------------------------------------
+
+namespace {
+
+const ReduceIsa* choose_isa() {
+  const char* forced = std::getenv("SHARDCORE_KERNEL");
+  if (forced && std::string(forced) == "generic") return nullptr;
+#if defined(SHARDCORE_X86)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return reduce_isa_avx2();
+#endif
+  return nullptr;
+}
+
+const ReduceIsa* isa() {
+  static const ReduceIsa* chosen = choose_isa();  // once, at first use
+  return chosen;
+}
+
+bool vectorised(DType dt) {
+  return dt == DType::kFloat32 || dt == DType::kBFloat16 || dt == DType::kFloat16;
+}
+
+}  // namespace
+
+const char* reduce_kernel_name() { return isa() ? isa()->name : "generic"; }
+
+void reduce(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op) {
+  size_t done = 0;
+  if (isa() && vectorised(dt)) done = isa()->reduce(dst, a, b, count, dt, op);
+  if (done == count) return;
+  const size_t e = dtype_size(dt) * done;
+  reduce_generic(static_cast<char*>(dst) + e, static_cast<const char*>(a) + e,
+                 static_cast<const char*>(b) + e, count - done, dt, op);
+}
+
+void reduce_many(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt, RedOp op) {
+  size_t done = 0;
+  if (isa() && vectorised(dt)) done = isa()->reduce_many(dst, srcs, nsrc, count, dt, op);
+  if (done == count) return;
+  const size_t e = dtype_size(dt) * done;
+  const void* rest_small[16];
+  std::vector<const void*> rest_big;
+  const void** rest = rest_small;
+  if (nsrc > 16) {
+    rest_big.resize(size_t(nsrc));
+    rest = rest_big.data();
+  }
+  for (int s = 0; s < nsrc; ++s) rest[s] = static_cast<const char*>(srcs[s]) + e;
+  reduce_many_generic(static_cast<char*>(dst) + e, rest, nsrc, count - done, dt, op);
+}
+
+#if !defined(SHARDCORE_X86)
+const ReduceIsa* reduce_isa_avx2() { return nullptr; }
+#endif
 
 }  // namespace shardcore

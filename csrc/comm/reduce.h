@@ -34,4 +34,23 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+// The portable kernels; the dispatching reduce / reduce_many above use an ISA-specific unit
+// (reduce_avx2.cpp) for float32, bfloat16 and float16 where the CPU has one and
+// SHARDCORE_KERNEL is not "generic", and these for everything else and for tails.
+void reduce_generic(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op);
+void reduce_many_generic(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt,
+                         RedOp op);
+// Name of the reduction kernels in use ("avx2" or "generic").
+const char* reduce_kernel_name();
+
+// An ISA unit's entry points: they handle float32/bfloat16/float16 and return the number of
+// leading elements done (a multiple of the vector width); the caller finishes the rest.
+struct ReduceIsa {
+  const char* name;
+  size_t (*reduce)(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op);
+  size_t (*reduce_many)(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt,
+                        RedOp op);
+};
+const ReduceIsa* reduce_isa_avx2();  // nullptr where not built
+
 }  // namespace shardcore

@@ -18,10 +18,12 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+# (the launcher lives in shardcore.launcher, not shardcore.launch: importing a submodule named
+# like a package attribute would replace the function by the module)
 _LAZY = {
     "Communicator": "shardcore.comm",
-    "launch": "shardcore.launch",
-    "init": "shardcore.launch",
+    "launch": "shardcore.launcher",
+    "init": "shardcore.launcher",
 }
 
 __all__ = [

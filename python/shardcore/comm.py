@@ -172,13 +172,8 @@ class Communicator:
         _require_array(x, "all_reduce: x")
         code = dtype_code(x.dtype, "all_reduce", reducible=True)
         opc = op_code(op, "all_reduce")
-        if algorithm is None:
-            algo = 0
-        elif algorithm in ALGORITHMS:
-            algo = ALGORITHMS[algorithm]
-        else:
-            raise ValueError(f"all_reduce: unknown algorithm {algorithm!r}; "
-                             f"known: {', '.join(ALGORITHMS)}")
+        algo = self._algorithm_code(algorithm, ("ring", "one_shot", "two_shot", "symmetric"),
+                                    "all_reduce")
         if out is None:
             _require_writeable(x, "all_reduce: x (in place; pass out= for a read-only input)")
             out = x
@@ -252,8 +247,14 @@ class Communicator:
         self._core.reduce_scatter(_addr(x), _addr(out), out.size, code, opc)
         return out
 
-    def all_gather(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Concatenate every rank's ``x`` along axis 0 (0-d arrays: a vector), in rank order."""
+    def all_gather(self, x: np.ndarray, out: np.ndarray | None = None,
+                   algorithm: str | None = None) -> np.ndarray:
+        """Concatenate every rank's ``x`` along axis 0 (0-d arrays: a vector), in rank order.
+
+        ``algorithm``: "flat" (the default: each block is written once and read by every rank)
+        or "ring" (the traffic model's reference).
+        """
+        algo = self._algorithm_code(algorithm, ("ring", "flat"), "all_gather")
         _require_array(x, "all_gather: x")
         code = dtype_code(x.dtype, "all_gather")
         shape = (self.size * x.shape[0],) + x.shape[1:] if x.ndim else (self.size,)
@@ -264,8 +265,17 @@ class Communicator:
             in_place = _addr(x) == _addr(out) + self.rank * x.nbytes
             if not in_place:
                 _check_disjoint(x, out, "all_gather")
-        self._core.all_gather(_addr(x), _addr(out), x.size, code, x.dtype.itemsize)
+        self.last_algorithm = self._core.all_gather(_addr(x), _addr(out), x.size, code,
+                                                    x.dtype.itemsize, False, algo)
         return out
+
+    @staticmethod
+    def _algorithm_code(algorithm: str | None, allowed: tuple, what: str) -> int:
+        if algorithm is None:
+            return 0
+        if algorithm not in allowed:
+            raise ValueError(f"{what}: unknown algorithm {algorithm!r}; known: {', '.join(allowed)}")
+        return ALGORITHMS[algorithm]
 
     def all_to_all(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i."""

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from .launch import run_script
+    from .launcher import run_script
 
     return run_script(args.nproc, [args.target, *args.args], module=args.module,
                       timeout=args.timeout, comm_timeout=args.comm_timeout)

@@ -1,0 +1,138 @@
+// AVX2 + FMA + F16C reduction kernels for float32, bfloat16 and float16 (8 lanes, fp32
+// arithmetic). Built with -mavx2 -mfma -mf16c and called only after CPU detection (reduce.cpp).
+// Results are bitwise those of the generic kernels: the same fp32 operations in the same order
+// and the same round-to-nearest-even conversions (F16C's for float16, the integer rounding of
+// reduce.h for bfloat16), and NaN-propagating max/min like numpy.maximum/minimum.
+#include <immintrin.h>
+
+#include "comm/reduce.h"
+
+namespace shardcore {
+namespace {
+
+constexpr size_t kLanes = 8;
+
+struct F32 {
+  static __m256 load(const void* p, size_t i) { return _mm256_loadu_ps(static_cast<const float*>(p) + i); }
+  static void store(void* p, size_t i, __m256 v) { _mm256_storeu_ps(static_cast<float*>(p) + i, v); }
+};
+
+struct BF16 {
+  static __m256 load(const void* p, size_t i) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static void store(void* p, size_t i, __m256 v) {
+    __m256i bits = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);
+    // Pack 8 x 32-bit (values < 2^16) to 8 x 16-bit in order.
+    __m128i lo = _mm256_castsi256_si128(r), hi = _mm256_extracti128_si256(r, 1);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(p) + i), _mm_packus_epi32(lo, hi));
+  }
+};
+
+struct F16 {
+  static __m256 load(const void* p, size_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
+  }
+  static void store(void* p, size_t i, __m256 v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(p) + i),
+                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+
+struct Sum { static __m256 apply(__m256 a, __m256 b) { return _mm256_add_ps(a, b); } };
+struct Prod { static __m256 apply(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); } };
+// max_ps/min_ps return the second operand when either is NaN; blend a back where a is NaN.
+struct Max {
+  static __m256 apply(__m256 a, __m256 b) {
+    return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+};
+struct Min {
+  static __m256 apply(__m256 a, __m256 b) {
+    return _mm256_blendv_ps(_mm256_min_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+};
+
+template <typename T, typename Op>
+size_t two(void* dst, const void* a, const void* b, size_t n) {
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) T::store(dst, i, Op::apply(T::load(a, i), T::load(b, i)));
+  return i;
+}
+
+template <typename T, typename Op>
+size_t many(void* dst, const void* const* srcs, int m, size_t n) {
+  size_t i = 0;
+  // Four vectors at a time keep four independent chains in flight per source.
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    __m256 a0 = T::load(srcs[0], i), a1 = T::load(srcs[0], i + 8);
+    __m256 a2 = T::load(srcs[0], i + 16), a3 = T::load(srcs[0], i + 24);
+    for (int s = 1; s < m; ++s) {
+      a0 = Op::apply(a0, T::load(srcs[s], i));
+      a1 = Op::apply(a1, T::load(srcs[s], i + 8));
+      a2 = Op::apply(a2, T::load(srcs[s], i + 16));
+      a3 = Op::apply(a3, T::load(srcs[s], i + 24));
+    }
+    T::store(dst, i, a0);
+    T::store(dst, i + 8, a1);
+    T::store(dst, i + 16, a2);
+    T::store(dst, i + 24, a3);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    __m256 a = T::load(srcs[0], i);
+    for (int s = 1; s < m; ++s) a = Op::apply(a, T::load(srcs[s], i));
+    T::store(dst, i, a);
+  }
+  return i;
+}
+
+template <template <typename, typename> class F, typename... Args>
+size_t by_type_op(DType dt, RedOp op, Args... args) {
+  auto with_op = [&](auto type_tag) -> size_t {
+    using T = decltype(type_tag);
+    switch (op) {
+      case RedOp::kSum: return F<T, Sum>::run(args...);
+      case RedOp::kProd: return F<T, Prod>::run(args...);
+      case RedOp::kMax: return F<T, Max>::run(args...);
+      case RedOp::kMin: return F<T, Min>::run(args...);
+      default: return 0;
+    }
+  };
+  switch (dt) {
+    case DType::kFloat32: return with_op(F32{});
+    case DType::kBFloat16: return with_op(BF16{});
+    case DType::kFloat16: return with_op(F16{});
+    default: return 0;
+  }
+}
+
+template <typename T, typename Op>
+struct TwoRun {
+  static size_t run(void* d, const void* a, const void* b, size_t n) { return two<T, Op>(d, a, b, n); }
+};
+template <typename T, typename Op>
+struct ManyRun {
+  static size_t run(void* d, const void* const* s, int m, size_t n) { return many<T, Op>(d, s, m, n); }
+};
+
+size_t reduce2(void* dst, const void* a, const void* b, size_t n, DType dt, RedOp op) {
+  return by_type_op<TwoRun>(dt, op, dst, a, b, n);
+}
+size_t reduce_n(void* dst, const void* const* srcs, int m, size_t n, DType dt, RedOp op) {
+  return by_type_op<ManyRun>(dt, op, dst, srcs, m, n);
+}
+
+const ReduceIsa kAvx2{"avx2", reduce2, reduce_n};
+
+}  // namespace
+
+const ReduceIsa* reduce_isa_avx2() { return &kAvx2; }
+
+}  // namespace shardcore

@@ -1,0 +1,109 @@
+// AVX2 + FMA kernels (built with -mavx2 -mfma; called only when the CPU reports both).
+#include <immintrin.h>
+
+#include "gemm/gemm_driver.h"
+
+namespace shardcore::gemm {
+namespace {
+
+// Lanes [0, n) set, for masked loads and stores of a partial 8-float vector.
+inline __m256i lane_mask(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+inline __m256 load_w(const float* p) { return _mm256_loadu_ps(p); }
+// bf16 -> f32 is a 16-bit left shift of the widened integer.
+inline __m256 load_w(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// Micro-kernel contract:
+//   xp: ksteps x ROWS packed X floats (row r of step k at xp[k * ROWS + r]);
+//   wp: ksteps x 16 packed W values (a sliver of one panel, zero-padded past N and K), float or
+//       bf16 (widened in registers);
+//   c:  ROWS x ncols block of C (row stride ldc), 1 <= ncols <= 16; columns >= ncols are never
+//       read or written (masked), so C needs no padding;
+//   first: C = bias + X*W (C is not read; bias may be nullptr for zero), else C += X*W.
+// Inputs need no alignment. Accumulation is float32 (FMA) in k order within the call.
+template <class WType>
+struct Avx2Kernel {
+  static constexpr int MR = kTilesAvx2F32.mr, NR = 16, KSTEP = 1;
+  static constexpr bool kRoundX = sizeof(WType) == 2;
+  using XP = float;
+  using WT = WType;
+  static_assert(kTilesAvx2F32.nr == NR && kTilesAvx2BF16.nr == NR && kTilesAvx2BF16.mr == MR);
+
+  template <int ROWS>
+  static void kernel(int64_t ksteps, const float* xp, const WT* wp, float* c, int64_t ldc,
+                     int ncols, const float* bias, bool first) {
+    const __m256i m0 = lane_mask(ncols), m1 = lane_mask(ncols - 8);
+    __m256 acc0[ROWS], acc1[ROWS];
+    if (first) {
+      const __m256 b0 = bias ? _mm256_maskload_ps(bias, m0) : _mm256_setzero_ps();
+      const __m256 b1 = bias ? _mm256_maskload_ps(bias + 8, m1) : _mm256_setzero_ps();
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) acc0[r] = b0, acc1[r] = b1;
+    } else {
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        acc0[r] = _mm256_maskload_ps(c + r * ldc, m0);
+        acc1[r] = _mm256_maskload_ps(c + r * ldc + 8, m1);
+      }
+    }
+    for (int64_t k = 0; k < ksteps; ++k) {
+      const __m256 w0 = load_w(wp), w1 = load_w(wp + 8);
+      wp += NR;
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256 x = _mm256_broadcast_ss(xp + r);
+        acc0[r] = _mm256_fmadd_ps(x, w0, acc0[r]);
+        acc1[r] = _mm256_fmadd_ps(x, w1, acc1[r]);
+      }
+      xp += ROWS;
+    }
+    if (ncols == NR) {
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        _mm256_storeu_ps(c + r * ldc, acc0[r]);
+        _mm256_storeu_ps(c + r * ldc + 8, acc1[r]);
+      }
+    } else {
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        _mm256_maskstore_ps(c + r * ldc, m0, acc0[r]);
+        _mm256_maskstore_ps(c + r * ldc + 8, m1, acc1[r]);
+      }
+    }
+  }
+};
+
+constexpr Impl kF32 =
+    driver::ImplOf<Avx2Kernel<float>, kTilesAvx2F32>::make("avx2", DType::f32);
+constexpr Impl kBF16 =
+    driver::ImplOf<Avx2Kernel<uint16_t>, kTilesAvx2BF16>::make("avx2", DType::bf16);
+
+// 12 independent FMA chains (latency 4 x 2 pipes needs >= 8) on 8 lanes.
+double multiply_add_loop(DType, int64_t iters) {
+  constexpr int kChains = 12;
+  __m256 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(1.0f + 0.01f * static_cast<float>(i));
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  }
+  __m256 sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm256_add_ps(sum, acc[i]);
+  volatile float sink = _mm256_cvtss_f32(sum);
+  (void)sink;
+  return 2.0 * 8 * kChains * static_cast<double>(iters);
+}
+
+constexpr Family kFamily{"avx2", &kF32, &kBF16, &multiply_add_loop};
+
+}  // namespace
+
+const Family& avx2_family() { return kFamily; }
+
+}  // namespace shardcore::gemm

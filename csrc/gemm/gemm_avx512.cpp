@@ -1,0 +1,182 @@
+// AVX-512F kernels, and the AVX512_BF16 (vdpbf16ps) bf16 kernel. Built with -mavx512f/bw/vl/dq/bf16;
+// the dispatcher calls the avx512 family only when the CPU reports AVX-512F/BW/VL/DQ, and the
+// avx512bf16 family only when it also reports AVX512_BF16.
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 headers build undefined vectors by self-initialisation (__Y = __Y), which
+// -Wuninitialized reports once those intrinsics are inlined here: a false positive.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include "gemm/gemm_driver.h"
+
+namespace shardcore::gemm {
+namespace {
+
+// Masks for the two 16-lane halves of a partial 32-column panel.
+inline __mmask16 half_mask(int n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_w(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// Shared prologue/epilogue: accumulators start at bias (or zero) when `first`, else at C.
+template <int ROWS>
+struct Acc {
+  __m512 v0[ROWS], v1[ROWS];
+  __mmask16 m0, m1;
+
+  Acc(float* c, int64_t ldc, int ncols, const float* bias, bool first)
+      : m0(half_mask(ncols)), m1(half_mask(ncols - 16)) {
+    if (first) {
+      const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+      const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) v0[r] = b0, v1[r] = b1;
+    } else {
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        v0[r] = _mm512_maskz_loadu_ps(m0, c + r * ldc);
+        v1[r] = _mm512_maskz_loadu_ps(m1, c + r * ldc + 16);
+      }
+    }
+  }
+
+  void store(float* c, int64_t ldc, int ncols) const {
+    if (ncols == 32) {
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        _mm512_storeu_ps(c + r * ldc, v0[r]);
+        _mm512_storeu_ps(c + r * ldc + 16, v1[r]);
+      }
+    } else {
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        _mm512_mask_storeu_ps(c + r * ldc, m0, v0[r]);
+        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, v1[r]);
+      }
+    }
+  }
+};
+
+// Micro-kernel contract (FMA kernels):
+//   xp: ksteps x ROWS packed X floats (row r of step k at xp[k * ROWS + r]);
+//   wp: ksteps x 32 packed W values (a sliver of one panel, zero-padded past N and K), float or
+//       bf16 (widened in registers);
+//   c:  ROWS x ncols block of C (row stride ldc), 1 <= ncols <= 32; columns >= ncols are never
+//       read or written (masked), so C needs no padding;
+//   first: C = bias + X*W (C is not read; bias may be nullptr for zero), else C += X*W.
+// Inputs need no alignment. Accumulation is float32 (FMA) in k order within the call.
+template <class WType>
+struct Avx512FmaKernel {
+  static constexpr int MR = kTilesAvx512F32.mr, NR = 32, KSTEP = 1;
+  static constexpr bool kRoundX = sizeof(WType) == 2;
+  using XP = float;
+  using WT = WType;
+  static_assert(kTilesAvx512F32.nr == NR && kTilesAvx512BF16.nr == NR &&
+                kTilesAvx512BF16.mr == MR);
+
+  template <int ROWS>
+  static void kernel(int64_t ksteps, const float* xp, const WT* wp, float* c, int64_t ldc,
+                     int ncols, const float* bias, bool first) {
+    Acc<ROWS> acc(c, ldc, ncols, bias, first);
+    for (int64_t k = 0; k < ksteps; ++k) {
+      const __m512 w0 = load_w(wp), w1 = load_w(wp + 16);
+      wp += NR;
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        const __m512 x = _mm512_set1_ps(xp[r]);
+        acc.v0[r] = _mm512_fmadd_ps(x, w0, acc.v0[r]);
+        acc.v1[r] = _mm512_fmadd_ps(x, w1, acc.v1[r]);
+      }
+      xp += ROWS;
+    }
+    acc.store(c, ldc, ncols);
+  }
+};
+
+// Micro-kernel contract (vdpbf16ps kernel): as above, except that one step is a k-pair:
+//   xp: ksteps x ROWS uint32, each the bf16 pair (x[r][2s] low half, x[r][2s+1] high half);
+//   wp: ksteps x 32 bf16 pairs, (w[2s][j], w[2s+1][j]) for column j, zero-padded;
+// vdpbf16ps adds both exact bf16 products to the float32 accumulator (denormal inputs and
+// results flushed to zero, round to nearest even), so the result matches the FMA kernels up to
+// float32 rounding order.
+struct Avx512DpKernel {
+  static constexpr int MR = kTilesAvx512DpBF16.mr, NR = 32, KSTEP = 2;
+  static constexpr bool kRoundX = true;
+  using XP = uint32_t;
+  using WT = uint16_t;
+  static_assert(kTilesAvx512DpBF16.nr == NR && kTilesAvx512DpBF16.kc % 2 == 0);
+
+  template <int ROWS>
+  static void kernel(int64_t ksteps, const uint32_t* xp, const uint16_t* wp, float* c,
+                     int64_t ldc, int ncols, const float* bias, bool first) {
+    Acc<ROWS> acc(c, ldc, ncols, bias, first);
+    for (int64_t k = 0; k < ksteps; ++k) {
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp);
+      const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + 32);
+      wp += 2 * NR;
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r]));
+        acc.v0[r] = _mm512_dpbf16_ps(acc.v0[r], x, w0);
+        acc.v1[r] = _mm512_dpbf16_ps(acc.v1[r], x, w1);
+      }
+      xp += ROWS;
+    }
+    acc.store(c, ldc, ncols);
+  }
+};
+
+constexpr Impl kF32 =
+    driver::ImplOf<Avx512FmaKernel<float>, kTilesAvx512F32>::make("avx512", DType::f32);
+constexpr Impl kBF16 =
+    driver::ImplOf<Avx512FmaKernel<uint16_t>, kTilesAvx512BF16>::make("avx512", DType::bf16);
+constexpr Impl kDpBF16 =
+    driver::ImplOf<Avx512DpKernel, kTilesAvx512DpBF16>::make("avx512bf16", DType::bf16);
+
+// 24 independent chains of the kernel's instruction (as many as the micro-kernel keeps).
+template <bool kDot>
+double loop_of(int64_t iters) {
+  constexpr int kChains = 24;
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(1.0f + 0.01f * static_cast<float>(i));
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  const __m512bh ha = (__m512bh)_mm512_set1_epi32(0x3f803f80), hb = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 32
+    for (int i = 0; i < kChains; ++i) {
+      if constexpr (kDot) {
+        acc[i] = _mm512_dpbf16_ps(acc[i], ha, hb);
+      } else {
+        acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+      }
+    }
+  }
+  __m512 sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  volatile float sink = _mm512_reduce_add_ps(sum);
+  (void)sink;
+  // An FMA is 2 flops per lane; a bf16 dot-product step is 2 multiply-adds per lane.
+  return (kDot ? 4.0 : 2.0) * 16 * kChains * static_cast<double>(iters);
+}
+
+double loop_fma(DType, int64_t iters) { return loop_of<false>(iters); }
+double loop_dot(DType d, int64_t iters) {
+  return d == DType::bf16 ? loop_of<true>(iters) : loop_of<false>(iters);
+}
+
+constexpr Family kFamily{"avx512", &kF32, &kBF16, &loop_fma};
+constexpr Family kBf16Family{"avx512bf16", &kF32, &kDpBF16, &loop_dot};
+
+}  // namespace
+
+const Family& avx512_family() { return kFamily; }
+const Family& avx512bf16_family() { return kBf16Family; }
+
+}  // namespace shardcore::gemm

@@ -1,0 +1,52 @@
+// The one table of GEMM blocking constants (BLIS names), one row per kernel and weight type.
+//
+// Vocabulary: C[M,N] = X[M,K] * W[K,N]. The micro-kernel keeps an MR x NR block of C in registers;
+// the vector dimension is N (a row of C is contiguous), X values are broadcast.
+//   NR  columns of W per packed panel = vector registers per C row * lanes.
+//   MR  rows of X per micro-kernel call (MR * NR / lanes accumulator registers).
+//   KC  depth of one k-block: the W sliver KC x NR is reused by every micro-kernel of an MC block,
+//       so it should sit in L1 (32 KiB L1d) or at worst stream from L2 (2 vector loads per 2*MR
+//       FMAs is little L2 bandwidth); and C is read and written K/KC times, so a larger KC saves
+//       C traffic, which dominates once C (M x N) falls out of L2/L3 (M = 2048 measured 0.7x
+//       NumPy at KC = 128 and 1.0-1.1x at KC = 256 on the Zen4 dev machine).
+//   MC  rows of X packed per k-block: the MC x KC packed block is reused for every panel of W, so
+//       it should sit in L2 (about half of a 512 KiB Zen3 L2; Zen4/SPR have 1-2 MiB).
+//   NC  columns of W per outer block: the KC x NC block of W is re-read for every MC block, so it
+//       should fit in L3 (KC * NC elements is 2-4 MiB here).
+// Small M (M <= kSmallM, decode) ignores KC/MC: each panel is streamed once over the whole K in
+// memory order (see gemm_driver.h), so the loop is bound by the bytes of W.
+#pragma once
+
+namespace shardcore::gemm {
+
+struct Tiles {
+  int mr, nr, kc, mc, nc;
+};
+
+// Rows of X at or below which the small-M (weight-streaming) loop order is used.
+constexpr int kSmallM = 16;
+
+// clang-format off
+//                                   MR  NR   KC   MC    NC     reason
+// generic: 4 x 16 = 64 floats of accumulators (16 SSE registers or spilled on anything smaller);
+//   KC*NR*4 = 16 KiB sliver in L1, MC*KC*4 = 128 KiB block in L2.
+constexpr Tiles kTilesGenericF32  {  4, 16, 256, 128, 4096 };
+//   bf16 weights are widened in the kernel; the sliver is 8 KiB so KC could grow, kept equal.
+constexpr Tiles kTilesGenericBF16 {  4, 16, 256, 128, 4096 };
+// avx2: 6 rows x 2 ymm = 12 accumulators + 2 W vectors + 1 broadcast = 15 of 16 ymm registers;
+//   sliver 256*16*4 = 16 KiB (L1 half); block 240*256*4 = 240 KiB (L2 half on Zen3).
+constexpr Tiles kTilesAvx2F32     {  6, 16, 256, 240, 4096 };
+//   bf16 sliver is 8 KiB at KC=256; widening costs 2 ops per W vector, amortised over 6 FMAs.
+constexpr Tiles kTilesAvx2BF16    {  6, 16, 256, 240, 4096 };
+// avx512: 12 rows x 2 zmm = 24 accumulators + 2 W vectors + broadcasts folded into the FMA
+//   ({1to16}) = 26 of 32 zmm; 24 independent chains cover FMA latency 4 x 2 pipes (x3).
+//   sliver 128*32*4 = 16 KiB (L1 half); block 480*128*4 = 240 KiB (L2 half).
+constexpr Tiles kTilesAvx512F32   { 12, 32, 256, 480, 4096 };
+//   bf16 weights widened in the kernel: sliver 256*32*2 = 16 KiB at KC=256.
+constexpr Tiles kTilesAvx512BF16  { 12, 32, 256, 480, 4096 };
+// avx512bf16 (vdpbf16ps): same register tile; one instruction consumes a k-pair, sliver
+//   256*32*2 = 16 KiB; X block stored as bf16 pairs, 480*256*2 = 240 KiB. KC must be even.
+constexpr Tiles kTilesAvx512DpBF16{ 12, 32, 512, 240, 4096 };
+// clang-format on
+
+}  // namespace shardcore::gemm

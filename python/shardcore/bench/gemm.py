@@ -1,0 +1,257 @@
+"""``shardcore bench gemm``: our packed GEMM beside NumPy (OpenBLAS) and torch, one thread each.
+
+For every shape (M, K, N) it times, in the same process and run:
+  shardcore float32 and bfloat16 (PackedWeight, packed once, outside the timing),
+  numpy float32 ``x @ w`` (OpenBLAS limited to one thread),
+  torch float32 and bfloat16 ``x @ w.T`` (``torch.set_num_threads(1)``; w in the [N, K] layout),
+and reports GFLOP/s (2*M*K*N per call), GB/s of weights streamed (K*N*itemsize per call), the
+fraction of this core's measured multiply-add peak, and the ratios the targets are stated in.
+The ``bench`` command module calls ``add_gemm_parser(subparsers)``; ``run_gemm_bench(args)`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+# OpenBLAS reads this when NumPy is first imported; threadpoolctl covers the already-imported case.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+
+DEFAULT_SHAPES = [
+    (1, 4096, 4096),
+    (8, 4096, 4096),
+    (128, 4096, 4096),
+    (512, 4096, 11008),
+    (2048, 2048, 2048),
+]
+
+
+def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for item in text.split(","):
+        parts = item.lower().split("x")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+            raise argparse.ArgumentTypeError(f"shape {item!r} is not MxKxN")
+        m, k, n = (int(p) for p in parts)
+        shapes.append((m, k, n))
+    return shapes
+
+
+def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds the ``gemm`` sub-command to the ``bench`` command's sub-parsers."""
+    p = subparsers.add_parser(
+        "gemm",
+        help="packed GEMM vs NumPy/OpenBLAS and torch, one thread",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--shapes",
+        type=_parse_shapes,
+        default=DEFAULT_SHAPES,
+        help="comma-separated MxKxN (default: the issue's five shapes)",
+    )
+    p.add_argument("--kernel", default=None, help="kernel family (default: the one selected)")
+    p.add_argument("--threads", type=int, default=1, help="threads for shardcore (default 1)")
+    p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=0.2,
+        help="seconds per repetition, reached by repeating the call",
+    )
+    p.add_argument("--no-torch", action="store_true", help="skip the torch peers")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.set_defaults(func=run_gemm_bench)
+    return p
+
+
+def _limit_blas_threads() -> str:
+    try:
+        from threadpoolctl import (  # type: ignore[import-untyped]
+            threadpool_info,
+            threadpool_limits,
+        )
+    except ImportError:
+        n = os.environ.get("OPENBLAS_NUM_THREADS")
+        return f"OPENBLAS_NUM_THREADS={n} (threadpoolctl not installed)"
+    threadpool_limits(1, user_api="blas")
+    libs = [
+        f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer')}, "
+        f"{i.get('architecture')}) threads={i.get('num_threads')}"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
+    return "; ".join(libs) or "no BLAS found by threadpoolctl"
+
+
+def _time(fn: Callable[[], Any], repeat: int, min_time: float) -> float:
+    """Median seconds per call over `repeat` repetitions of at least `min_time` each."""
+    fn()  # warm up (page faults, lazy init)
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    calls = max(1, int(min_time / once))
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - t0) / calls)
+    return statistics.median(samples)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_gemm_bench(args: argparse.Namespace) -> int:
+    """Runs the benchmark and prints one markdown table (and JSON rows if asked)."""
+    import ml_dtypes
+
+    from shardcore import _core, kernels
+
+    blas = _limit_blas_threads()
+    kernel = args.kernel or kernels.kernel_name()
+    torch: Any = None
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:
+            torch = None
+    peak = {dt: float(_core.gemm_peak_gflops(kernel, dt)) for dt in ("float32", "bfloat16")}
+    print(f"# shardcore bench gemm: {_cpu_model()}, {os.cpu_count()} logical CPUs")
+    print(
+        f"# shardcore kernel {kernel} (f32 impl {kernels.kernel_info('float32', kernel)['name']}, "
+        f"bf16 impl {kernels.kernel_info('bfloat16', kernel)['name']}), threads={args.threads}; "
+        f"selected at import: {kernels.kernel_name()} ({kernels.kernel_reason()})"
+    )
+    print(f"# numpy {np.__version__}: {blas}")
+    print(f"# torch {torch.__version__ + ', 1 thread' if torch else 'not measured'}")
+    print(
+        f"# measured single-core peak: {peak['float32']:.1f} GFLOP/s float32 FMA, "
+        f"{peak['bfloat16']:.1f} GFLOP/s for the bf16 kernel's instruction"
+    )
+    print(
+        f"# median of {args.repeat} repetitions of >= {args.min_time}s; GB/s = weight bytes "
+        f"streamed per second; machine may be shared, compare ratios within this run"
+    )
+    print()
+    header = "| M | K | N | impl | ms | GFLOP/s | GB/s (W) | % peak | ratio |"
+    print(header)
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    rng = np.random.default_rng(0)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    for m, k, n in args.shapes:
+        x = rng.standard_normal((m, k), dtype=np.float32)
+        w = rng.standard_normal((k, n), dtype=np.float32)
+        flops = 2.0 * m * k * n
+        res: dict[str, tuple[float, int, float | None]] = {}  # name -> (s, w bytes, peak)
+
+        out = np.empty((m, n), np.float32)
+        xb = x.astype(bf16)
+        t = functools.partial(_time, repeat=args.repeat, min_time=args.min_time)
+        # One packed weight alive at a time keeps the large shapes' memory down.
+        pw = kernels.PackedWeight(w, "float32", kernel=kernel)
+        run = functools.partial(kernels.matmul, x, pw, out=out, threads=args.threads)
+        res["shardcore f32"] = (t(run), 4, peak["float32"])
+        pw = kernels.PackedWeight(w, "bfloat16", kernel=kernel)
+        run = functools.partial(kernels.matmul, xb, pw, out=out, threads=args.threads)
+        res["shardcore bf16"] = (t(run), 2, peak["bfloat16"])
+        del pw, run
+        res["numpy f32"] = (t(functools.partial(np.matmul, x, w, out=out)), 4, peak["float32"])
+        if torch is not None:
+            with torch.inference_mode():
+                tx = torch.from_numpy(x)
+                tw = torch.from_numpy(np.ascontiguousarray(w.T))  # [N, K], as nn.Linear stores it
+                res["torch f32"] = (
+                    t(functools.partial(torch.matmul, tx, tw.T)),
+                    4,
+                    peak["float32"],
+                )
+                txb, twb = tx.to(torch.bfloat16), tw.to(torch.bfloat16)
+                del tw
+                res["torch bf16"] = (
+                    t(functools.partial(torch.matmul, txb, twb.T)),
+                    2,
+                    peak["bfloat16"],
+                )
+                del twb, txb, tx
+        gf = {name: flops / s * 1e-9 for name, (s, _, _) in res.items()}
+        ratios = {
+            "shardcore f32": ("vs numpy", gf["shardcore f32"] / gf["numpy f32"]),
+            "shardcore bf16": ("vs own f32", gf["shardcore bf16"] / gf["shardcore f32"]),
+        }
+        if "torch bf16" in gf:
+            ratios["torch bf16"] = ("ours / torch", gf["shardcore bf16"] / gf["torch bf16"])
+        for name, (s, itemsize, pk) in res.items():
+            gbs = k * n * itemsize / s * 1e-9
+            frac = gf[name] / pk if pk else float("nan")
+            label, ratio = ratios.get(name, ("", float("nan")))
+            rtxt = f"{ratio:.2f}x {label}" if label else ""
+            print(
+                f"| {m} | {k} | {n} | {name} | {s * 1e3:.2f} | {gf[name]:.1f} | {gbs:.1f} | "
+                f"{100 * frac:.0f}% | {rtxt} |",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "M": m,
+                    "K": k,
+                    "N": n,
+                    "impl": name,
+                    "seconds": s,
+                    "gflops": gf[name],
+                    "weight_gbs": gbs,
+                    "peak_fraction": frac,
+                    "ratio": ratio if label else None,
+                    "ratio_label": label,
+                }
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "kernel": kernel,
+                    "cpu": _cpu_model(),
+                    "peak_gflops": peak,
+                    "blas": blas,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: ``python -m shardcore.bench.gemm [options]``."""
+    parser = argparse.ArgumentParser(prog="shardcore bench")
+    sub = parser.add_subparsers(dest="bench", required=True)
+    add_gemm_parser(sub)
+    args = parser.parse_args(["gemm", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""``shardcore tune``: measure this host's all-reduce crossovers and cache them per host.
+
+For each world size it times the one-shot, two-shot and ring all-reduce over a range of sizes
+(median over repetitions) and records the largest size up to which one-shot is fastest and the
+largest at which two-shot still beats the ring. Communicators created afterwards on this host
+read the cache (shardcore.tuning); rank 0's values are the ones every rank uses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .tuning import cache_path
+
+ALGOS = ("one_shot", "two_shot", "ring")
+
+
+def _time_algorithms(comm, sizes: list[int], budget: float) -> list[dict]:
+    """Median seconds of each algorithm at each size (every rank runs the same iterations)."""
+    rows = []
+    slot = comm._core.slot_bytes
+    for nbytes in sizes:
+        x = np.ones(max(1, nbytes // 4), np.float32)
+        row = {"bytes": nbytes}
+        for algo in ALGOS:
+            if algo == "one_shot" and nbytes > slot:
+                continue
+            for _ in range(3):
+                comm.all_reduce(x, algorithm=algo)
+            times = []
+            flag = np.ones(1, np.int32)
+            end = time.perf_counter() + budget
+            while flag[0]:
+                comm.barrier()
+                t0 = time.perf_counter()
+                comm.all_reduce(x, algorithm=algo)
+                times.append(time.perf_counter() - t0)
+                # rank 0 decides when to stop, so that every rank runs as many iterations
+                flag[0] = int(time.perf_counter() < end and len(times) < 10_000)
+                comm.broadcast(flag, 0)
+            # The slowest rank's median is the collective's time.
+            med = np.array([np.median(times)])
+            comm.all_reduce(med, op="max")
+            row[algo] = float(med[0])
+        rows.append(row)
+    return rows
+
+
+def crossovers(rows: list[dict]) -> tuple[int, int]:
+    """(one_shot_max, two_shot_max) from measured rows (sizes ascending)."""
+    one_max = 0
+    for row in rows:
+        best = min((a for a in ALGOS if a in row), key=row.__getitem__)
+        if best != "one_shot":
+            break
+        one_max = row["bytes"]
+    two_max = one_max
+    for row in rows:
+        if row["bytes"] <= one_max:
+            continue
+        if row["two_shot"] < row["ring"]:
+            two_max = row["bytes"]
+        else:
+            break
+    return max(one_max, 88), max(two_max, one_max, 88)
+
+
+def tune(world_sizes: list[int], max_bytes: int = 4 << 20, budget: float = 0.1) -> dict:
+    """Measure the crossovers for each world size; returns the cache document."""
+    from .launcher import launch
+
+    sizes = []
+    s = 64
+    while s <= max_bytes:
+        sizes.append(s)
+        s *= 2
+    doc = {"host": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "world_sizes": {}}
+    for n in world_sizes:
+        # Thresholds of 1 byte / 1 byte make the communicator's own choice irrelevant here.
+        rows = launch(_time_algorithms, n, args=(sizes, budget))[0]
+        one, two = crossovers(rows)
+        doc["world_sizes"][str(n)] = {"one_shot_max": one, "two_shot_max": two, "rows": rows}
+    return doc
+
+
+def register(subparsers) -> None:
+    """Add the ``tune`` sub-command."""
+    p = subparsers.add_parser("tune", help="measure this host's all-reduce crossovers and cache them")
+    p.add_argument("-n", "--ranks", default="2,4,8", help="world sizes, comma-separated")
+    p.add_argument("--max-bytes", type=int, default=4 << 20, help="largest message timed")
+    p.add_argument("--budget", type=float, default=0.1, help="seconds per (size, algorithm)")
+    p.add_argument("--output", type=Path, default=None, help=f"default: {cache_path()}")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    try:
+        ranks = [int(v) for v in str(args.ranks).split(",") if v]
+    except ValueError:
+        print(f"shardcore tune: --ranks must be integers, got {args.ranks!r}", file=sys.stderr)
+        return 2
+    doc = tune(ranks, args.max_bytes, args.budget)
+    path = args.output or cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+    for n, entry in doc["world_sizes"].items():
+        print(f"world size {n}: one-shot up to {entry['one_shot_max']} B, "
+              f"two-shot up to {entry['two_shot_max']} B, ring above")
+        print(f"  {'bytes':>10} " + " ".join(f"{a:>10}" for a in ALGOS) + "  (us)")
+        for row in entry["rows"]:
+            cells = " ".join(f"{row[a] * 1e6:10.2f}" if a in row else f"{'-':>10}" for a in ALGOS)
+            print(f"  {row['bytes']:>10} {cells}")
+    print(f"saved to {path}")
+    return 0
