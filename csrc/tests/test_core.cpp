@@ -912,12 +912,22 @@ void test_collectives(bool quick) {
     HostBarrier hb(n);
     run_ranks(n, small_options(), [&](Communicator& c) {
       // The sequence the Python layer follows: rank 0 creates, the others attach, rank 0 unlinks.
+      // A failure still passes both host barriers, so no thread waits there forever.
       std::unique_ptr<SymmetricSegment> sym;
-      if (c.rank() == 0) sym = std::make_unique<SymmetricSegment>(sym_name, 0, n, sym_bytes, true);
+      std::string error;
+      auto map = [&](bool create) {
+        try {
+          sym = std::make_unique<SymmetricSegment>(sym_name, c.rank(), n, sym_bytes, create);
+        } catch (const std::exception& e) {
+          error = e.what();
+        }
+      };
+      if (c.rank() == 0) map(true);
       hb.wait();
-      if (c.rank() != 0) sym = std::make_unique<SymmetricSegment>(sym_name, c.rank(), n, sym_bytes, false);
+      if (c.rank() != 0) map(false);
       hb.wait();
-      if (c.rank() == 0) sym->unlink();
+      if (c.rank() == 0 && sym) sym->unlink();
+      if (!sym) throw std::runtime_error("symmetric segment: " + error);
       collectives_on_rank(c, n, recs[size_t(c.rank())], quick, sym.get());
     }, "collectives");
     g_ctx = strf("collectives n=%d", n);
