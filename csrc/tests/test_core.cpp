@@ -2,15 +2,19 @@
 // own shardcore::Communicator on one segment (rank 0 creates it, the others attach), and every
 // result is compared with a scalar reference computed here from all ranks' inputs.
 //
-// Sections: conversions (float16 / bfloat16 against an exact reference), collectives on 1..8
-// ranks (every op and dtype, sizes 0, 1, primes and larger than the 256-byte slot, traffic
-// counters against the ring model, bitwise identical results on every rank), point-to-point
-// (FIFO order, mismatches), and the error model (mismatch on every rank, timeouts, closed peers,
-// bad arguments). No framework: CHECK records a failure and carries on; the exit status is 1 if
-// anything failed.
+// Sections: conversions (float16 / bfloat16 against an exact reference), kernel (reduce and
+// reduce_many, dispatched and portable, against the reference and each other), collectives on
+// 1..8 ranks (every all_reduce algorithm, op and dtype, sizes 0, 1, primes and larger than the
+// 256-byte slot; traffic counters against the model; bitwise identical results on every rank),
+// errors (mismatch on every rank, timeouts, closed peers, bad arguments), p2p (FIFO order,
+// mismatches), and known-bugs (reproductions of open bugs; only when named). No framework: CHECK
+// records a failure and carries on; the exit status is 1 if anything failed.
 //
 // Usage: shardcore_core_tests [--quick] [--ranks=N,...] [--shared-mapping|--separate-mappings]
 //                             [section...]
+// --quick: fewer sizes, world sizes 1, 2, 3, 8 and the full op matrix only for ring and auto
+// (what CTest and the sanitizer builds run). --shared-mapping (default under TSan): see the
+// mmap wrapper at the end of this file.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
