@@ -173,7 +173,12 @@ def test_leading_dimensions_and_edges():
     np.testing.assert_array_equal(
         kernels.matmul(x.reshape(3, 4, 33), pw, b), flat.reshape(3, 4, 20)
     )
-    np.testing.assert_array_equal(kernels.matmul(x[3], pw, b), flat[3])
+    # One row sums in another order than a 12-row block (split accumulators for latency), so
+    # equal within the bound rather than bitwise.
+    one = kernels.matmul(x[3], pw, b)
+    assert one.shape == (20,)
+    ref, mag = _reference(x[3:4], w, b, F32)
+    _check(one[None], ref, mag, 33, "1-D x")
     assert kernels.matmul(np.zeros((0, 33), np.float32), pw).shape == (0, 20)
     # K = 0: the empty sum, so the result is the bias.
     empty = kernels.PackedWeight(np.zeros((0, 20), np.float32))

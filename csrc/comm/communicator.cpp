@@ -30,6 +30,10 @@ enum AbortReason : int { kReasonUser = 1, kReasonMismatch = 2, kReasonTimeout = 
 
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
+// What this thread is doing, for error messages (a thread does one operation at a time).
+thread_local Kind t_kind = Kind::kBarrier;
+thread_local uint64_t t_seq = 0;
+
 }  // namespace
 
 struct Header {
@@ -273,6 +277,7 @@ char* Communicator::mailbox(int src, int dst, uint64_t chunk) const {
 // Failure handling
 
 void Communicator::fail(int reason, const std::string& msg) {
+  std::lock_guard<std::mutex> lock(broken_mutex_);
   if (base_) {
     RankBlock& me = rb(rank_);
     size_t n = std::min(msg.size(), kAbortMsgBytes - 1);
@@ -285,9 +290,9 @@ void Communicator::fail(int reason, const std::string& msg) {
       header_->abort_word.compare_exchange_strong(expected, word, std::memory_order_acq_rel);
     }
   }
-  broken_ = true;
   broken_reason_ = reason;
   broken_msg_ = msg;
+  broken_ = true;
   if (reason == kReasonMismatch) throw Mismatch(msg);
   if (reason == kReasonTimeout) throw Timeout(msg);
   throw PeerFailure(msg);
@@ -301,9 +306,12 @@ void Communicator::fail_from_abort(uint64_t word) {
                         ? text
                         : "rank " + std::to_string(rank_) + ": the communicator was aborted by rank " +
                               std::to_string(who) + ": " + text;
-  broken_ = true;
-  broken_reason_ = reason == kReasonMismatch ? kReasonMismatch : kReasonPeer;
-  broken_msg_ = msg;
+  {
+    std::lock_guard<std::mutex> lock(broken_mutex_);
+    broken_reason_ = reason == kReasonMismatch ? kReasonMismatch : kReasonPeer;
+    broken_msg_ = msg;
+    broken_ = true;
+  }
   if (reason == kReasonMismatch) throw Mismatch(msg);
   throw PeerFailure(msg);
 }
@@ -315,15 +323,22 @@ void Communicator::check_abort() {
 
 void Communicator::check_usable() {
   if (!base_) throw std::runtime_error("the communicator is closed");
-  if (broken_) {
-    if (broken_reason_ == kReasonMismatch) throw Mismatch(broken_msg_);
-    throw PeerFailure("the communicator failed earlier and cannot be used: " + broken_msg_);
+  if (broken_.load()) {
+    std::string msg;
+    int reason;
+    {
+      std::lock_guard<std::mutex> lock(broken_mutex_);
+      msg = broken_msg_;
+      reason = broken_reason_;
+    }
+    if (reason == kReasonMismatch) throw Mismatch(msg);
+    throw PeerFailure("the communicator failed earlier and cannot be used: " + msg);
   }
   check_abort();
 }
 
 void Communicator::abort(const std::string& reason) {
-  if (!base_ || broken_) return;
+  if (!base_ || broken_.load()) return;
   try {
     fail(kReasonUser, "rank " + std::to_string(rank_) + " aborted: " + reason);
   } catch (const std::exception&) {
@@ -385,7 +400,7 @@ void Communicator::wait_geq(SyncWord& c, uint64_t target, int peer) {
     uint64_t t = now_ns();
     if (t < next_check) continue;
     next_check = t + kLivenessPeriodNs;
-    std::string where = std::string(kind_name(cur_kind_)) + " #" + std::to_string(coll_seq_);
+    std::string where = std::string(kind_name(t_kind)) + " #" + std::to_string(t_seq);
     if (peer >= 0) {
       std::string why;
       if (peer_gone(peer, &why)) {
@@ -430,8 +445,9 @@ std::string Communicator::describe(const Desc& d) const {
 
 uint64_t Communicator::enter(const Desc& d, const void* payload, size_t payload_bytes) {
   check_usable();
-  cur_kind_ = Kind(d.kind);
   uint64_t k = ++coll_seq_;
+  t_kind = Kind(d.kind);
+  t_seq = k;
   EntryLine& mine = entry(rank_, k);
   mine.desc = d;
   if (payload_bytes) std::memcpy(mine.payload, payload, payload_bytes);
@@ -491,11 +507,12 @@ void Communicator::send(const void* buf, size_t count, DType dt, size_t esz, int
   if (dst < 0 || dst >= size_ || dst == rank_)
     throw std::invalid_argument("send: dst " + std::to_string(dst) + " is not a peer of rank " +
                                 std::to_string(rank_) + " (size " + std::to_string(size_) + ")");
-  cur_kind_ = Kind::kSend;
+  t_kind = Kind::kSend;
   size_t bytes = count * esz;
   Counter& mine = p2p_posted(rank_, dst);
   Counter& theirs = p2p_consumed(dst, rank_);
   uint64_t next = mine.value.load(std::memory_order_relaxed);
+  t_seq = next;
   size_t nchunks = std::max<size_t>(1, (bytes + p2p_bytes_ - 1) / p2p_bytes_);
   const char* src = static_cast<const char*>(buf);
   for (size_t i = 0; i < nchunks; ++i, ++next) {
@@ -519,11 +536,12 @@ void Communicator::recv(void* buf, size_t count, DType dt, size_t esz, int src, 
   if (src < 0 || src >= size_ || src == rank_)
     throw std::invalid_argument("recv: src " + std::to_string(src) + " is not a peer of rank " +
                                 std::to_string(rank_) + " (size " + std::to_string(size_) + ")");
-  cur_kind_ = Kind::kRecv;
+  t_kind = Kind::kRecv;
   size_t bytes = count * esz;
   Counter& theirs = p2p_posted(src, rank_);
   Counter& mine = p2p_consumed(rank_, src);
   uint64_t next = mine.value.load(std::memory_order_relaxed);
+  t_seq = next;
   size_t nchunks = std::max<size_t>(1, (bytes + p2p_bytes_ - 1) / p2p_bytes_);
   char* dst = static_cast<char*>(buf);
   for (size_t i = 0; i < nchunks; ++i, ++next) {

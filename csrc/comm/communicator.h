@@ -12,10 +12,16 @@
 //   - per-peer point-to-point mailboxes with their own chunk counters (send/recv are not rounds).
 // Counters only grow, so no state is ever reused; waits spin briefly, then sleep on a futex, and
 // every wait checks the abort word, the awaited peer's liveness and a deadline.
+//
+// Threads: collectives on one communicator run one at a time (one thread); send and recv may
+// run concurrently with each other (one sending and one receiving thread), since every rank of
+// an exchange does both.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <functional>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -183,7 +189,7 @@ class Communicator {
 
   uint64_t coll_seq_ = 0;  // collectives entered
   uint64_t round_ = 0;     // data rounds completed
-  Kind cur_kind_ = Kind::kBarrier;
+
   struct SlotUse { uint64_t round = 0; std::vector<int> readers; };
   std::vector<SlotUse> slot_use_;
   std::vector<int> succ_only_, all_peers_, one_peer_;
@@ -193,7 +199,10 @@ class Communicator {
   uint64_t allv_row_elems_ = 0;
   size_t allv_esz_ = 0;
 
-  bool broken_ = false;
+  // Failure state: send and recv may run on two threads of one communicator (the torch
+  // backend's send/recv lanes), so it is atomic / locked; collectives run on one thread.
+  std::atomic<bool> broken_{false};
+  std::mutex broken_mutex_;
   int broken_reason_ = 0;
   std::string broken_msg_;
   TrafficCounts traffic_[size_t(Kind::kCount)];

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <stdexcept>
 #include <thread>
 
@@ -130,10 +131,11 @@ const Impl& impl_for(const Family& f, DType w_dtype) {
 }
 
 double peak_gflops(const Family& f, DType dtype) {
+  // Many short runs (a few ms each): on a shared machine the best one is the least disturbed.
   double best = 0;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < 30; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    const double flops = f.multiply_add_loop(dtype, 4'000'000);
+    const double flops = f.multiply_add_loop(dtype, 500'000);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, flops / s * 1e-9);
   }
@@ -186,11 +188,22 @@ void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const vo
           impl.run(a, rb, re, 0, panels, scratch.get(impl.scratch_bytes(re - rb, K)));
         }
       };
+      // A failure in a worker (out of memory for its scratch) is re-raised here, after the join.
+      std::vector<std::exception_ptr> errors(static_cast<size_t>(t));
+      auto guarded = [&](int64_t i) {
+        try {
+          work(i);
+        } catch (...) {
+          errors[static_cast<size_t>(i)] = std::current_exception();
+        }
+      };
       std::vector<std::thread> pool;
       pool.reserve(static_cast<size_t>(t - 1));
-      for (int64_t i = 1; i < t; ++i) pool.emplace_back(work, i);
-      work(0);
+      for (int64_t i = 1; i < t; ++i) pool.emplace_back(guarded, i);
+      guarded(0);
       for (auto& th : pool) th.join();
+      for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
     }
   }
   if (out_dtype == DType::bf16) {

@@ -24,7 +24,8 @@ inline __m256 load_w(const uint16_t* p) {
 //       bf16 (widened in registers);
 //   c:  ROWS x ncols block of C (row stride ldc), 1 <= ncols <= 16; columns >= ncols are never
 //       read or written (masked), so C needs no padding;
-//   first: C = bias + X*W (C is not read; bias may be nullptr for zero), else C += X*W.
+//   first: C = bias + X*W (C is not read; bias may be nullptr for zero), else C += X*W (the
+//          block's sum is formed in registers, then added to C).
 // Inputs need no alignment. Accumulation is float32 (FMA) in k order within the call.
 template <class WType>
 struct Avx2Kernel {
@@ -38,17 +39,17 @@ struct Avx2Kernel {
   static void kernel(int64_t ksteps, const float* xp, const WT* wp, float* c, int64_t ldc,
                      int ncols, const float* bias, bool first) {
     const __m256i m0 = lane_mask(ncols), m1 = lane_mask(ncols - 8);
+    // C is added after the k loop, not loaded before it: a C tile that has fallen out of cache
+    // then arrives (prefetched here) while the FMAs run instead of stalling their start.
     __m256 acc0[ROWS], acc1[ROWS];
-    if (first) {
-      const __m256 b0 = bias ? _mm256_maskload_ps(bias, m0) : _mm256_setzero_ps();
-      const __m256 b1 = bias ? _mm256_maskload_ps(bias + 8, m1) : _mm256_setzero_ps();
+    const __m256 b0 = first && bias ? _mm256_maskload_ps(bias, m0) : _mm256_setzero_ps();
+    const __m256 b1 = first && bias ? _mm256_maskload_ps(bias + 8, m1) : _mm256_setzero_ps();
 #pragma GCC unroll 16
-      for (int r = 0; r < ROWS; ++r) acc0[r] = b0, acc1[r] = b1;
-    } else {
-#pragma GCC unroll 16
-      for (int r = 0; r < ROWS; ++r) {
-        acc0[r] = _mm256_maskload_ps(c + r * ldc, m0);
-        acc1[r] = _mm256_maskload_ps(c + r * ldc + 8, m1);
+    for (int r = 0; r < ROWS; ++r) {
+      acc0[r] = b0, acc1[r] = b1;
+      if (!first) {
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 15), _MM_HINT_T0);
       }
     }
     for (int64_t k = 0; k < ksteps; ++k) {
@@ -61,6 +62,13 @@ struct Avx2Kernel {
         acc1[r] = _mm256_fmadd_ps(x, w1, acc1[r]);
       }
       xp += ROWS;
+    }
+    if (!first) {
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; ++r) {
+        acc0[r] = _mm256_add_ps(acc0[r], _mm256_maskload_ps(c + r * ldc, m0));
+        acc1[r] = _mm256_add_ps(acc1[r], _mm256_maskload_ps(c + r * ldc + 8, m1));
+      }
     }
     if (ncols == NR) {
 #pragma GCC unroll 16

@@ -34,18 +34,22 @@ constexpr Tiles kTilesGenericF32  {  4, 16, 256, 128, 4096 };
 //   bf16 weights are widened in the kernel; the sliver is 8 KiB so KC could grow, kept equal.
 constexpr Tiles kTilesGenericBF16 {  4, 16, 256, 128, 4096 };
 // avx2: 6 rows x 2 ymm = 12 accumulators + 2 W vectors + 1 broadcast = 15 of 16 ymm registers;
-//   sliver 256*16*4 = 16 KiB (L1 half); block 240*256*4 = 240 KiB (L2 half on Zen3).
+//   sliver 256*16*4 = 16 KiB (L1 half); block 240*256*4 = 240 KiB (L2 half on Zen3). KC 384 or
+//   512 (with MC 144-240) measured 0.82-0.92x of KC 256 against OpenBLAS-Haswell at M >= 512.
 constexpr Tiles kTilesAvx2F32     {  6, 16, 256, 240, 4096 };
 //   bf16 sliver is 8 KiB at KC=256; widening costs 2 ops per W vector, amortised over 6 FMAs.
 constexpr Tiles kTilesAvx2BF16    {  6, 16, 256, 240, 4096 };
-// avx512: 12 rows x 2 zmm = 24 accumulators + 2 W vectors + broadcasts folded into the FMA
-//   ({1to16}) = 26 of 32 zmm; 24 independent chains cover FMA latency 4 x 2 pipes (x3).
-//   sliver 128*32*4 = 16 KiB (L1 half); block 480*128*4 = 240 KiB (L2 half).
+// avx512: 12 rows x 2 zmm = 24 accumulators + 2 W vectors + 1 broadcast (a load-port
+//   vbroadcastss) = 27 of 32 zmm; 24 independent chains cover FMA latency 4 x 2 pipes (x3).
+//   sliver 256*32*4 = 32 KiB (L1-sized, partly streamed from L2); block 480*256*4 = 480 KiB
+//   (half of Zen4's 1 MiB L2). KC 128 lost 30% at M = 2048 to C traffic (see KC above).
 constexpr Tiles kTilesAvx512F32   { 12, 32, 256, 480, 4096 };
 //   bf16 weights widened in the kernel: sliver 256*32*2 = 16 KiB at KC=256.
 constexpr Tiles kTilesAvx512BF16  { 12, 32, 256, 480, 4096 };
-// avx512bf16 (vdpbf16ps): same register tile; one instruction consumes a k-pair, sliver
-//   256*32*2 = 16 KiB; X block stored as bf16 pairs, 480*256*2 = 240 KiB. KC must be even.
+// avx512bf16 (vdpbf16ps): same register tile; one instruction consumes a k-pair at twice the
+//   FMA's flops (Zen4), so C traffic per flop doubles and KC doubles: sliver 512*32*2 = 32 KiB;
+//   X block as bf16 pairs, 240*512*2 = 240 KiB (measured ~10% faster than KC 256, MC 480).
+//   KC must be even.
 constexpr Tiles kTilesAvx512DpBF16{ 12, 32, 512, 240, 4096 };
 // clang-format on
 

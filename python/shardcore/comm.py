@@ -80,8 +80,10 @@ class Communicator:
     """A group of ranks that run collectives together through one shared-memory segment.
 
     Arrays must be C-contiguous NumPy arrays; results are written straight into the output array
-    (zero-copy in and out) and the GIL is released while a rank waits. A communicator is used by
-    one thread at a time; sub-communicators from ``split`` run concurrently with each other.
+    (zero-copy in and out) and the GIL is released while a rank waits. Collectives on one
+    communicator run one at a time; ``send`` and ``recv`` may run concurrently with each other
+    (a sending and a receiving thread). Sub-communicators from ``split`` run concurrently with
+    each other and with their parent.
     """
 
     def __init__(self, core: "_core.Comm", group_ranks: Sequence[int] | None = None):

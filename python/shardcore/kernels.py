@@ -34,9 +34,14 @@ product of the (rounded) operands plus bias, the computed float32 result satisfi
 
 for every kernel and summation order (the bound of a (K+1)-term float32 sum; the float32 path
 obeys it too, product roundings included). The ``vdpbf16ps`` kernel also flushes subnormal inputs
-and results to zero, adding at most ``2**-126`` per term. A bfloat16 output is that value rounded
+and results to zero, which changes a term by less than ``2**-126 * max(1, |x_k|, |w_kn|)``. A bfloat16 output is that value rounded
 to nearest even, one more relative error of ``2**-8``. Rounding float32 activations to bfloat16
 adds, relative to the float32 activations, at most ``2**-8 * sum_k |x_k| |w_kn|``.
+
+Results do not depend on ``threads`` (each element is summed in the same order however the
+work is split), but they may differ in the last bits between batch sizes M: the blocking of K
+and the accumulator layout depend on M (small M streams all of K in one block, 1-3 rows split
+the sum over several accumulators).
 
 Threads
 -------

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -187,7 +188,12 @@ def launch(fn: Callable, world_size: int, args: Sequence[Any] = (), kwargs: dict
             reader, writer = ctx.Pipe(duplex=False)
             p = ctx.Process(target=_worker, name=f"shardcore-rank{rank}",
                             args=(rank, world_size, name, writer, fn, tuple(args), kwargs, options))
-            p.start()
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns when a multi-threaded process forks; the workers only run
+                # fn and exit with os._exit, so the parent's other threads are never relied on.
+                warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                        DeprecationWarning)
+                p.start()
             writer.close()
             procs.append(p)
             conns.append(reader)

@@ -16,7 +16,6 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Any, Callable
@@ -63,11 +62,16 @@ def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--kernel", default=None, help="kernel family (default: the one selected)")
     p.add_argument("--threads", type=int, default=1, help="threads for shardcore (default 1)")
-    p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=10,
+        help="timed repetitions, interleaved across implementations (best reported)",
+    )
     p.add_argument(
         "--min-time",
         type=float,
-        default=0.2,
+        default=0.1,
         help="seconds per repetition, reached by repeating the call",
     )
     p.add_argument("--no-torch", action="store_true", help="skip the torch peers")
@@ -95,20 +99,27 @@ def _limit_blas_threads() -> str:
     return "; ".join(libs) or "no BLAS found by threadpoolctl"
 
 
-def _time(fn: Callable[[], Any], repeat: int, min_time: float) -> float:
-    """Median seconds per call over `repeat` repetitions of at least `min_time` each."""
-    fn()  # warm up (page faults, lazy init)
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    calls = max(1, int(min_time / once))
-    samples = []
-    for _ in range(repeat):
+def _measure(fns: dict[str, Callable[[], Any]], repeat: int, min_time: float) -> dict[str, float]:
+    """Best seconds per call of each function, repetitions interleaved across the functions.
+
+    Each repetition runs every function in turn for about `min_time` seconds, so that load from
+    other processes on a shared machine falls on all of them alike; the best repetition is the
+    one least disturbed.
+    """
+    calls = {}
+    for name, fn in fns.items():
+        fn()  # warm up (page faults, lazy init)
         t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - t0) / calls)
-    return statistics.median(samples)
+        fn()
+        calls[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls[name])
+    return best
 
 
 def _cpu_model() -> str:
@@ -152,7 +163,7 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
         f"{peak['bfloat16']:.1f} GFLOP/s for the bf16 kernel's instruction"
     )
     print(
-        f"# median of {args.repeat} repetitions of >= {args.min_time}s; GB/s = weight bytes "
+        f"# best of {args.repeat} interleaved repetitions of >= {args.min_time}s; GB/s = weight bytes "
         f"streamed per second; machine may be shared, compare ratios within this run"
     )
     print()
@@ -166,37 +177,36 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
         x = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((k, n), dtype=np.float32)
         flops = 2.0 * m * k * n
-        res: dict[str, tuple[float, int, float | None]] = {}  # name -> (s, w bytes, peak)
-
         out = np.empty((m, n), np.float32)
         xb = x.astype(bf16)
-        t = functools.partial(_time, repeat=args.repeat, min_time=args.min_time)
-        # One packed weight alive at a time keeps the large shapes' memory down.
-        pw = kernels.PackedWeight(w, "float32", kernel=kernel)
-        run = functools.partial(kernels.matmul, x, pw, out=out, threads=args.threads)
-        res["shardcore f32"] = (t(run), 4, peak["float32"])
-        pw = kernels.PackedWeight(w, "bfloat16", kernel=kernel)
-        run = functools.partial(kernels.matmul, xb, pw, out=out, threads=args.threads)
-        res["shardcore bf16"] = (t(run), 2, peak["bfloat16"])
-        del pw, run
-        res["numpy f32"] = (t(functools.partial(np.matmul, x, w, out=out)), 4, peak["float32"])
+        pw32 = kernels.PackedWeight(w, "float32", kernel=kernel)
+        pw16 = kernels.PackedWeight(w, "bfloat16", kernel=kernel)
+        fns: dict[str, Callable[[], Any]] = {
+            "shardcore f32": functools.partial(
+                kernels.matmul, x, pw32, out=out, threads=args.threads
+            ),
+            "shardcore bf16": functools.partial(
+                kernels.matmul, xb, pw16, out=out, threads=args.threads
+            ),
+            "numpy f32": functools.partial(np.matmul, x, w, out=out),
+        }
+        itemsize = {"shardcore f32": 4, "shardcore bf16": 2, "numpy f32": 4}
         if torch is not None:
+            tx = torch.from_numpy(x)
+            tw = torch.from_numpy(np.ascontiguousarray(w.T))  # [N, K], as nn.Linear stores it
+            txb, twb = tx.to(torch.bfloat16), tw.to(torch.bfloat16)
+            fns["torch f32"] = functools.partial(torch.matmul, tx, tw.T)
+            fns["torch bf16"] = functools.partial(torch.matmul, txb, twb.T)
+            itemsize.update({"torch f32": 4, "torch bf16": 2})
             with torch.inference_mode():
-                tx = torch.from_numpy(x)
-                tw = torch.from_numpy(np.ascontiguousarray(w.T))  # [N, K], as nn.Linear stores it
-                res["torch f32"] = (
-                    t(functools.partial(torch.matmul, tx, tw.T)),
-                    4,
-                    peak["float32"],
-                )
-                txb, twb = tx.to(torch.bfloat16), tw.to(torch.bfloat16)
-                del tw
-                res["torch bf16"] = (
-                    t(functools.partial(torch.matmul, txb, twb.T)),
-                    2,
-                    peak["bfloat16"],
-                )
-                del twb, txb, tx
+                secs = _measure(fns, args.repeat, args.min_time)
+        else:
+            secs = _measure(fns, args.repeat, args.min_time)
+        del fns, pw32, pw16
+        res = {
+            name: (s, itemsize[name], peak["bfloat16" if itemsize[name] == 2 else "float32"])
+            for name, s in secs.items()
+        }
         gf = {name: flops / s * 1e-9 for name, (s, _, _) in res.items()}
         ratios = {
             "shardcore f32": ("vs numpy", gf["shardcore f32"] / gf["numpy f32"]),
@@ -204,8 +214,8 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
         }
         if "torch bf16" in gf:
             ratios["torch bf16"] = ("ours / torch", gf["shardcore bf16"] / gf["torch bf16"])
-        for name, (s, itemsize, pk) in res.items():
-            gbs = k * n * itemsize / s * 1e-9
+        for name, (s, nbytes, pk) in res.items():
+            gbs = k * n * nbytes / s * 1e-9
             frac = gf[name] / pk if pk else float("nan")
             label, ratio = ratios.get(name, ("", float("nan")))
             rtxt = f"{ratio:.2f}x {label}" if label else ""

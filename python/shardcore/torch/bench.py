@@ -1,0 +1,250 @@
+"""``dist.all_reduce`` on the shardcore backend against gloo, in the same run.
+
+    python -m shardcore.torch.bench --world-size 2 --sizes 8,2M,32M
+
+Rows per message size: the median time of one ``dist.all_reduce`` on a "shardcore" group, on a
+"gloo" group over the same ranks, and of the raw ``Communicator.all_reduce`` on a NumPy array
+of the same size (the torch backend's overhead is the difference). Each iteration's time is the slowest rank's;
+the backends take turns in rounds so that a change in machine load hits them alike.
+``compare_all_reduce`` is the function ``shardcore bench compare`` can call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+import traceback
+
+KINDS = ("shardcore", "gloo", "raw")
+# --breakdown: the shardcore call with torch's frontend skipped (the group's method called
+# directly), and the C++ communicator called on the tensor's address (no Python layer at all).
+BREAKDOWN = ("group_method", "core_pointer")
+_ROUNDS = 3  # each kind runs iters/_ROUNDS timed calls per round
+
+
+def parse_size(text: str) -> int:
+    """``8``, ``64K``, ``2M``, ``1G`` -> bytes."""
+    text = text.strip().upper().rstrip("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = int(number) * scale
+    except ValueError:
+        raise ValueError(f"bad size {text!r}: use bytes, or a number with K, M or G") from None
+    if value <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return value
+
+
+def _iterations(nbytes: int, iters: int | None) -> int:
+    if iters is not None:
+        return max(_ROUNDS, iters)
+    # about 0.3 s of shardcore time per size at ~5 GB/s, at least 30 calls, at most 3000
+    return max(30, min(3000, int(3e8 / max(nbytes, 1))))
+
+
+def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int | None,
+          dtype_name: str, breakdown: bool, queue) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        import torch.distributed as dist
+
+        import shardcore.torch
+
+        dist.init_process_group("shardcore", init_method=f"file://{store_path}", rank=rank,
+                                world_size=world)
+        gloo = dist.new_group(backend="gloo")
+        group = dist.group.WORLD
+        comm = group.communicator
+        kinds = KINDS + (BREAKDOWN if breakdown else ())
+        from torch._C._distributed_c10d import AllreduceOptions
+
+        from .process_group import _CORE_DTYPES, _CORE_SUM
+        dtype = getattr(torch, dtype_name)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        out = {}
+        for nbytes in sizes:
+            count = max(1, nbytes // itemsize)
+            t = torch.ones(count, dtype=dtype)
+            # a fresh array of the same size and dtype: the Communicator's fastest case
+            a = shardcore.torch._dtypes.numpy_view(t).copy()
+            calls = {
+                "shardcore": lambda t=t: dist.all_reduce(t),
+                "gloo": lambda t=t: dist.all_reduce(t, group=gloo),
+                "raw": lambda a=a: comm.all_reduce(a),
+            }
+            if breakdown:
+                opts = AllreduceOptions()
+                opts.asyncOp = False
+                ptr, code = t.data_ptr(), _CORE_DTYPES[dtype]
+                calls["group_method"] = lambda t=t, o=opts: group.allreduce([t], o)
+                calls["core_pointer"] = lambda p=ptr, n=count, c=code: comm._core.all_reduce(
+                    p, p, n, c, _CORE_SUM, 0)
+            n = _iterations(count * itemsize, iters)
+            per_round = max(1, n // _ROUNDS)
+            samples: dict[str, list[float]] = {k: [] for k in kinds}
+            for kind in kinds:  # warm-up: connections, page faults, caches
+                for _ in range(3):
+                    calls[kind]()
+            for _ in range(_ROUNDS):
+                for kind in kinds:
+                    call = calls[kind]
+                    dist.barrier(group=gloo)
+                    times = samples[kind]
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        call()
+                        times.append(time.perf_counter() - t0)
+            # the slowest rank's time per iteration
+            stacked = torch.tensor([samples[k] for k in kinds], dtype=torch.float64)
+            dist.all_reduce(stacked, op=dist.ReduceOp.MAX, group=gloo)
+            out[count * itemsize] = {k: statistics.median(stacked[i].tolist())
+                                     for i, k in enumerate(kinds)}
+        dist.destroy_process_group()
+        queue.put((rank, "ok", out))
+    except BaseException:  # noqa: BLE001  re-raised by the parent with the rank
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def compare_all_reduce(sizes: list[int], iters: int | None = None, world_size: int = 2,
+                       dtype: str = "float32",
+                       breakdown: bool = False) -> dict[int, dict[str, float]]:
+    """Median seconds per ``dist.all_reduce`` (SUM, in place) per message size in bytes.
+
+    Returns ``{bytes: {"shardcore": s, "gloo": s, "raw": s}}``; ``raw`` is the shardcore
+    Communicator called directly on a NumPy array of the same size. ``iters`` defaults by size.
+    ``breakdown`` adds ``group_method`` and ``core_pointer`` (see ``BREAKDOWN``).
+    """
+    if world_size < 2:
+        raise ValueError(f"world_size must be >= 2, got {world_size}")
+    if not sizes:
+        raise ValueError("sizes is empty")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    results: dict[int, dict] = {}
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        with tempfile.TemporaryDirectory(prefix="shardcore-torch-bench-") as tmp:
+            store = os.path.join(tmp, "store")
+            procs = [ctx.Process(target=_rank, args=(r, world_size, store, list(sizes), iters,
+                                                     dtype, breakdown, queue))
+                     for r in range(world_size)]
+            for p in procs:
+                p.start()
+            try:
+                while len(results) < world_size:
+                    rank, status, payload = queue.get(timeout=900)
+                    if status != "ok":
+                        raise RuntimeError(f"benchmark rank {rank} failed:\n{payload}")
+                    results[rank] = payload
+            finally:
+                for p in procs:
+                    p.join(timeout=30)
+                    if p.is_alive():
+                        p.kill()
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    return results[0]
+
+
+def backend_layer_overhead(dtype: str = "float32", iters: int = 200_000) -> dict[str, float]:
+    """Seconds per call spent in ``ShardcoreProcessGroup.allreduce`` itself, one process.
+
+    The group runs on a C++ communicator that does nothing, so what is left is the backend's
+    Python (argument checks, the tensor's address, the work handle); ``torch_frontend`` is the
+    rest of ``dist.all_reduce`` (torch's own checks), measured with the same null communicator.
+    """
+    import timeit
+
+    import torch
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import AllreduceOptions
+
+    from .process_group import ShardcoreProcessGroup
+
+    class NullCore:  # the C++ communicator's all_reduce(in, out, count, dtype, op, algorithm)
+        def all_reduce(self, src, dst, count, dtype, op, algorithm):
+            return "none"
+
+    class NullCommunicator:
+        _core = NullCore()
+
+    pg = ShardcoreProcessGroup(NullCommunicator(), 0, 1)
+    t = torch.ones(2, dtype=getattr(torch, dtype))
+    tensors, opts = [t], AllreduceOptions()
+    opts.asyncOp = False
+    core, p = NullCore(), t.data_ptr()
+
+    def best(fn):
+        return min(timeit.repeat(fn, number=iters // 5, repeat=5)) / (iters // 5)
+
+    layer = best(lambda: pg.allreduce(tensors, opts))
+    null_call = best(lambda: core.all_reduce(p, p, 2, 0, 0, 0))
+    # dist.all_reduce needs a registered group: time torch's frontend over the same method
+    frontend = None
+    if not dist.is_initialized():
+        from datetime import timedelta
+
+        store = dist.HashStore()
+        name = "shardcore-null-bench"
+        dist.Backend.register_backend(name, lambda *a: ShardcoreProcessGroup(
+            NullCommunicator(), 0, 1), devices=["cpu"])
+        dist.init_process_group(name, store=store, rank=0, world_size=1,
+                                timeout=timedelta(seconds=30))
+        try:
+            frontend = best(lambda: dist.all_reduce(t)) - layer
+        finally:
+            dist.destroy_process_group()
+    return {"backend_layer": layer - null_call, "torch_frontend": frontend}
+
+
+def _format(results: dict[int, dict[str, float]]) -> str:
+    lines = [(f"{'bytes':>10} {'shardcore us':>13} {'gloo us':>11} {'raw us':>10} "
+              f"{'gloo/shardcore':>15} {'torch overhead us':>18}")]
+    for nbytes, r in sorted(results.items()):
+        lines.append(f"{nbytes:>10} {r['shardcore'] * 1e6:>13.2f} {r['gloo'] * 1e6:>11.2f} "
+                     f"{r['raw'] * 1e6:>10.2f} {r['gloo'] / r['shardcore']:>14.1f}x "
+                     f"{(r['shardcore'] - r['raw']) * 1e6:>18.2f}")
+    if any("group_method" in r for r in results.values()):
+        lines.append(f"{'bytes':>10} {'group method us':>16} {'core on pointer us':>19}")
+        for nbytes, r in sorted(results.items()):
+            lines.append(f"{nbytes:>10} {r['group_method'] * 1e6:>16.2f} "
+                         f"{r['core_pointer'] * 1e6:>19.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print the comparison table."""
+    parser = argparse.ArgumentParser(prog="python -m shardcore.torch.bench",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--world-size", "-n", type=int, default=2)
+    parser.add_argument("--sizes", default="8,2M,32M", help="comma-separated bytes (K/M/G)")
+    parser.add_argument("--iters", type=int, default=None, help="timed calls per size")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the group's method alone and the core on the pointer")
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    results = compare_all_reduce(sizes, args.iters, args.world_size, args.dtype, args.breakdown)
+    print(f"dist.all_reduce (SUM, {args.dtype}, in place), {args.world_size} ranks, "
+          f"median of the slowest rank per call; {os.cpu_count()} CPUs")
+    print(_format(results))
+    split = backend_layer_overhead(args.dtype)
+    print(f"per call, one process, null communicator: shardcore backend layer "
+          f"{split['backend_layer'] * 1e6:.2f} us, torch frontend "
+          f"{(split['torch_frontend'] or 0) * 1e6:.2f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
