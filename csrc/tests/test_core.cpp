@@ -789,22 +789,32 @@ void collectives_on_rank(Communicator& c, int n, RankRecord& rec, bool quick, co
       ++cfg;
       const size_t block = m * esz;
       const uint64_t bytes = n == 1 ? 0 : uint64_t(n - 1) * block;
-      g_ctx = base + strf(" all_gather esz=%zu m=%zu", esz, m);
-      std::vector<uint8_t> out(size_t(n) * block, 0xcd), in(block);
-      for (size_t i = 0; i < block; ++i) in[i] = pattern(r, i, cfg);
-      c.reset_traffic();
-      if (cfg % 2) {  // in place: the input already sits in this rank's block of the output
-        std::copy(in.begin(), in.end(), out.begin() + long(size_t(r) * block));
-        c.all_gather(out.data() + size_t(r) * block, out.data(), m, DType::kOther, esz);
-      } else {
-        c.all_gather(in.data(), out.data(), m, DType::kOther, esz);
-      }
       bool ok = true;
-      for (int q = 0; q < n; ++q)
-        for (size_t i = 0; i < block; ++i) ok &= out[size_t(q) * block + i] == pattern(q, i, cfg);
-      CHECK(ok, "wrong result");
-      rec.identical.insert(rec.identical.end(), out.begin(), out.end());
-      check_traffic(c, Kind::kAllGather, bytes, bytes);
+      for (Algo algo : {Algo::kAuto, Algo::kRing, Algo::kFlat}) {
+        ++cfg;
+        g_ctx = base + strf(" all_gather %s esz=%zu m=%zu", algo_name(algo), esz, m);
+        std::vector<uint8_t> out(size_t(n) * block, 0xcd), in(block);
+        for (size_t i = 0; i < block; ++i) in[i] = pattern(r, i, cfg);
+        c.reset_traffic();
+        Algo used;
+        if (cfg % 2) {  // in place: the input already sits in this rank's block of the output
+          std::copy(in.begin(), in.end(), out.begin() + long(size_t(r) * block));
+          used = c.all_gather(out.data() + size_t(r) * block, out.data(), m, DType::kOther, esz, Kind::kAllGather, algo);
+        } else {
+          used = c.all_gather(in.data(), out.data(), m, DType::kOther, esz, Kind::kAllGather, algo);
+        }
+        CHECK(algo == Algo::kAuto ? (used == Algo::kRing || used == Algo::kFlat) : used == algo, "ran %s",
+              algo_name(used));
+        ok = true;
+        for (int q = 0; q < n; ++q)
+          for (size_t i = 0; i < block; ++i) ok &= out[size_t(q) * block + i] == pattern(q, i, cfg);
+        CHECK(ok, "wrong result");
+        rec.identical.insert(rec.identical.end(), out.begin(), out.end());
+        // Ring: forwards (n-1) blocks; flat: its block is read by n-1 peers. Both (n-1)/n of the
+        // full buffer, as in the model.
+        check_traffic(c, Kind::kAllGather, bytes, bytes);
+        CHECK(c.traffic(Kind::kAllGather).algo_calls[size_t(used)] == 1, "%s not counted", algo_name(used));
+      }
 
       g_ctx = base + strf(" all_to_all esz=%zu m=%zu", esz, m);
       ++cfg;
@@ -995,6 +1005,63 @@ void test_point_to_point() {
     c.barrier();
   }, "p2p");
 
+  // send and recv on two threads of one communicator (the documented concurrency): every rank
+  // streams messages to its successor on one thread while receiving from its predecessor on
+  // another; done on one thread, the long messages would deadlock.
+  for (int n : {2, 3}) {
+    for (bool bad_tag : {false, true}) {
+      run_ranks(n, small_options(), [&](Communicator& c) {
+        const int r = c.rank(), to = (r + 1) % n, from = (r + n - 1) % n;
+        const int kMessages = 24;
+        auto msg = [](int src, int k) {
+          std::vector<uint8_t> v(size_t(k % 5 == 0 ? 0 : 40 * k + 1));
+          for (size_t i = 0; i < v.size(); ++i) v[i] = uint8_t(mix({uint64_t(src), uint64_t(k), i}));
+          return v;
+        };
+        const std::string ctx = g_ctx;
+        uint64_t sent = 0, received = 0;
+        bool send_failed = false;
+        std::thread sender([&] {
+          g_ctx = ctx + " sender";
+          try {
+            for (int k = 0; k < kMessages; ++k) {
+              auto v = msg(r, k);
+              c.send(v.data(), v.size(), DType::kUInt8, 1, to, k);
+              sent += v.size();
+            }
+          } catch (const Mismatch&) {
+            send_failed = true;
+          }
+        });
+        const int bad_at = 7;  // a 281-byte message: the sender cannot run more than 2 chunks ahead
+        bool recv_failed = false;
+        try {
+          for (int k = 0; k < kMessages; ++k) {
+            auto want = msg(from, k);
+            std::vector<uint8_t> got(want.size(), 0xcd);
+            c.recv(got.data(), got.size(), DType::kUInt8, 1, from, bad_tag && k == bad_at ? -1 : k);
+            CHECK(got == want, "message %d", k);
+            received += got.size();
+          }
+        } catch (const Mismatch&) {
+          recv_failed = true;
+        }
+        sender.join();
+        if (bad_tag) {
+          // Every receiver sees a bad tag or the abort; every sender blocks on a stalled mailbox.
+          CHECK(recv_failed && send_failed, "recv failed: %d, send failed: %d", recv_failed, send_failed);
+        } else {
+          CHECK(!recv_failed && !send_failed, "unexpected mismatch");
+          CHECK(c.traffic(Kind::kSend).sent == sent && c.traffic(Kind::kSend).calls == uint64_t(kMessages),
+                "send counted %" PRIu64 " bytes", c.traffic(Kind::kSend).sent);
+          CHECK(c.traffic(Kind::kRecv).recv == received && c.traffic(Kind::kRecv).calls == uint64_t(kMessages),
+                "recv counted %" PRIu64 " bytes", c.traffic(Kind::kRecv).recv);
+          c.barrier();
+        }
+      }, strf("p2p two threads%s", bad_tag ? " bad tag" : ""));
+    }
+  }
+
   // A mismatched tag, count or dtype fails the receiver with Mismatch, and every other rank's next
   // call with Mismatch too.
   for (int which = 0; which < 3; ++which) {
@@ -1140,12 +1207,13 @@ void test_known_bugs() {
     CHECK(ok, "wrong receive counts");
     c.barrier();  // (the data phase would use the corrupted matrix)
   }, "all_to_allv counts on 65 ranks");
-  // all_gather of elements wider than a slot: chunk = slot_bytes / esz is 0 and ceil_div divides
-  // by it (SIGFPE). Reachable from Python with a structured/void dtype wider than slot_bytes.
+  // Ring all_gather of elements wider than a slot: chunk = slot_bytes / esz is 0 and ceil_div
+  // divides by it (SIGFPE). Reachable from Python: all_gather(x, algorithm="ring") with a
+  // structured dtype wider than slot_bytes.
   run_ranks(2, small_options(), [&](Communicator& c) {
     const size_t esz = 320, m = 2;
     std::vector<uint8_t> in(m * esz, uint8_t(c.rank() + 1)), out(2 * m * esz, 0);
-    c.all_gather(in.data(), out.data(), m, DType::kOther, esz);
+    c.all_gather(in.data(), out.data(), m, DType::kOther, esz, Kind::kAllGather, Algo::kRing);
     CHECK(out[0] == 1 && out[m * esz] == 2, "wrong result");
   }, "all_gather esz > slot_bytes");
 }
