@@ -7,7 +7,7 @@
 // 1..8 ranks (every all_reduce algorithm, op and dtype, sizes 0, 1, primes and larger than the
 // 256-byte slot; traffic counters against the model; bitwise identical results on every rank),
 // errors (mismatch on every rank, timeouts, closed peers, bad arguments), p2p (FIFO order,
-// mismatches), and known-bugs (reproductions of open bugs; only when named). No framework: CHECK
+// mismatches), and regressions (bugs found here, kept as checks). No framework: CHECK
 // records a failure and carries on; the exit status is 1 if anything failed.
 //
 // Usage: shardcore_core_tests [--quick] [--ranks=N,...] [--shared-mapping|--separate-mappings]
@@ -1190,26 +1190,17 @@ void test_errors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Section "known-bugs" (not run by default): reproductions of open bugs, each a plain check of
-// documented behaviour. Move a case into the sections above once it passes.
+// Section "regressions": bugs found by this driver and the sanitizers, kept as checks.
 
-void test_known_bugs() {
-  // all_to_allv's counts exchange writes n * 8 bytes into one slot without checking that they fit:
-  // with 65 ranks and 256-byte slots each rank's row (520 bytes) runs over its two slots into
-  // the next rank's slot, which that rank writes in the same round.
-  const int n = 65;
-  run_ranks(n, small_options(), [&](Communicator& c) {
-    std::vector<int64_t> counts(static_cast<size_t>(n));
-    for (int d = 0; d < n; ++d) counts[size_t(d)] = (c.rank() * 131 + d * 7) % 5;
-    std::vector<int64_t> got = c.all_to_allv_counts(counts, 1, DType::kUInt8, 1);
-    bool ok = got.size() == size_t(n);
-    for (int q = 0; q < n && ok; ++q) ok &= got[size_t(q)] == (q * 131 + c.rank() * 7) % 5;
-    CHECK(ok, "wrong receive counts");
-    c.barrier();  // (the data phase would use the corrupted matrix)
-  }, "all_to_allv counts on 65 ranks");
-  // Ring all_gather of elements wider than a slot: chunk = slot_bytes / esz is 0 and ceil_div
-  // divides by it (SIGFPE). Reachable from Python: all_gather(x, algorithm="ring") with a
-  // structured dtype wider than slot_bytes.
+void test_regressions() {
+  // all_to_allv exchanges n int64 counts through one slot: a slot smaller than 8 * n bytes is
+  // rejected when the communicator is made (it used to run over into the next rank's slot).
+  {
+    Options o = small_options();
+    for (int r : {0, 1})
+      EXPECT_THROW(std::invalid_argument, Communicator("/shardcore-test-regress", r, 65, o));
+  }
+  // Ring all_gather of elements wider than a slot is moved as bytes (it used to divide by zero).
   run_ranks(2, small_options(), [&](Communicator& c) {
     const size_t esz = 320, m = 2;
     std::vector<uint8_t> in(m * esz, uint8_t(c.rank() + 1)), out(2 * m * esz, 0);
@@ -1297,7 +1288,7 @@ int main(int argc, char** argv) {
     }
     else if (a == "-h" || a == "--help") {
       std::printf("usage: %s [--quick] [--ranks=1,2,8] [--shared-mapping|--separate-mappings] "
-                  "[conversions|kernel|collectives|errors|p2p|known-bugs]...\n", argv[0]);
+                  "[conversions|kernel|collectives|errors|p2p|regressions]...\n", argv[0]);
       return 0;
     } else sections.push_back(a);
   }
@@ -1309,7 +1300,7 @@ int main(int argc, char** argv) {
       {"collectives", [&] { test_collectives(quick); }},
       {"errors", test_errors},
       {"p2p", test_point_to_point},
-      {"known-bugs", test_known_bugs},
+      {"regressions", test_regressions},
   };
   for (const std::string& s : sections) {
     bool known = false;
@@ -1322,7 +1313,7 @@ int main(int argc, char** argv) {
   std::printf("shardcore core tests (%s mappings%s)\n", g_share_mappings ? "shared" : "separate",
               quick ? ", quick" : "");
   for (const Section& sec : all) {
-    if (!want(sec.name) || (sections.empty() && std::string(sec.name) == "known-bugs")) continue;
+    if (!want(sec.name)) continue;
     long before = g_failures.load();
     auto t0 = std::chrono::steady_clock::now();
     sec.fn();
