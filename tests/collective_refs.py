@@ -13,8 +13,12 @@ INTS = [np.dtype(np.int32), np.dtype(np.int64)]
 REDUCIBLE = FLOATS + INTS
 OPS = ["sum", "max", "min", "prod"]
 # Unit roundoff of each float type: the bound of one rounding, relative.
-UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float64): 2.0**-53,
-                 np.dtype(np.float16): 2.0**-11, BF16: 2.0**-8}
+UNIT_ROUNDOFF = {
+    np.dtype(np.float32): 2.0**-24,
+    np.dtype(np.float64): 2.0**-53,
+    np.dtype(np.float16): 2.0**-11,
+    BF16: 2.0**-8,
+}
 
 
 def make_input(seed, rank: int, shape, dtype: np.dtype, op: str = "sum") -> np.ndarray:
@@ -28,7 +32,12 @@ def make_input(seed, rank: int, shape, dtype: np.dtype, op: str = "sum") -> np.n
     if dtype.kind == "c":
         return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
     if dtype.kind == "S":
-        return rng.integers(65, 91, size=tuple(shape) + (dtype.itemsize,)).astype(np.uint8).view(dtype).reshape(shape)
+        return (
+            rng.integers(65, 91, size=tuple(shape) + (dtype.itemsize,))
+            .astype(np.uint8)
+            .view(dtype)
+            .reshape(shape)
+        )
     if op == "prod":
         return rng.uniform(0.5, 1.5, size=shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
@@ -55,8 +64,9 @@ def assert_reduced(result: np.ndarray, inputs: list[np.ndarray], op: str, dtype:
     assert result.dtype == dtype
     ref = reduce_reference(inputs, op, dtype)
     if dtype.kind in "iu" or op in ("max", "min"):
-        np.testing.assert_array_equal(result.astype(np.float64) if dtype.kind == "f" or dtype == BF16
-                                      else result, ref)
+        np.testing.assert_array_equal(
+            result.astype(np.float64) if dtype.kind == "f" or dtype == BF16 else result, ref
+        )
         return
     n = len(inputs)
     u = UNIT_ROUNDOFF[dtype]
@@ -65,4 +75,6 @@ def assert_reduced(result: np.ndarray, inputs: list[np.ndarray], op: str, dtype:
     else:
         bound = 2 * n * u * np.abs(ref)
     err = np.abs(result.astype(np.float64) - ref)
-    assert np.all(err <= bound + 1e-300), f"max error {err.max()} exceeds bound (op={op}, {dtype}, n={n})"
+    assert np.all(err <= bound + 1e-300), (
+        f"max error {err.max()} exceeds bound (op={op}, {dtype}, n={n})"
+    )

@@ -13,13 +13,20 @@ import numpy as np
 import pytest
 
 
-def make_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed: int = 0,
-                    max_shard_size=None, **overrides) -> str:
+def make_checkpoint(
+    path,
+    kind: str = "qwen3",
+    dtype: str = "float32",
+    seed: int = 0,
+    max_shard_size=None,
+    **overrides,
+) -> str:
     """Save a random ``kind`` ('qwen3' or 'qwen3_moe') model to ``path``; returns the path."""
     from shardcore.runtime.tiny import make_tiny_checkpoint
 
-    return make_tiny_checkpoint(path, kind, dtype=dtype, seed=seed,
-                                max_shard_size=max_shard_size, **overrides)
+    return make_tiny_checkpoint(
+        path, kind, dtype=dtype, seed=seed, max_shard_size=max_shard_size, **overrides
+    )
 
 
 def reference_logits(path, prompts: np.ndarray, tokens: np.ndarray):
@@ -29,8 +36,8 @@ def reference_logits(path, prompts: np.ndarray, tokens: np.ndarray):
     """
     import torch
     import transformers
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.fspath(path),
-                                                              dtype=torch.float32)
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=torch.float32)
     model.eval()
     with torch.no_grad():
         out = model(torch.from_numpy(prompts), use_cache=True)
@@ -38,8 +45,9 @@ def reference_logits(path, prompts: np.ndarray, tokens: np.ndarray):
         cache = out.past_key_values
         steps = []
         for i in range(tokens.shape[1] - 1):
-            out = model(torch.from_numpy(tokens[:, i:i + 1]), past_key_values=cache,
-                        use_cache=True)
+            out = model(
+                torch.from_numpy(tokens[:, i : i + 1]), past_key_values=cache, use_cache=True
+            )
             cache = out.past_key_values
             steps.append(out.logits[:, -1].float().numpy())
     vocab = prefill.shape[-1]

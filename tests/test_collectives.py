@@ -12,8 +12,13 @@ WORLD_SIZES = range(1, 9)
 # Slots of 512 bytes make every size below but the smallest span several chunks per block.
 SMALL_SLOT = 512
 SIZES = [0, 1, 7, 131, 4099]
-MOVABLE = REDUCIBLE + [np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.bool_),
-                       np.dtype(np.complex64), np.dtype("S3")]
+MOVABLE = REDUCIBLE + [
+    np.dtype(np.int8),
+    np.dtype(np.uint8),
+    np.dtype(np.bool_),
+    np.dtype(np.complex64),
+    np.dtype("S3"),
+]
 
 
 def ring_allreduce_bytes(count: int, n: int, r: int, itemsize: int) -> int:
@@ -43,8 +48,10 @@ def expected_bytes(algo: str, count: int, n: int, r: int, itemsize: int, slot: i
     """(sent, received) of rank r for one all-reduce by the named algorithm."""
     if algo == "ring":
         # what a rank receives is what its predecessor sent
-        return (ring_allreduce_bytes(count, n, r, itemsize),
-                ring_allreduce_bytes(count, n, (r - 1) % n, itemsize))
+        return (
+            ring_allreduce_bytes(count, n, r, itemsize),
+            ring_allreduce_bytes(count, n, (r - 1) % n, itemsize),
+        )
     if algo == "one_shot":
         return ((n - 1) * count * itemsize,) * 2
     return (two_shot_bytes(count, n, r, itemsize, slot),) * 2
@@ -88,10 +95,14 @@ def test_all_reduce_every_dtype_op_size_algorithm(n):
                     assert_reduced(first, inputs, op, dtype)
                     for r in range(n):
                         res, sent, recv, used, counted = results[r][i]
-                        assert res.tobytes() == first.tobytes(), f"rank {r} differs ({dtype}, {op}, {size}, {algo})"
+                        assert res.tobytes() == first.tobytes(), (
+                            f"rank {r} differs ({dtype}, {op}, {size}, {algo})"
+                        )
                         assert used == (algo or used) and counted == {used: 1}
                         if n > 1 or algo is not None:
-                            assert (sent, recv) == expected_bytes(used, size, n, r, dtype.itemsize, SMALL_SLOT)
+                            assert (sent, recv) == expected_bytes(
+                                used, size, n, r, dtype.itemsize, SMALL_SLOT
+                            )
                     i += 1
 
 
@@ -190,39 +201,51 @@ def test_data_movement_collectives(n):
     for di, dtype in enumerate(REDUCIBLE):
         for oi, op in enumerate(OPS):
             for rows in (0, 1, 5, 300):
-                xs = [make_input(("rs", di, oi, rows), r, (n * rows, 3), dtype, op) for r in range(n)]
+                xs = [
+                    make_input(("rs", di, oi, rows), r, (n * rows, 3), dtype, op) for r in range(n)
+                ]
                 full = np.stack(xs)
                 for r in range(n):
                     res, sent = results[r]["rs", di, oi, rows]
                     assert res.shape == (rows, 3)
-                    assert_reduced(res, list(full[:, r * rows:(r + 1) * rows]), op, dtype)
+                    assert_reduced(res, list(full[:, r * rows : (r + 1) * rows]), op, dtype)
                     assert sent == (n - 1) * rows * 3 * dtype.itemsize
     for di, dtype in enumerate(MOVABLE):
         for rows in (0, 1, 7, 300):
             xs = [make_input(("ag", di, rows), r, (rows, 2), dtype) for r in range(n)]
             a2a = [make_input(("a2a", di, rows), r, (n * rows, 2), dtype) for r in range(n)]
-            counts = [np.abs(make_input(("cnt", di, rows), r, (n,), np.dtype(np.int64), "prod")
-                             % (rows + 2)) for r in range(n)]
-            a2av = [make_input(("a2av", di, rows), r, (int(counts[r].sum()), 3), dtype)
-                    for r in range(n)]
+            counts = [
+                np.abs(
+                    make_input(("cnt", di, rows), r, (n,), np.dtype(np.int64), "prod") % (rows + 2)
+                )
+                for r in range(n)
+            ]
+            a2av = [
+                make_input(("a2av", di, rows), r, (int(counts[r].sum()), 3), dtype)
+                for r in range(n)
+            ]
             for r in range(n):
                 for algo in ("ring", "flat", None):
                     res, sent = results[r]["ag", di, rows, algo]
                     np.testing.assert_array_equal(res, np.concatenate(xs))
                     assert sent == (n - 1) * xs[r].nbytes
                 res, sent = results[r]["a2a", di, rows]
-                expect = np.concatenate([a2a[src][r * rows:(r + 1) * rows] for src in range(n)])
+                expect = np.concatenate([a2a[src][r * rows : (r + 1) * rows] for src in range(n)])
                 np.testing.assert_array_equal(res, expect)
                 assert sent == (n - 1) * rows * 2 * dtype.itemsize
                 res, recv, sent = results[r]["a2av", di, rows]
                 offsets = [np.concatenate([[0], np.cumsum(c)]) for c in counts]
-                expect = np.concatenate([a2av[s][offsets[s][r]:offsets[s][r + 1]] for s in range(n)])
+                expect = np.concatenate(
+                    [a2av[s][offsets[s][r] : offsets[s][r + 1]] for s in range(n)]
+                )
                 np.testing.assert_array_equal(res, expect)
                 assert recv == [int(counts[s][r]) for s in range(n)]
                 assert sent == (int(counts[r].sum()) - int(counts[r][r])) * 3 * dtype.itemsize
                 for root in range(n):
                     res, t = results[r]["bc", di, rows, root]
-                    np.testing.assert_array_equal(res, make_input(("bc", di, rows, root), root, (rows, 3), dtype))
+                    np.testing.assert_array_equal(
+                        res, make_input(("bc", di, rows, root), root, (rows, 3), dtype)
+                    )
                     nbytes = rows * 3 * dtype.itemsize if n > 1 else 0
                     assert (t["sent"], t["recv"]) == ((nbytes, 0) if r == root else (0, nbytes))
     for r in range(n):
@@ -255,7 +278,9 @@ def test_send_recv_ring_shift(n):
     for r in range(n):
         got, sent, recv = results[r]
         for tag, size in enumerate(sizes):
-            np.testing.assert_array_equal(got[tag], make_input(("p2p", tag), (r - 1) % n, (size,), np.dtype(np.float32)))
+            np.testing.assert_array_equal(
+                got[tag], make_input(("p2p", tag), (r - 1) % n, (size,), np.dtype(np.float32))
+            )
         assert sent == recv == 4 * sum(sizes)
 
 
@@ -327,7 +352,9 @@ def _mixed_stress(comm, iters):
         elif kind == 2:
             acc += comm.reduce_scatter(np.ones(size * comm.size)).sum()
         elif kind == 3:
-            acc += comm.broadcast(np.full(size, float(comm.rank)), root=int(rng.integers(comm.size))).sum()
+            acc += comm.broadcast(
+                np.full(size, float(comm.rank)), root=int(rng.integers(comm.size))
+            ).sum()
         else:
             comm.barrier()
     return acc

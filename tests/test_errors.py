@@ -194,12 +194,24 @@ def _bad_arguments(comm):
 def test_bad_arguments_raise_before_touching_shared_memory():
     results = shardcore.launch(_bad_arguments, 2)
     expected = {
-        "dtype": "TypeError", "object": "TypeError", "op": "ValueError", "algorithm": "ValueError",
-        "noncontig": "ValueError", "readonly_inplace": "ValueError", "readonly_out": "ValueError",
-        "out_shape": "ValueError", "out_dtype": "TypeError", "rs_rows": "ValueError",
-        "a2a_rows": "ValueError", "counts_sum": "ValueError", "counts_len": "ValueError",
-        "counts_neg": "ValueError", "root": "ValueError", "dst_self": "ValueError",
-        "src_range": "ValueError", "not_array": "TypeError",
+        "dtype": "TypeError",
+        "object": "TypeError",
+        "op": "ValueError",
+        "algorithm": "ValueError",
+        "noncontig": "ValueError",
+        "readonly_inplace": "ValueError",
+        "readonly_out": "ValueError",
+        "out_shape": "ValueError",
+        "out_dtype": "TypeError",
+        "rs_rows": "ValueError",
+        "a2a_rows": "ValueError",
+        "counts_sum": "ValueError",
+        "counts_len": "ValueError",
+        "counts_neg": "ValueError",
+        "root": "ValueError",
+        "dst_self": "ValueError",
+        "src_range": "ValueError",
+        "not_array": "TypeError",
     }
     for outcomes in results:
         for key, kind in expected.items():

@@ -20,7 +20,8 @@ def _identity(comm, a, b=0):
 @pytest.mark.parametrize("n", [1, 2, 8])
 def test_launch_returns_results_in_rank_order(n):
     assert shardcore.launch(_identity, n, args=("x",), kwargs={"b": 3}) == [
-        (r, n, "x", 3) for r in range(n)]
+        (r, n, "x", 3) for r in range(n)
+    ]
 
 
 def test_launch_accepts_closures_and_large_results():
@@ -62,9 +63,23 @@ SCRIPT = textwrap.dedent("""
 def _run_cli(tmp_path, n, arg):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    return subprocess.run([sys.executable, "-m", "shardcore.cli", "run", "-n", str(n),
-                           "--comm-timeout", "60", str(script), arg],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shardcore.cli",
+            "run",
+            "-n",
+            str(n),
+            "--comm-timeout",
+            "60",
+            str(script),
+            arg,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_run_starts_n_ranks(tmp_path):
@@ -84,11 +99,14 @@ def test_cli_run_fails_when_a_rank_fails(tmp_path):
 
 
 def test_init_without_launcher_is_a_single_rank(tmp_path):
-    code = ("import numpy as np, shardcore; c = shardcore.init(); x = np.ones(3); "
-            "c.all_reduce(x); print(c.rank, c.size, x.sum())")
+    code = (
+        "import numpy as np, shardcore; c = shardcore.init(); x = np.ones(3); "
+        "c.all_reduce(x); print(c.rank, c.size, x.sum())"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCORE_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "1", "3.0"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+
 import shardcore
 
 kernels = pytest.importorskip("shardcore.kernels")

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+
 from shardcore.errors import PlanError
 from shardcore.plan import (
     MODEL_PRESETS,
@@ -22,12 +23,18 @@ def alternatives(msg):
     return set(re.findall(r"\(tp=(\d+), pp=(\d+), dp=(\d+), ep=(\d+)\)", msg))
 
 
-@pytest.mark.parametrize("kw, constraint, near", [
-    (dict(tp=4, pp=1, dp=1), r"tp\*pp\*dp = 4\*1\*1 = 4 must equal the number of devices \(8\)",
-     ("4", "1", "2", "1")),
-    (dict(tp=8, pp=2, dp=1), r"= 16 must equal", ("8", "1", "1", "1")),
-    (dict(tp=1, pp=1, dp=8, ep=3), r"ep=3 must divide tp\*dp = 8", ("1", "1", "8", "4")),
-])
+@pytest.mark.parametrize(
+    "kw, constraint, near",
+    [
+        (
+            dict(tp=4, pp=1, dp=1),
+            r"tp\*pp\*dp = 4\*1\*1 = 4 must equal the number of devices \(8\)",
+            ("4", "1", "2", "1"),
+        ),
+        (dict(tp=8, pp=2, dp=1), r"= 16 must equal", ("8", "1", "1", "1")),
+        (dict(tp=1, pp=1, dp=8, ep=3), r"ep=3 must divide tp\*dp = 8", ("1", "1", "8", "4")),
+    ],
+)
 def test_rejections_name_constraint_and_list_alternatives(kw, constraint, near):
     with pytest.raises(PlanError, match=constraint) as info:
         make_plan(QWEN, H100x8, ParallelConfig(**kw))
@@ -39,10 +46,19 @@ def test_rejections_name_constraint_and_list_alternatives(kw, constraint, near):
 
 
 def small(heads=12, kv=4, layers=5, experts=0):
-    return ModelSpec(name="small", hidden_size=48, num_layers=layers, num_heads=heads,
-                     num_kv_heads=kv, head_dim=4, ffn_size=20, vocab_size=50,
-                     num_experts=experts, experts_per_token=2 if experts else 0,
-                     expert_ffn_size=8 if experts else 0)
+    return ModelSpec(
+        name="small",
+        hidden_size=48,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=4,
+        ffn_size=20,
+        vocab_size=50,
+        num_experts=experts,
+        experts_per_token=2 if experts else 0,
+        expert_ffn_size=8 if experts else 0,
+    )
 
 
 def test_head_rules():
@@ -67,16 +83,15 @@ def test_pp_and_layer_partitions():
     m = small(layers=5)
     with pytest.raises(PlanError, match="pp=6 exceeds the 5 layers"):
         make_plan(m, ClusterSpec.make("h100-80gb", 6), ParallelConfig(pp=6))
-    plan = make_plan(m, ClusterSpec.make("h100-80gb", 2), ParallelConfig(pp=2),
-                     layer_partition=[4, 1])
+    plan = make_plan(
+        m, ClusterSpec.make("h100-80gb", 2), ParallelConfig(pp=2), layer_partition=[4, 1]
+    )
     assert [r.layers for r in plan.ranks] == [(0, 4), (4, 5)]
     with pytest.raises(PlanError, match="layer partition"):
-        make_plan(m, ClusterSpec.make("h100-80gb", 2), ParallelConfig(pp=2),
-                  layer_partition=[3, 3])
+        make_plan(m, ClusterSpec.make("h100-80gb", 2), ParallelConfig(pp=2), layer_partition=[3, 3])
     qplan = make_plan(QWEN, ClusterSpec.make("h100-80gb", 16, 8), ParallelConfig(tp=4, pp=4))
     assert qplan.layer_partition == (23, 24, 24, 23)
-    assert [qplan.ranks[4 * s].layers for s in range(4)] == [(0, 23), (23, 47), (47, 71),
-                                                             (71, 94)]
+    assert [qplan.ranks[4 * s].layers for s in range(4)] == [(0, 23), (23, 47), (47, 71), (71, 94)]
 
 
 def test_ep_rules():

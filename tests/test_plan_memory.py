@@ -9,11 +9,14 @@ QWEN = MODEL_PRESETS["qwen3-235b-a22b"]
 def qwen_tp8_weight_bytes():
     """Per-rank bf16 bytes at TP=8, counted tensor family by tensor family."""
     h, layers, vocab = 4096, 94, 151936
-    per_layer = (2 * h * 64 * 128 // 8      # q_proj, o_proj: 8 query heads per rank
-                 + 2 * h * 128              # k_proj, v_proj: one whole KV head per rank
-                 + 128 * 3 * h * 1536 // 8  # 128 experts, each split 8 ways
-                 + 128 * h                  # router, replicated
-                 + 2 * h + 2 * 128)         # layer norms, q_norm, k_norm, replicated
+    per_layer = (
+        2 * h * 64 * 128 // 8  # q_proj, o_proj: 8 query heads per rank
+        + 2 * h * 128  # k_proj, v_proj: one whole KV head per rank
+        + 128 * 3 * h * 1536 // 8  # 128 experts, each split 8 ways
+        + 128 * h  # router, replicated
+        + 2 * h
+        + 2 * 128
+    )  # layer norms, q_norm, k_norm, replicated
     return 2 * (layers * per_layer + 2 * vocab * h // 8 + h)
 
 
@@ -23,7 +26,7 @@ def test_qwen3_235b_tp8_on_h100():
     for r in plan.ranks:
         mem = plan.memory(r.rank)
         assert mem.weights == expect
-        assert abs(mem.weights / GB - 58.8) < 0.25            # the seed's 235 * 2 / 8
+        assert abs(mem.weights / GB - 58.8) < 0.25  # the seed's 235 * 2 / 8
         assert abs(mem.left_after_weights_nominal / GB - 21.2) < 0.25  # 80 - 58.8
         # the real device: 81559 MiB = 79.65 GiB
         assert abs(mem.device_bytes / GIB - 79.65) < 0.01

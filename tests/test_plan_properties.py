@@ -4,6 +4,7 @@ number of ranks, and shard sizes add up."""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shardcore.plan import ClusterSpec, ModelSpec, feasible_configs, make_plan, weight_tensors
 
 
@@ -14,16 +15,24 @@ def model_and_config(draw):
     experts = draw(st.sampled_from([0, 0, 2, 4, 6]))
     layers = draw(st.integers(1, 5))
     model = ModelSpec(
-        name="random", hidden_size=draw(st.integers(2, 9)), num_layers=layers,
-        num_heads=heads, num_kv_heads=kv, head_dim=draw(st.integers(1, 4)),
-        ffn_size=draw(st.integers(1, 13)), vocab_size=draw(st.integers(2, 23)),
+        name="random",
+        hidden_size=draw(st.integers(2, 9)),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=draw(st.integers(1, 4)),
+        ffn_size=draw(st.integers(1, 13)),
+        vocab_size=draw(st.integers(2, 23)),
         num_experts=experts,
         experts_per_token=draw(st.integers(1, experts)) if experts else 0,
         expert_ffn_size=draw(st.integers(1, 7)) if experts else 0,
         shared_experts=draw(st.integers(0, 1)) if experts else 0,
         decoder_sparse_step=draw(st.integers(1, 2)),
         mlp_only_layers=tuple(draw(st.sets(st.integers(0, layers - 1), max_size=2))),
-        tie_embeddings=draw(st.booleans()), qk_norm=draw(st.booleans()), dtype="float32")
+        tie_embeddings=draw(st.booleans()),
+        qk_norm=draw(st.booleans()),
+        dtype="float32",
+    )
     world = draw(st.integers(1, 8))
     per_node = draw(st.sampled_from([d for d in range(1, world + 1) if world % d == 0]))
     cluster = ClusterSpec.make("h100-80gb", world, per_node)
@@ -35,14 +44,14 @@ def model_and_config(draw):
 def expected_owners(name, model, c):
     """Ranks that must hold each element of ``name``, written from the documented rules."""
     if ".mlp.experts." in name and c.ep > 1:
-        return c.tp * c.dp // c.ep        # whole experts, spread over a stage's EP groups
+        return c.tp * c.dp // c.ep  # whole experts, spread over a stage's EP groups
     if name.endswith(("norm.weight", "mlp.gate.weight")):
-        return c.tp * c.dp                # replicated on every rank of the stage
+        return c.tp * c.dp  # replicated on every rank of the stage
     if name.endswith(("k_proj.weight", "v_proj.weight")):
         return c.dp * max(1, c.tp // model.num_kv_heads)
     if name == "model.embed_tokens.weight" and model.tie_embeddings and c.pp > 1:
-        return 2 * c.dp                   # first stage, and last stage as the LM head
-    return c.dp                           # once per TP x PP cell of every replica
+        return 2 * c.dp  # first stage, and last stage as the LM head
+    return c.dp  # once per TP x PP cell of every replica
 
 
 @settings(max_examples=150, deadline=None)
@@ -62,7 +71,7 @@ def test_every_element_owned_the_right_number_of_times(args):
                 assert 0 <= lo <= hi <= n
             counts[name][tuple(slice(lo, hi) for lo, hi in box)] += 1
             held += int(np.prod([hi - lo for lo, hi in box]))
-        assert held == plan.weight_elements(r.rank)   # closed form == sum of shards
+        assert held == plan.weight_elements(r.rank)  # closed form == sum of shards
         total_held += held
     expected_total = 0
     for name, count in counts.items():

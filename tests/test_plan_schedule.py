@@ -1,6 +1,7 @@
 """GPipe and 1F1B time tables, checked against the scheduling rules."""
 
 import pytest
+
 from shardcore.plan import pipeline_schedule
 
 

@@ -1,6 +1,7 @@
 """auto_plan: the 2 nodes x 8 H100 search, explanations, TP across nodes never preferred."""
 
 import pytest
+
 from shardcore.errors import PlanError
 from shardcore.plan import MODEL_PRESETS, ClusterSpec, auto_plan, feasible_configs
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from shardcore.plan import DEVICE_PRESETS, MODEL_PRESETS, ClusterSpec, ModelSpec
 
 
@@ -12,26 +13,45 @@ def dense_params(h, layers, heads, kv, d, ffn, vocab, tied=False, qk_norm=False)
     return layers * per_layer + vocab * h * (1 if tied else 2) + h
 
 
-@pytest.mark.parametrize("name, billions", [
-    ("llama-3-70b", 70.55), ("qwen3-32b", 32.76), ("qwen3-8b", 8.19), ("llama-3-8b", 8.03),
-])
+@pytest.mark.parametrize(
+    "name, billions",
+    [
+        ("llama-3-70b", 70.55),
+        ("qwen3-32b", 32.76),
+        ("qwen3-8b", 8.19),
+        ("llama-3-8b", 8.03),
+    ],
+)
 def test_dense_presets_match_published_sizes(name, billions):
     m = MODEL_PRESETS[name]
-    expect = dense_params(m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim,
-                          m.ffn_size, m.vocab_size, m.tie_embeddings, m.qk_norm)
+    expect = dense_params(
+        m.hidden_size,
+        m.num_layers,
+        m.num_heads,
+        m.num_kv_heads,
+        m.head_dim,
+        m.ffn_size,
+        m.vocab_size,
+        m.tie_embeddings,
+        m.qk_norm,
+    )
     assert m.num_params == expect
     assert abs(m.num_params / 1e9 - billions) < 0.01
 
 
 def test_qwen3_235b_preset():
     m = MODEL_PRESETS["qwen3-235b-a22b"]
-    assert (m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim) == \
-        (4096, 94, 64, 4, 128)
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim) == (
+        4096,
+        94,
+        64,
+        4,
+        128,
+    )
     assert m.head_dim * m.num_heads != m.hidden_size  # head_dim is not hidden/heads
     assert (m.num_experts, m.experts_per_token, m.expert_ffn_size) == (128, 8, 1536)
     h = 4096
-    per_layer = (h * 64 * 128 * 2 + h * 4 * 128 * 2 + 2 * 128 + 2 * h + 128 * h
-                 + 128 * 3 * h * 1536)
+    per_layer = h * 64 * 128 * 2 + h * 4 * 128 * 2 + 2 * 128 + 2 * h + 128 * h + 128 * 3 * h * 1536
     total = 94 * per_layer + 2 * 151936 * h + h
     assert m.num_params == total
     assert 235.0e9 < total < 235.2e9
@@ -47,11 +67,22 @@ def test_mixtral_preset():
 
 
 QWEN3_MOE_CFG = {
-    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 64,
-    "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 24,
-    "intermediate_size": 96, "moe_intermediate_size": 32, "num_experts": 6,
-    "num_experts_per_tok": 2, "decoder_sparse_step": 2, "mlp_only_layers": [3],
-    "vocab_size": 101, "tie_word_embeddings": False, "torch_dtype": "float32",
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "model_type": "qwen3_moe",
+    "hidden_size": 64,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 24,
+    "intermediate_size": 96,
+    "moe_intermediate_size": 32,
+    "num_experts": 6,
+    "num_experts_per_tok": 2,
+    "decoder_sparse_step": 2,
+    "mlp_only_layers": [3],
+    "vocab_size": 101,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
 }
 
 
@@ -67,16 +98,34 @@ def test_from_hf_config_qwen3_moe_layers(tmp_path):
 
 
 def test_from_hf_config_llama_and_mixtral():
-    llama = ModelSpec.from_hf_config({
-        "model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80,
-        "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672,
-        "vocab_size": 128256, "tie_word_embeddings": False, "torch_dtype": "bfloat16"})
+    llama = ModelSpec.from_hf_config(
+        {
+            "model_type": "llama",
+            "hidden_size": 8192,
+            "num_hidden_layers": 80,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 8,
+            "intermediate_size": 28672,
+            "vocab_size": 128256,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+        }
+    )
     assert llama.num_params == MODEL_PRESETS["llama-3-70b"].num_params
     assert llama.head_dim == 128 and not llama.qk_norm
-    mixtral = ModelSpec.from_hf_config({
-        "model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
-        "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000})
+    mixtral = ModelSpec.from_hf_config(
+        {
+            "model_type": "mixtral",
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            "vocab_size": 32000,
+        }
+    )
     assert mixtral.num_params == MODEL_PRESETS["mixtral-8x7b"].num_params
     assert mixtral.ffn_size == 0 and mixtral.expert_ffn_size == 14336
 
@@ -87,8 +136,16 @@ def test_from_hf_config_rejects_bad_input():
     with pytest.raises(ValueError, match="attention_bias"):
         ModelSpec.from_hf_config(dict(QWEN3_MOE_CFG, attention_bias=True))
     with pytest.raises(ValueError, match="num_kv_heads"):
-        ModelSpec(name="x", hidden_size=8, num_layers=1, num_heads=6, num_kv_heads=4,
-                  head_dim=2, ffn_size=4, vocab_size=10)
+        ModelSpec(
+            name="x",
+            hidden_size=8,
+            num_layers=1,
+            num_heads=6,
+            num_kv_heads=4,
+            head_dim=2,
+            ffn_size=4,
+            vocab_size=10,
+        )
     with pytest.raises(ValueError, match="unknown model preset"):
         ModelSpec.preset("gpt-5")
 

@@ -3,6 +3,7 @@ and the per-rank prediction of a run."""
 
 import numpy as np
 import pytest
+
 from shardcore.plan import (
     MODEL_PRESETS,
     ClusterSpec,
@@ -32,8 +33,7 @@ def simulate_ring_all_reduce(inputs):
             sent[i] += data.size
             bufs[(i + 1) % n][blk(b)] += data
     for step in range(n - 1):  # all-gather: rank i sends block (i + 1 - step) to i + 1
-        msgs = [(i, (i + 1 - step) % n, bufs[i][blk((i + 1 - step) % n)].copy())
-                for i in range(n)]
+        msgs = [(i, (i + 1 - step) % n, bufs[i][blk((i + 1 - step) % n)].copy()) for i in range(n)]
         for i, b, data in msgs:
             sent[i] += data.size
             bufs[(i + 1) % n][blk(b)] = data
@@ -48,8 +48,9 @@ def test_ring_rule_matches_a_simulated_ring(n, S):
     for r in results:
         np.testing.assert_allclose(r, np.sum(inputs, axis=0), rtol=1e-12)
     assert [ring_all_reduce_sent(S, n, i) for i in range(n)] == sent
-    assert [ring_all_reduce_recv(S, n, i) for i in range(n)] == [sent[(i - 1) % n]
-                                                                 for i in range(n)]
+    assert [ring_all_reduce_recv(S, n, i) for i in range(n)] == [
+        sent[(i - 1) % n] for i in range(n)
+    ]
     if S % n == 0:
         assert all(s == 2 * (n - 1) * S // n for s in sent)
 
@@ -81,10 +82,20 @@ def test_tp_exceeds_pp_for_every_preset(name, n):
 
 
 def tiny(hidden=45, layers=5, experts=0, vocab=37):
-    return ModelSpec(name="tiny", hidden_size=hidden, num_layers=layers, num_heads=4,
-                     num_kv_heads=2, head_dim=6, ffn_size=19, vocab_size=vocab,
-                     num_experts=experts, experts_per_token=2 if experts else 0,
-                     expert_ffn_size=7 if experts else 0, dtype="float32")
+    return ModelSpec(
+        name="tiny",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=6,
+        ffn_size=19,
+        vocab_size=vocab,
+        num_experts=experts,
+        experts_per_token=2 if experts else 0,
+        expert_ffn_size=7 if experts else 0,
+        dtype="float32",
+    )
 
 
 def expected_dense(plan, prompt, steps, batch, micro, b):
@@ -112,11 +123,19 @@ def expected_dense(plan, prompt, steps, batch, micro, b):
                 if n > 1:
                     calls = 2 * r.num_layers + (1 if r.pp == 0 else 0)
                     for _ in range(calls):
-                        add(r.rank, "all_reduce", ring_all_reduce_sent(T * h, n, r.tp) * b,
-                            ring_all_reduce_recv(T * h, n, r.tp) * b)
+                        add(
+                            r.rank,
+                            "all_reduce",
+                            ring_all_reduce_sent(T * h, n, r.tp) * b,
+                            ring_all_reduce_recv(T * h, n, r.tp) * b,
+                        )
                     if r.pp == c.pp - 1 and j == len(chunks) - 1:
-                        add(r.rank, "all_gather", (n - 1) * batches[r.dp] * vblock * b,
-                            (n - 1) * batches[r.dp] * vblock * b)
+                        add(
+                            r.rank,
+                            "all_gather",
+                            (n - 1) * batches[r.dp] * vblock * b,
+                            (n - 1) * batches[r.dp] * vblock * b,
+                        )
                 if r.pp < c.pp - 1:
                     add(r.rank, "send", T * h * b, 0)
                 if r.pp > 0:
@@ -131,18 +150,17 @@ def expected_dense(plan, prompt, steps, batch, micro, b):
 
 
 @pytest.mark.parametrize("tp, pp, dp", [(2, 2, 2), (4, 1, 1), (1, 4, 1), (2, 1, 3), (1, 1, 2)])
-@pytest.mark.parametrize("prompt, steps, batch, micro", [(7, 3, 3, 2), (1, 0, 5, 4),
-                                                          (5, 2, 4, 9)])
+@pytest.mark.parametrize("prompt, steps, batch, micro", [(7, 3, 3, 2), (1, 0, 5, 4), (5, 2, 4, 9)])
 def test_predict_traffic_dense(tp, pp, dp, prompt, steps, batch, micro):
     if batch < dp:
         pytest.skip("batch < dp is rejected")
-    plan = make_plan(tiny(), ClusterSpec.make("h100-80gb", tp * pp * dp),
-                     ParallelConfig(tp, pp, dp))
+    plan = make_plan(
+        tiny(), ClusterSpec.make("h100-80gb", tp * pp * dp), ParallelConfig(tp, pp, dp)
+    )
     got = predict_traffic(plan, prompt, steps, batch=batch, micro_batches=micro)
     assert got.exact
     assert got.ranks == expected_dense(plan, prompt, steps, batch, micro, 4)
-    bf = predict_traffic(plan, prompt, steps, batch=batch, micro_batches=micro,
-                         dtype="bfloat16")
+    bf = predict_traffic(plan, prompt, steps, batch=batch, micro_batches=micro, dtype="bfloat16")
     for a, b in zip(bf.ranks, got.ranks):
         for kind in b:
             if kind in ("all_reduce", "all_gather"):
@@ -225,5 +243,6 @@ def test_compare_and_merge_traffic():
     measured[3]["all_reduce"]["sent"] += 4
     assert compare_traffic(pred, measured) == [
         f"rank 3 all_reduce sent: predicted {pred.ranks[3]['all_reduce']['sent']}, "
-        f"measured {pred.ranks[3]['all_reduce']['sent'] + 4}"]
+        f"measured {pred.ranks[3]['all_reduce']['sent'] + 4}"
+    ]
     assert compare_traffic(pred, measured[:2]) == ["2 ranks measured, 4 predicted"]

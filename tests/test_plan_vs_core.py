@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+
 from shardcore.plan import (
     ModelSpec,
     ParallelConfig,
@@ -58,8 +59,9 @@ def fake_forward(comm, plan_json, prompt, steps, batch, micro, routing):
                     counts = [0] * c.ep
                     for e in ids.ravel():
                         counts[int(e) // per_ep_rank] += 1
-                    got, recv_counts = ep_comm.all_to_allv(np.zeros((sum(counts), h),
-                                                                    np.float32), counts)
+                    got, recv_counts = ep_comm.all_to_allv(
+                        np.zeros((sum(counts), h), np.float32), counts
+                    )
                     ep_comm.all_to_allv(np.zeros_like(got), recv_counts)
                 if c.tp > 1:
                     tp_comm.all_reduce(x, algorithm="ring")
@@ -77,10 +79,20 @@ def fake_forward(comm, plan_json, prompt, steps, batch, micro, routing):
 
 
 def tiny(experts=0):
-    return ModelSpec(name="tiny", hidden_size=13, num_layers=3, num_heads=4, num_kv_heads=2,
-                     head_dim=4, ffn_size=10, vocab_size=29, num_experts=experts,
-                     experts_per_token=2 if experts else 0, expert_ffn_size=6 if experts else 0,
-                     dtype="float32")
+    return ModelSpec(
+        name="tiny",
+        hidden_size=13,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=4,
+        ffn_size=10,
+        vocab_size=29,
+        num_experts=experts,
+        experts_per_token=2 if experts else 0,
+        expert_ffn_size=6 if experts else 0,
+        dtype="float32",
+    )
 
 
 def routing_table(plan, prompt, steps, batch, micro, seed=0):
@@ -92,27 +104,43 @@ def routing_table(plan, prompt, steps, batch, micro, seed=0):
             for layer in m.moe_layers:
                 for d, rows in enumerate(plan.replica_batches(batch)):
                     table[(p, j, layer, d)] = np.array(
-                        [rng.choice(m.num_experts, m.experts_per_token, replace=False)
-                         for _ in range(rows * length)], dtype=np.int64).reshape(-1, 2)
+                        [
+                            rng.choice(m.num_experts, m.experts_per_token, replace=False)
+                            for _ in range(rows * length)
+                        ],
+                        dtype=np.int64,
+                    ).reshape(-1, 2)
     return table
 
 
-@pytest.mark.parametrize("experts, cfg, prompt, steps, batch, micro", [
-    (0, ParallelConfig(tp=2, pp=2), 5, 2, 3, 2),
-    (0, ParallelConfig(tp=4), 3, 1, 1, 1),
-    (4, ParallelConfig(tp=2, dp=2, ep=4), 4, 2, 3, 1),
-    (4, ParallelConfig(tp=1, pp=2, dp=2, ep=2), 3, 1, 2, 3),
-])
+@pytest.mark.parametrize(
+    "experts, cfg, prompt, steps, batch, micro",
+    [
+        (0, ParallelConfig(tp=2, pp=2), 5, 2, 3, 2),
+        (0, ParallelConfig(tp=4), 3, 1, 1, 1),
+        (4, ParallelConfig(tp=2, dp=2, ep=4), 4, 2, 3, 1),
+        (4, ParallelConfig(tp=1, pp=2, dp=2, ep=2), 3, 1, 2, 3),
+    ],
+)
 def test_prediction_equals_measured_traffic(experts, cfg, prompt, steps, batch, micro):
     import shardcore
 
     plan = make_plan(tiny(experts), cfg.world_size, cfg)
     routing = routing_table(plan, prompt, steps, batch, micro)
-    measured = shardcore.launch(fake_forward, cfg.world_size,
-                                args=(plan.to_json(), prompt, steps, batch, micro, routing),
-                                timeout=100)
-    pred = predict_traffic(plan, prompt, steps, batch=batch, micro_batches=micro,
-                           expert_ids=lambda p, j, layer, d: routing[(p, j, layer, d)])
+    measured = shardcore.launch(
+        fake_forward,
+        cfg.world_size,
+        args=(plan.to_json(), prompt, steps, batch, micro, routing),
+        timeout=100,
+    )
+    pred = predict_traffic(
+        plan,
+        prompt,
+        steps,
+        batch=batch,
+        micro_batches=micro,
+        expert_ids=lambda p, j, layer, d: routing[(p, j, layer, d)],
+    )
     assert pred.exact
     assert compare_traffic(pred, measured) == []
     assert measured == pred.ranks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from collective_refs import BF16, FLOATS, OPS, make_input
@@ -52,11 +51,14 @@ def test_vectorised_and_generic_kernels_agree_bitwise(monkeypatch):
 
 def test_float16_and_bfloat16_rounding_matches_numpy():
     """One rounding of an fp32 sum: the same as numpy's own float32 -> half conversions."""
+
     def fn(comm):
         out = {}
         for dtype in (np.dtype(np.float16), BF16):
             x = make_input(("r", str(dtype)), comm.rank, (5000,), dtype)
-            out[str(dtype)] = comm.all_reduce(x.copy(), algorithm="one_shot" if x.nbytes <= 1 << 16 else None)
+            out[str(dtype)] = comm.all_reduce(
+                x.copy(), algorithm="one_shot" if x.nbytes <= 1 << 16 else None
+            )
         return out
 
     res = shardcore.launch(fn, 2, slot_bytes=1 << 16)[0]
@@ -64,5 +66,3 @@ def test_float16_and_bfloat16_rounding_matches_numpy():
         xs = [make_input(("r", str(dtype)), r, (5000,), dtype) for r in range(2)]
         expect = (xs[0].astype(np.float32) + xs[1].astype(np.float32)).astype(dtype)
         assert res[str(dtype)].tobytes() == expect.tobytes()
-
-

@@ -6,6 +6,7 @@ import os
 
 import pytest
 from runtime_fixtures import prompts, qwen3_moe_ckpt  # noqa: F401
+
 from shardcore import LaunchError
 from shardcore.runtime import FailureInjection, generate
 
@@ -21,8 +22,16 @@ def _shm_entries():
 def test_failing_rank_is_named_and_shm_is_clean(qwen3_moe_ckpt, kind, rank, step):  # noqa: F811
     assert _shm_entries() == set()
     with pytest.raises(LaunchError) as info:
-        generate(qwen3_moe_ckpt, prompts(2, 5), tp=2, pp=2, ep=2, max_new_tokens=4,
-                 timeout=60, _failure=FailureInjection(rank=rank, step=step, kind=kind))
+        generate(
+            qwen3_moe_ckpt,
+            prompts(2, 5),
+            tp=2,
+            pp=2,
+            ep=2,
+            max_new_tokens=4,
+            timeout=60,
+            _failure=FailureInjection(rank=rank, step=step, kind=kind),
+        )
     err = info.value
     assert err.rank == rank
     assert f"rank {rank}" in str(err)

@@ -16,6 +16,7 @@ from runtime_fixtures import (  # noqa: F401
     reference_logits,
     rel_err,
 )
+
 from shardcore import PlanError
 from shardcore.runtime import Checkpoint, ModelConfig, build_layouts, generate
 
@@ -48,13 +49,21 @@ def test_qwen3_moe_matches_transformers(qwen3_moe_ckpt):  # noqa: F811
 
 def test_variants_match_transformers(tmp_path):
     """Tied embeddings, no top-k renormalisation, MoE every other layer, batch of one."""
-    tied = make_checkpoint(tmp_path / "tied", "qwen3", seed=3, tie_word_embeddings=True,
-                           num_hidden_layers=2)
+    tied = make_checkpoint(
+        tmp_path / "tied", "qwen3", seed=3, tie_word_embeddings=True, num_hidden_layers=2
+    )
     with open(f"{tied}/config.json") as f:
         assert json.load(f)["tie_word_embeddings"] is True
     _check_against_oracle(tied, batch=1, length=5, new=3)
-    moe = make_checkpoint(tmp_path / "moe", "qwen3_moe", seed=4, norm_topk_prob=False,
-                          mlp_only_layers=[], decoder_sparse_step=2, num_hidden_layers=2)
+    moe = make_checkpoint(
+        tmp_path / "moe",
+        "qwen3_moe",
+        seed=4,
+        norm_topk_prob=False,
+        mlp_only_layers=[],
+        decoder_sparse_step=2,
+        num_hidden_layers=2,
+    )
     assert ModelConfig.from_hf_config(moe).moe_layers == (1,)
     _check_against_oracle(moe, batch=3, length=4, new=3)
 
@@ -105,8 +114,9 @@ def test_checkpoint_slices_equal_full_tensor(qwen3_ckpt, tmp_path):  # noqa: F81
     bck = Checkpoint(bf)
     bfull = bck.read("model.layers.0.mlp.down_proj.weight")
     assert bfull.dtype == np.dtype(ml_dtypes.bfloat16)
-    np.testing.assert_array_equal(bck.read("model.layers.0.mlp.down_proj.weight", cols=(13, 26)),
-                                  bfull[:, 13:26])
+    np.testing.assert_array_equal(
+        bck.read("model.layers.0.mlp.down_proj.weight", cols=(13, 26)), bfull[:, 13:26]
+    )
     with pytest.raises(KeyError, match="nope"):
         ckpt.read("nope")
     with pytest.raises(ValueError, match="out of range"):
@@ -127,15 +137,24 @@ def test_checkpoint_in_several_files(qwen3_moe_ckpt, tmp_path):  # noqa: F811
 
 
 def test_config_rejections():
-    base = {"model_type": "qwen3", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 4}
+    base = {
+        "model_type": "qwen3",
+        "vocab_size": 11,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 4,
+    }
     assert ModelConfig.from_hf_config(base).head_dim == 4
     assert ModelConfig.from_hf_config(dict(base, rope_theta=5.0)).rope_theta == 5.0
-    for bad, match in (({"model_type": "gpt2"}, "model_type"),
-                       ({"hidden_act": "gelu"}, "hidden_act"),
-                       ({"rope_scaling": {"rope_type": "yarn"}}, "yarn"),
-                       ({"num_key_value_heads": 3}, "not a multiple of num_kv_heads"),
-                       ({"use_sliding_window": True}, "sliding")):
+    for bad, match in (
+        ({"model_type": "gpt2"}, "model_type"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"rope_scaling": {"rope_type": "yarn"}}, "yarn"),
+        ({"num_key_value_heads": 3}, "not a multiple of num_kv_heads"),
+        ({"use_sliding_window": True}, "sliding"),
+    ):
         with pytest.raises(ValueError, match=match):
             ModelConfig.from_hf_config(dict(base, **bad))
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -229,12 +248,21 @@ class _RecordingCheckpoint(Checkpoint):
         return super().read(name, rows=rows, cols=cols)
 
 
-@pytest.mark.parametrize("kind,degrees", [
-    ("qwen3_moe", {"tp": 4}), ("qwen3_moe", {"tp": 2, "pp": 2, "dp": 2, "ep": 2}),
-    ("qwen3_moe", {"tp": 2, "dp": 2, "ep": 4}), ("qwen3", {"tp": 4, "pp": 2}),
-])
-def test_each_rank_reads_exactly_its_plan_shards(kind, degrees, qwen3_ckpt,  # noqa: F811
-                                                 qwen3_moe_ckpt):  # noqa: F811
+@pytest.mark.parametrize(
+    "kind,degrees",
+    [
+        ("qwen3_moe", {"tp": 4}),
+        ("qwen3_moe", {"tp": 2, "pp": 2, "dp": 2, "ep": 2}),
+        ("qwen3_moe", {"tp": 2, "dp": 2, "ep": 4}),
+        ("qwen3", {"tp": 4, "pp": 2}),
+    ],
+)
+def test_each_rank_reads_exactly_its_plan_shards(
+    kind,
+    degrees,
+    qwen3_ckpt,  # noqa: F811
+    qwen3_moe_ckpt,
+):  # noqa: F811
     """Every rank reads from the checkpoint exactly the slices plan.weight_shards(rank) lists:
     KV heads replicated when tp > KV heads, experts per EP rank, vocab blocks, stage layers."""
     from shardcore.runtime.groups import single
@@ -247,8 +275,18 @@ def test_each_rank_reads_exactly_its_plan_shards(kind, degrees, qwen3_ckpt,  # n
     precision = Precision("float32")
     for layout in layouts_from_plan(Checkpoint(path).config, plan):
         ckpt = _RecordingCheckpoint(path)
-        StageModel(ckpt, layout, precision, single(precision), single(precision), batch=1,
-                   max_len=4, backend="numpy")
-        expected = {name: tuple(tuple(r) for r in ranges)
-                    for name, ranges in plan.weight_shards(layout.rank).items()}
+        StageModel(
+            ckpt,
+            layout,
+            precision,
+            single(precision),
+            single(precision),
+            batch=1,
+            max_len=4,
+            backend="numpy",
+        )
+        expected = {
+            name: tuple(tuple(r) for r in ranges)
+            for name, ranges in plan.weight_shards(layout.rank).items()
+        }
         assert ckpt.reads == expected, f"rank {layout.rank}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from runtime_fixtures import make_checkpoint, prompts, qwen3_ckpt, qwen3_moe_ckpt, rel_err  # noqa: F401
+
 from shardcore.runtime import generate
 
 PARALLEL_RTOL = 1e-5  # float32: only the order of TP sums differs (observed: about 5e-7)
@@ -18,8 +19,13 @@ def _reference(path, micro_batches, dtype="float32"):
     """The single-process run, with the same prefill chunks as the parallel run."""
     key = (path, micro_batches, dtype)
     if key not in _references:
-        _references[key] = generate(path, prompts(BATCH, PROMPT), max_new_tokens=NEW_TOKENS,
-                                    micro_batches=micro_batches, dtype=dtype)
+        _references[key] = generate(
+            path,
+            prompts(BATCH, PROMPT),
+            max_new_tokens=NEW_TOKENS,
+            micro_batches=micro_batches,
+            dtype=dtype,
+        )
     return _references[key]
 
 
@@ -43,8 +49,9 @@ def _first_request(dp_index, dp):
 
 
 def _run_and_compare(path, dtype="float32", **degrees):
-    result = generate(path, prompts(BATCH, PROMPT), max_new_tokens=NEW_TOKENS, dtype=dtype,
-                      timeout=120, **degrees)
+    result = generate(
+        path, prompts(BATCH, PROMPT), max_new_tokens=NEW_TOKENS, dtype=dtype, timeout=120, **degrees
+    )
     reference = _reference(path, degrees.get("pp", 1), dtype)
     assert len(result.traffic) == result.plan.world_size
     for rank, (measured, predicted) in enumerate(zip(result.traffic, result.predicted_traffic)):
@@ -52,10 +59,25 @@ def _run_and_compare(path, dtype="float32", **degrees):
     return result, reference
 
 
-DENSE = [{"tp": 2}, {"tp": 4}, {"pp": 2}, {"pp": 4}, {"dp": 2},
-         {"tp": 2, "pp": 2, "dp": 2}, {"tp": 4, "pp": 2}]
-MOE = [{"tp": 2, "ep": 2}, {"tp": 4, "ep": 4}, {"dp": 2, "ep": 2}, {"tp": 2, "dp": 2, "ep": 4},
-       {"tp": 4}, {"tp": 2, "pp": 2}, {"tp": 2, "pp": 2, "dp": 2, "ep": 2}, {"pp": 4, "dp": 2, "ep": 2}]
+DENSE = [
+    {"tp": 2},
+    {"tp": 4},
+    {"pp": 2},
+    {"pp": 4},
+    {"dp": 2},
+    {"tp": 2, "pp": 2, "dp": 2},
+    {"tp": 4, "pp": 2},
+]
+MOE = [
+    {"tp": 2, "ep": 2},
+    {"tp": 4, "ep": 4},
+    {"dp": 2, "ep": 2},
+    {"tp": 2, "dp": 2, "ep": 4},
+    {"tp": 4},
+    {"tp": 2, "pp": 2},
+    {"tp": 2, "pp": 2, "dp": 2, "ep": 2},
+    {"pp": 4, "dp": 2, "ep": 2},
+]
 
 
 def _name(degrees):
@@ -76,8 +98,9 @@ def test_qwen3_moe_parallel_equals_single_process(qwen3_moe_ckpt, degrees):  # n
     np.testing.assert_array_equal(result.tokens, reference.tokens)
     _check_routing(result, reference)
     if result.plan.config.ep > 1:  # the dispatch really crossed ranks
-        moe_ranks = [lay.rank for lay in result.layouts
-                     if set(lay.layers) & {0, 1, 3}]  # layer 2 is dense (mlp_only_layers)
+        moe_ranks = [
+            lay.rank for lay in result.layouts if set(lay.layers) & {0, 1, 3}
+        ]  # layer 2 is dense (mlp_only_layers)
         assert all(result.traffic[r]["all_to_allv"]["sent"] > 0 for r in moe_ranks)
 
 

@@ -28,7 +28,7 @@ def _symmetric_cases(comm):
         assert not buf.any()
         for oi, op in enumerate(OPS):
             for size in SIZES:
-                x = buf[5:5 + size]  # a view at an offset inside the symmetric buffer
+                x = buf[5 : 5 + size]  # a view at an offset inside the symmetric buffer
                 x[:] = make_input((di, oi, size), comm.rank, (size,), dtype, op)
                 comm.reset_traffic()
                 comm.all_reduce(x, op=op, algorithm="symmetric")
@@ -65,7 +65,14 @@ def _auto_and_fallbacks(comm):
     auto_small = comm.last_algorithm
     out = np.empty_like(big)
     comm.all_reduce(big, out=out)  # out of place: the ordinary algorithms
-    return auto_big, auto_small, comm.last_algorithm, float(big[3, 7]), float(out[0, 0]), small.tolist()
+    return (
+        auto_big,
+        auto_small,
+        comm.last_algorithm,
+        float(big[3, 7]),
+        float(out[0, 0]),
+        small.tolist(),
+    )
 
 
 def test_symmetric_is_chosen_in_place_for_large_messages():

@@ -26,8 +26,7 @@ if not dist.is_available():
 from shardcore.errors import CollectiveMismatchError, PeerFailureError
 
 R = dist.ReduceOp
-REDUCIBLE = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32,
-             torch.int64]
+REDUCIBLE = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64]
 MOVE_ONLY = [torch.uint8, torch.int8, torch.bool]
 ALL_DTYPES = REDUCIBLE + MOVE_ONLY
 OPS = [R.SUM, R.AVG, R.MAX, R.MIN, R.PRODUCT]
@@ -36,10 +35,12 @@ FLOATS = {torch.float32, torch.float64, torch.float16, torch.bfloat16}
 
 # ---- harness ---------------------------------------------------------------------------------
 
+
 def _shm_names(pids):
     tags = tuple(f"-{pid}-" for pid in pids)
-    return {n for n in os.listdir("/dev/shm") if n.startswith("shardcore") and any(
-        t in n for t in tags)}
+    return {
+        n for n in os.listdir("/dev/shm") if n.startswith("shardcore") and any(t in n for t in tags)
+    }
 
 
 def _child(rank, world, init, case, args, queue):
@@ -48,8 +49,12 @@ def _child(rank, world, init, case, args, queue):
         import shardcore.torch  # noqa: F401  registers the backend
 
         if init.startswith("tcp"):
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=init.split(":")[-1],
-                              RANK=str(rank), WORLD_SIZE=str(world))
+            os.environ.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=init.split(":")[-1],
+                RANK=str(rank),
+                WORLD_SIZE=str(world),
+            )
             dist.init_process_group("shardcore", init_method="env://")
         else:
             dist.init_process_group("shardcore", init_method=init, rank=rank, world_size=world)
@@ -72,8 +77,9 @@ def run_ranks(world, case, *args, tmp_path, tcp_port=None, expect_exit=()):
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     init = f"tcp:{tcp_port}" if tcp_port else f"file://{tmp_path}/store-{case}-{world}"
-    procs = [ctx.Process(target=_child, args=(r, world, init, case, args, queue))
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_child, args=(r, world, init, case, args, queue)) for r in range(world)
+    ]
     for p in procs:
         p.start()
     pids = [p.pid for p in procs]
@@ -97,6 +103,7 @@ def run_ranks(world, case, *args, tmp_path, tcp_port=None, expect_exit=()):
 
 
 # ---- inputs ----------------------------------------------------------------------------------
+
 
 def make(rank, shape, dtype, seed, small=False):
     """Integer-valued data, different on every rank; ``small``: values in {1, 2} (products)."""
@@ -129,6 +136,7 @@ def _to_gloo_dtype(t):
 
 # ---- cases (run inside every rank) -----------------------------------------------------------
 
+
 def case_all_reduce(rank, world, gloo, dtypes, ops, shapes):
     for dtype in dtypes:
         for op in ops:
@@ -139,15 +147,15 @@ def case_all_reduce(rank, world, gloo, dtypes, ops, shapes):
                 x = make(rank, shape, dtype, seed=len(shape) + 7 * int(small), small=small)
                 got = x.clone()
                 dist.all_reduce(got, op=op)
-                check_equal(got, ref_all_reduce(x, op, world, gloo),
-                            f"all_reduce {op} {dtype} {shape}")
+                check_equal(
+                    got, ref_all_reduce(x, op, world, gloo), f"all_reduce {op} {dtype} {shape}"
+                )
     return True
 
 
 def case_random_floats(rank, world, gloo):
     """Random normal data: a ring sums in another order than gloo, so compare with tolerance."""
-    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3,
-           torch.bfloat16: 2e-2}
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 2e-2}
     g = torch.Generator().manual_seed(rank)
     for dtype, rtol in tol.items():
         x = torch.randn(1237, generator=g).to(dtype)
@@ -172,14 +180,16 @@ def case_reduce_scatter(rank, world, gloo, dtypes, ops):
             small = op == R.PRODUCT
             m = 5
             x = make(rank, (world * m, 3), dtype, seed=3, small=small)
-            want = ref_all_reduce(x, op, world, gloo)[rank * m:(rank + 1) * m]
+            want = ref_all_reduce(x, op, world, gloo)[rank * m : (rank + 1) * m]
             out = torch.empty(m, 3, dtype=dtype)
             dist.reduce_scatter_single(out, x, op=op)
             check_equal(out, want, f"reduce_scatter_single {op} {dtype}")
             # in place: the output is this rank's block of the input
             buf = x.clone()
-            dist.reduce_scatter_single(buf[rank * m:(rank + 1) * m], buf, op=op)
-            check_equal(buf[rank * m:(rank + 1) * m], want, f"reduce_scatter in place {op} {dtype}")
+            dist.reduce_scatter_single(buf[rank * m : (rank + 1) * m], buf, op=op)
+            check_equal(
+                buf[rank * m : (rank + 1) * m], want, f"reduce_scatter in place {op} {dtype}"
+            )
             # the list form
             out2 = torch.empty(m, 3, dtype=dtype)
             dist.reduce_scatter(out2, list(x.chunk(world)), op=op)
@@ -202,8 +212,8 @@ def case_gathers(rank, world, gloo, dtypes):
         check_equal(stacked.reshape(world * 3, 2), want, f"all_gather_single stacked {dtype}")
         # in place: the input is this rank's block of the output
         inplace = torch.zeros(world * 3, 2, dtype=dtype)
-        inplace[rank * 3:(rank + 1) * 3] = x
-        dist.all_gather_single(inplace, inplace[rank * 3:(rank + 1) * 3])
+        inplace[rank * 3 : (rank + 1) * 3] = x
+        dist.all_gather_single(inplace, inplace[rank * 3 : (rank + 1) * 3])
         check_equal(inplace, want, f"all_gather_single in place {dtype}")
         # tensor lists
         outs = [torch.empty(3, 2, dtype=dtype) for _ in range(world)]
@@ -267,8 +277,9 @@ def case_send_recv(rank, world, gloo, dtypes):
     # every rank sends a message larger than the mailboxes before anyone receives
     big = make(rank, (300_001,), torch.float32, seed=23)
     got = torch.empty_like(big)
-    reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, big, right),
-                                   dist.P2POp(dist.irecv, got, left)])
+    reqs = dist.batch_isend_irecv(
+        [dist.P2POp(dist.isend, big, right), dist.P2POp(dist.irecv, got, left)]
+    )
     for req in reqs:
         req.wait()
     check_equal(got, make(left, (300_001,), torch.float32, seed=23), "isend/irecv ring")
@@ -303,8 +314,11 @@ def case_async(rank, world, gloo):
     rs = torch.empty(2)
     big = make(rank, (world * 2,), torch.float32, seed=30)
     dist.reduce_scatter_single(rs, big, async_op=True).wait()
-    check_equal(rs, ref_all_reduce(big, R.SUM, world, gloo)[2 * rank:2 * rank + 2],
-                "async reduce_scatter_single")
+    check_equal(
+        rs,
+        ref_all_reduce(big, R.SUM, world, gloo)[2 * rank : 2 * rank + 2],
+        "async reduce_scatter_single",
+    )
     a2a = torch.empty(world * 2)
     dist.all_to_all_single(a2a, torch.arange(world * 2.0), async_op=True).wait()
     work = dist.broadcast(got, src=0, async_op=True)
@@ -350,6 +364,7 @@ def case_objects(rank, world, gloo):
 def case_compile(rank, world, gloo):
     """torch.compile(fullgraph=True) traces dist.all_reduce into a functional collective that
     runs on the shardcore group (aot_eager: no C++ code generation in the test)."""
+
     def fn(x, w):
         y = x @ w
         dist.all_reduce(y)
@@ -398,9 +413,12 @@ def case_subgroups(rank, world, gloo):
         i = members.index(rank)
         right, left = members[(i + 1) % len(members)], members[i - 1]
         got = torch.empty(5)
-        reqs = dist.batch_isend_irecv([
-            dist.P2POp(dist.isend, torch.full((5,), float(rank)), right, group=group),
-            dist.P2POp(dist.irecv, got, left, group=group)])
+        reqs = dist.batch_isend_irecv(
+            [
+                dist.P2POp(dist.isend, torch.full((5,), float(rank)), right, group=group),
+                dist.P2POp(dist.irecv, got, left, group=group),
+            ]
+        )
         for req in reqs:
             req.wait()
         check_equal(got, torch.full((5,), float(left)), "sub-group send/recv")
@@ -425,22 +443,38 @@ def case_errors(rank, world, gloo):
             return
         raise AssertionError(f"{fn} did not raise {exc.__name__}")
 
-    raises(TypeError, ["uint8", "reductions"],
-           lambda: dist.all_reduce(torch.ones(3, dtype=torch.uint8)))
-    raises(TypeError, ["int32", "AVG"],
-           lambda: dist.all_reduce(torch.ones(3, dtype=torch.int32), op=R.AVG))
+    raises(
+        TypeError,
+        ["uint8", "reductions"],
+        lambda: dist.all_reduce(torch.ones(3, dtype=torch.uint8)),
+    )
+    raises(
+        TypeError,
+        ["int32", "AVG"],
+        lambda: dist.all_reduce(torch.ones(3, dtype=torch.int32), op=R.AVG),
+    )
     raises(UnsupportedError, ["BAND"], lambda: dist.all_reduce(torch.ones(3), op=R.BAND))
     raises(UnsupportedError, ["reduce"], lambda: dist.reduce(torch.ones(3), dst=0))
-    raises(UnsupportedError, ["gather"],
-           lambda: dist.gather(torch.ones(3), [torch.ones(3)] * world if rank == 0 else None))
+    raises(
+        UnsupportedError,
+        ["gather"],
+        lambda: dist.gather(torch.ones(3), [torch.ones(3)] * world if rank == 0 else None),
+    )
     raises(UnsupportedError, ["any source"], lambda: dist.recv(torch.ones(3)))
     raises(ValueError, ["contiguous"], lambda: dist.all_reduce(torch.ones(4, 3).t()))
     raises(TypeError, ["device meta"], lambda: dist.all_reduce(torch.ones(3, device="meta")))
-    raises(ValueError, ["elements"],
-           lambda: dist.all_gather_single(torch.empty(world * 3 + 1), torch.ones(3)))
-    raises(ValueError, ["input_split_sizes"],
-           lambda: dist.all_to_all_single(torch.empty(world), torch.ones(world),
-                                          [1] * world, [2] * world))
+    raises(
+        ValueError,
+        ["elements"],
+        lambda: dist.all_gather_single(torch.empty(world * 3 + 1), torch.ones(3)),
+    )
+    raises(
+        ValueError,
+        ["input_split_sizes"],
+        lambda: dist.all_to_all_single(
+            torch.empty(world), torch.ones(world), [1] * world, [2] * world
+        ),
+    )
     # the group still works after all that
     x = torch.ones(3)
     dist.all_reduce(x)
@@ -471,8 +505,12 @@ def case_peer_dies(rank, world, gloo):
 
 # ---- tests -----------------------------------------------------------------------------------
 
-MOVE_OPS = [("case_gathers", ALL_DTYPES), ("case_all_to_all", ALL_DTYPES),
-            ("case_broadcast", ALL_DTYPES), ("case_send_recv", ALL_DTYPES)]
+MOVE_OPS = [
+    ("case_gathers", ALL_DTYPES),
+    ("case_all_to_all", ALL_DTYPES),
+    ("case_broadcast", ALL_DTYPES),
+    ("case_send_recv", ALL_DTYPES),
+]
 
 
 def _full_matrix(rank, world, gloo):
@@ -488,8 +526,9 @@ def _full_matrix(rank, world, gloo):
 
 
 def _subset(rank, world, gloo):
-    case_all_reduce(rank, world, gloo, [torch.float32, torch.bfloat16, torch.int64], OPS,
-                    [(1,), (3001,)])
+    case_all_reduce(
+        rank, world, gloo, [torch.float32, torch.bfloat16, torch.int64], OPS, [(1,), (3001,)]
+    )
     case_random_floats(rank, world, gloo)
     case_reduce_scatter(rank, world, gloo, [torch.float16], [R.SUM])
     case_gathers(rank, world, gloo, [torch.float32, torch.bool])
@@ -547,15 +586,20 @@ def test_installed_package_registers_backend_when_torch_is_imported():
     import sys
     from importlib.metadata import entry_points
 
-    if not any(ep.value == "shardcore.torch._autoload:register"
-               for ep in entry_points(group="torch.backends")):
+    if not any(
+        ep.value == "shardcore.torch._autoload:register"
+        for ep in entry_points(group="torch.backends")
+    ):
         pytest.skip("shardcore is not installed (source tree on PYTHONPATH): no entry points")
-    check = ("print('shardcore' in dist.Backend.backend_list, "
-             "'shardcore.torch.process_group' in sys.modules)")
+    check = (
+        "print('shardcore' in dist.Backend.backend_list, "
+        "'shardcore.torch.process_group' in sys.modules)"
+    )
     for first in ("import torch", "import shardcore.torch"):  # both import orders
         code = f"import sys; {first}; import torch.distributed as dist; {check}"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=120, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        ).stdout.split()
         assert out == ["True", "False"], (first, out)  # registered, backend not loaded yet
 
 
@@ -579,13 +623,30 @@ def test_tp_mlp_example_under_torchrun():
     root = Path(__file__).resolve().parents[1]
     # the ranks import the same shardcore as this process (installed, or the source tree)
     package_dir = str(Path(shardcore.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in [package_dir, os.environ.get("PYTHONPATH", "")] if p))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in [package_dir, os.environ.get("PYTHONPATH", "")] if p),
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-         str(root / "examples" / "tp_mlp_torch.py"), "--hidden", "64",
-         "--ffn", "256"],
-        env=env, capture_output=True, text=True, timeout=170, check=False)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "4",
+            str(root / "examples" / "tp_mlp_torch.py"),
+            "--hidden",
+            "64",
+            "--ffn",
+            "256",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "matches the unsharded module" in proc.stdout
 
@@ -594,7 +655,12 @@ def test_bench_parse_size():
     from shardcore.torch.bench import parse_size
 
     assert [parse_size(s) for s in ("8", "64K", "2M", "1g", "32MB")] == [
-        8, 64 << 10, 2 << 20, 1 << 30, 32 << 20]
+        8,
+        64 << 10,
+        2 << 20,
+        1 << 30,
+        32 << 20,
+    ]
     for bad in ("", "x", "0", "-3K"):
         with pytest.raises(ValueError):
             parse_size(bad)

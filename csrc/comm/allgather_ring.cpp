@@ -16,8 +16,8 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
     throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_gather (ring or flat)");
   enter(make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz));
-  if (algo == Algo::kRing)
-    ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m, esz, account_as);
+  if (algo == Algo::kRing)  // moved as bytes: an element may be wider than a slot
+    ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m * esz, 1, account_as);
   else
     flat_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m, esz, account_as);
   return algo;

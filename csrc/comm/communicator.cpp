@@ -96,6 +96,9 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     throw std::invalid_argument("segment name must look like '/name' (no other '/'), got '" + name + "'");
   if (opt.slot_bytes < 256 || opt.slot_bytes % 64)
     throw std::invalid_argument("slot_bytes must be a multiple of 64 and >= 256");
+  if (opt.slot_bytes < 8 * size_t(size))  // all_to_allv exchanges size int64 counts in one slot
+    throw std::invalid_argument("slot_bytes must be at least 8 * world size (" +
+                                std::to_string(8 * size_t(size)) + ")");
   if (opt.p2p_bytes < 64 || opt.p2p_bytes % 64)
     throw std::invalid_argument("p2p_bytes must be a multiple of 64 and >= 64");
   if (opt.timeout_s <= 0) throw std::invalid_argument("timeout must be > 0 seconds");
@@ -113,7 +116,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     rank_block_bytes_ = round_up(sizeof(RankBlock) + 2 * size_t(size_) * sizeof(Counter), kPage);
     data_offset_ = round_up(sizeof(Header), kPage) + size_t(size_) * rank_block_bytes_;
     p2p_offset_ = data_offset_ + size_t(size_) * nbuf_ * slot_bytes_;
-    total_bytes_ = p2p_offset_ + size_t(size_) * size_ * p2p_nbuf_ * (sizeof(ChunkHeader) + p2p_bytes_);
+    total_bytes_ = p2p_offset_ + size_t(size_) * size_ * p2p_nbuf_ * mailbox_stride();
   };
 
   int fd = -1;
@@ -268,8 +271,13 @@ Counter& Communicator::p2p_consumed(int dst, int src) const {
 char* Communicator::slot(int r, uint64_t round) const {
   return base_ + data_offset_ + (size_t(r) * nbuf_ + round % nbuf_) * slot_bytes_;
 }
+// Each mailbox starts on a line pair: its header is alignas(kLineBytes).
+size_t Communicator::mailbox_stride() const {
+  return round_up(sizeof(ChunkHeader) + p2p_bytes_, kLineBytes);
+}
+
 char* Communicator::mailbox(int src, int dst, uint64_t chunk) const {
-  size_t per = sizeof(ChunkHeader) + p2p_bytes_;
+  size_t per = mailbox_stride();
   return base_ + p2p_offset_ + ((size_t(src) * size_ + dst) * p2p_nbuf_ + chunk % p2p_nbuf_) * per;
 }
 
@@ -424,8 +432,10 @@ void Communicator::wait_geq(SyncWord& c, uint64_t target, int peer) {
       char secs[32];
       std::snprintf(secs, sizeof(secs), "%.1f", double(t - start) / 1e9);
       std::string whom = peer >= 0 ? "rank " + std::to_string(peer) : std::string("all ranks to connect");
+      char limit[32];
+      std::snprintf(limit, sizeof(limit), "%g", double(timeout_ns_) / 1e9);
       fail(kReasonTimeout, "rank " + std::to_string(rank_) + " waited " + secs + " s for " + whom +
-                               " in " + where + " (timeout " + std::to_string(timeout_ns_ / 1000000000ull) + " s)");
+                               " in " + where + " (timeout " + limit + " s)");
     }
   }
 }

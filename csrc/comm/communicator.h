@@ -145,6 +145,7 @@ class Communicator {
   Counter& p2p_consumed(int dst, int src) const;
   char* slot(int r, uint64_t round) const;
   char* mailbox(int src, int dst, uint64_t chunk) const;
+  size_t mailbox_stride() const;
 
   // --- synchronisation ---
   void wait_geq(SyncWord& c, uint64_t target, int peer);

@@ -1,8 +1,10 @@
 // AVX2 + FMA + F16C reduction kernels for float32, bfloat16 and float16 (8 lanes, fp32
 // arithmetic). Built with -mavx2 -mfma -mf16c and called only after CPU detection (reduce.cpp).
-// Results are bitwise those of the generic kernels: the same fp32 operations in the same order
-// and the same round-to-nearest-even conversions (F16C's for float16, the integer rounding of
-// reduce.h for bfloat16), and NaN-propagating max/min like numpy.maximum/minimum.
+// Results are bitwise those of the generic kernels for every non-NaN result: the same fp32
+// operations in the same order and the same round-to-nearest-even conversions (F16C's for
+// float16, the integer rounding of reduce.h for bfloat16). NaNs propagate through max/min like
+// numpy.maximum/minimum, but a NaN's payload and sign may differ between the two (F16C keeps
+// float16 payloads; which of two NaN operands survives is the hardware's choice).
 #include <immintrin.h>
 
 #include "comm/reduce.h"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _core
 from ._dtypes import ALGORITHMS, BFLOAT16, OPS, dtype_code, op_code
 
-_core.set_type_nums([np.dtype(t).num for t in
-                     (np.float32, np.float64, np.float16, BFLOAT16, np.int32, np.int64)])
+_core.set_type_nums(
+    [np.dtype(t).num for t in (np.float32, np.float64, np.float16, BFLOAT16, np.int32, np.int64)]
+)
 
 _DEFAULT_SLOT_BYTES = 1 << 19
 _DEFAULT_P2P_BYTES = 1 << 16
@@ -86,7 +88,7 @@ class Communicator:
     each other and with their parent.
     """
 
-    def __init__(self, core: "_core.Comm", group_ranks: Sequence[int] | None = None):
+    def __init__(self, core: _core.Comm, group_ranks: Sequence[int] | None = None):
         self._core = core
         self._nsplits = 0
         self.group_ranks = list(group_ranks) if group_ranks is not None else list(range(core.size))
@@ -105,7 +107,7 @@ class Communicator:
         slot_bytes: int | None = None,
         p2p_bytes: int | None = None,
         group_ranks: Sequence[int] | None = None,
-    ) -> "Communicator":
+    ) -> Communicator:
         """Join segment ``name`` as ``rank`` of ``size``; rank 0 creates it. Returns when all joined.
 
         ``timeout`` (seconds, default $SHARDCORE_TIMEOUT or 600) bounds every wait;
@@ -122,8 +124,17 @@ class Communicator:
         from .tuning import thresholds
 
         one_shot_max, two_shot_max = thresholds(int(size))
-        core = _core.Comm(name, int(rank), int(size), int(slot_bytes), int(p2p_bytes),
-                          float(timeout), float(spin_us), one_shot_max, two_shot_max)
+        core = _core.Comm(
+            name,
+            int(rank),
+            int(size),
+            int(slot_bytes),
+            int(p2p_bytes),
+            float(timeout),
+            float(spin_us),
+            one_shot_max,
+            two_shot_max,
+        )
         return cls(core, group_ranks)
 
     # --- properties -----------------------------------------------------------------------
@@ -161,8 +172,13 @@ class Communicator:
         """Return once every rank has entered the barrier."""
         self._core.barrier()
 
-    def all_reduce(self, x: np.ndarray, op: str = "sum", out: np.ndarray | None = None,
-                   algorithm: str | None = None) -> np.ndarray:
+    def all_reduce(
+        self,
+        x: np.ndarray,
+        op: str = "sum",
+        out: np.ndarray | None = None,
+        algorithm: str | None = None,
+    ) -> np.ndarray:
         """Reduce ``x`` element-wise over all ranks; in place unless ``out`` is given."""
         if out is None and algorithm is None:
             opc = OPS.get(op) if isinstance(op, str) else None
@@ -174,8 +190,9 @@ class Communicator:
         _require_array(x, "all_reduce: x")
         code = dtype_code(x.dtype, "all_reduce", reducible=True)
         opc = op_code(op, "all_reduce")
-        algo = self._algorithm_code(algorithm, ("ring", "one_shot", "two_shot", "symmetric"),
-                                    "all_reduce")
+        algo = self._algorithm_code(
+            algorithm, ("ring", "one_shot", "two_shot", "symmetric"), "all_reduce"
+        )
         if out is None:
             _require_writeable(x, "all_reduce: x (in place; pass out= for a read-only input)")
             out = x
@@ -190,8 +207,16 @@ class Communicator:
         else:
             offset = (xa - seg.address) // x.dtype.itemsize
             self.last_algorithm = self._core.all_reduce(
-                xa, _addr(out), x.size, code, opc, algo, seg.stride,
-                self._symmetric_ids.get(id(seg), 0), offset)
+                xa,
+                _addr(out),
+                x.size,
+                code,
+                opc,
+                algo,
+                seg.stride,
+                self._symmetric_ids.get(id(seg), 0),
+                offset,
+            )
         return out
 
     # --- symmetric buffers ------------------------------------------------------------------
@@ -204,8 +229,11 @@ class Communicator:
         dtype = np.dtype(dtype)
         if dtype.hasobject:
             raise TypeError(f"empty: dtype {dtype} cannot live in shared memory")
-        shape = tuple(int(d) for d in np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist()) \
-            if not isinstance(shape, int) else (int(shape),)
+        shape = (
+            tuple(int(d) for d in np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist())
+            if not isinstance(shape, int)
+            else (int(shape),)
+        )
         if any(d < 0 for d in shape):
             raise ValueError(f"empty: negative dimension in shape {shape}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -217,8 +245,11 @@ class Communicator:
         index = self._nsymmetric
         self._nsymmetric += 1
         name = f"{self.name}.m{index}"
-        seg = _core.SymmetricSegment(name, self.rank, self.size, nbytes, self.rank == 0) \
-            if self.rank == 0 else None
+        seg = (
+            _core.SymmetricSegment(name, self.rank, self.size, nbytes, self.rank == 0)
+            if self.rank == 0
+            else None
+        )
         self._core.barrier()
         if seg is None:
             seg = _core.SymmetricSegment(name, self.rank, self.size, nbytes, False)
@@ -232,15 +263,18 @@ class Communicator:
         """Same as ``empty``: fresh shared memory is zero-filled."""
         return self.empty(shape, dtype)
 
-    def reduce_scatter(self, x: np.ndarray, op: str = "sum",
-                       out: np.ndarray | None = None) -> np.ndarray:
+    def reduce_scatter(
+        self, x: np.ndarray, op: str = "sum", out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Reduce ``x`` (size*m rows) over all ranks and return this rank's m rows."""
         _require_array(x, "reduce_scatter: x")
         code = dtype_code(x.dtype, "reduce_scatter", reducible=True)
         opc = op_code(op, "reduce_scatter")
         if x.ndim == 0 or x.shape[0] % self.size:
-            raise ValueError(f"reduce_scatter: x has shape {x.shape}; its first dimension must be "
-                             f"a multiple of the communicator size {self.size}")
+            raise ValueError(
+                f"reduce_scatter: x has shape {x.shape}; its first dimension must be "
+                f"a multiple of the communicator size {self.size}"
+            )
         shape = (x.shape[0] // self.size,) + x.shape[1:]
         if out is None:
             out = np.empty(shape, x.dtype)
@@ -249,8 +283,9 @@ class Communicator:
         self._core.reduce_scatter(_addr(x), _addr(out), out.size, code, opc)
         return out
 
-    def all_gather(self, x: np.ndarray, out: np.ndarray | None = None,
-                   algorithm: str | None = None) -> np.ndarray:
+    def all_gather(
+        self, x: np.ndarray, out: np.ndarray | None = None, algorithm: str | None = None
+    ) -> np.ndarray:
         """Concatenate every rank's ``x`` along axis 0 (0-d arrays: a vector), in rank order.
 
         ``algorithm``: "flat" (the default: each block is written once and read by every rank)
@@ -267,8 +302,9 @@ class Communicator:
             in_place = _addr(x) == _addr(out) + self.rank * x.nbytes
             if not in_place:
                 _check_disjoint(x, out, "all_gather")
-        self.last_algorithm = self._core.all_gather(_addr(x), _addr(out), x.size, code,
-                                                    x.dtype.itemsize, False, algo)
+        self.last_algorithm = self._core.all_gather(
+            _addr(x), _addr(out), x.size, code, x.dtype.itemsize, False, algo
+        )
         return out
 
     @staticmethod
@@ -276,7 +312,9 @@ class Communicator:
         if algorithm is None:
             return 0
         if algorithm not in allowed:
-            raise ValueError(f"{what}: unknown algorithm {algorithm!r}; known: {', '.join(allowed)}")
+            raise ValueError(
+                f"{what}: unknown algorithm {algorithm!r}; known: {', '.join(allowed)}"
+            )
         return ALGORITHMS[algorithm]
 
     def all_to_all(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -284,8 +322,10 @@ class Communicator:
         _require_array(x, "all_to_all: x")
         code = dtype_code(x.dtype, "all_to_all")
         if x.ndim == 0 or x.shape[0] % self.size:
-            raise ValueError(f"all_to_all: x has shape {x.shape}; its first dimension must be a "
-                             f"multiple of the communicator size {self.size}")
+            raise ValueError(
+                f"all_to_all: x has shape {x.shape}; its first dimension must be a "
+                f"multiple of the communicator size {self.size}"
+            )
         if out is None:
             out = np.empty_like(x)
         else:
@@ -294,8 +334,9 @@ class Communicator:
         self._core.all_to_all(_addr(x), _addr(out), x.size // self.size, code, x.dtype.itemsize)
         return out
 
-    def all_to_allv(self, x: np.ndarray, send_counts: Sequence[int],
-                    out: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    def all_to_allv(
+        self, x: np.ndarray, send_counts: Sequence[int], out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[int]]:
         """Send ``send_counts[j]`` consecutive rows of ``x`` to rank j.
 
         Returns ``(result, recv_counts)``: the rows received, in source-rank order, and how many
@@ -311,8 +352,9 @@ class Communicator:
         if any(c < 0 for c in counts):
             raise ValueError(f"all_to_allv: negative send count in {counts}")
         if sum(counts) != x.shape[0]:
-            raise ValueError(f"all_to_allv: send counts add up to {sum(counts)} rows but x has "
-                             f"{x.shape[0]}")
+            raise ValueError(
+                f"all_to_allv: send counts add up to {sum(counts)} rows but x has {x.shape[0]}"
+            )
         if out is not None:
             _require_array(out, "all_to_allv: out")
             _require_writeable(out, "all_to_allv: out")
@@ -347,27 +389,31 @@ class Communicator:
         """Send ``x`` to rank ``dst``; returns once x may be reused (small messages: at once)."""
         _require_array(x, "send: x")
         code = dtype_code(x.dtype, "send")
-        self._core.send(_addr(x), x.size, code, x.dtype.itemsize, self._peer(dst, "send: dst"),
-                        int(tag))
+        self._core.send(
+            _addr(x), x.size, code, x.dtype.itemsize, self._peer(dst, "send: dst"), int(tag)
+        )
 
     def recv(self, out: np.ndarray, src: int, tag: int = 0) -> np.ndarray:
         """Receive the next message from ``src`` into ``out``; its tag, size and dtype must match."""
         _require_array(out, "recv: out")
         _require_writeable(out, "recv: out")
         code = dtype_code(out.dtype, "recv")
-        self._core.recv(_addr(out), out.size, code, out.dtype.itemsize,
-                        self._peer(src, "recv: src"), int(tag))
+        self._core.recv(
+            _addr(out), out.size, code, out.dtype.itemsize, self._peer(src, "recv: src"), int(tag)
+        )
         return out
 
     def _peer(self, r: int, what: str) -> int:
         r = int(r)
         if not 0 <= r < self.size or r == self.rank:
-            raise ValueError(f"{what} {r} is not another rank of this communicator "
-                             f"(rank {self.rank} of {self.size})")
+            raise ValueError(
+                f"{what} {r} is not another rank of this communicator "
+                f"(rank {self.rank} of {self.size})"
+            )
         return r
 
     # --- groups -----------------------------------------------------------------------------
-    def split(self, color: int | None, key: int = 0) -> "Communicator | None":
+    def split(self, color: int | None, key: int = 0) -> Communicator | None:
         """Split into sub-communicators by ``color`` (as MPI_Comm_split), ordered by ``key`` then rank.
 
         Every rank must call it. Ranks with color None get None. Sub-communicators have their own
@@ -387,8 +433,11 @@ class Communicator:
         members = sorted((int(k), int(r)) for c, k, r in table.reshape(-1, 3) if c == color)
         ranks = [r for _, r in members]
         return Communicator.connect(
-            f"{self.name}.{index}c{color}", ranks.index(self.rank), len(ranks),
-            timeout=self.timeout, slot_bytes=self._core.slot_bytes,
+            f"{self.name}.{index}c{color}",
+            ranks.index(self.rank),
+            len(ranks),
+            timeout=self.timeout,
+            slot_bytes=self._core.slot_bytes,
             group_ranks=[self.group_ranks[r] for r in ranks],
         )
 
@@ -418,7 +467,7 @@ class Communicator:
         """Whether ``close`` was called."""
         return self._core.closed
 
-    def __enter__(self) -> "Communicator":
+    def __enter__(self) -> Communicator:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -30,13 +30,19 @@ class LaunchError(ShardcoreError, RuntimeError):
     process died without one) and ``exitcode`` its exit status (negative: killed by a signal).
     """
 
-    def __init__(self, message: str, rank: int = -1, traceback: str | None = None,
-                 exitcode: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        rank: int = -1,
+        traceback: str | None = None,
+        exitcode: int | None = None,
+    ):
         super().__init__(message)
         self.args = (message,)
         self.rank = rank
         self.traceback = traceback
         self.exitcode = exitcode
+        self.failures: list = []  # every failed rank's record (launcher.RankFailure)
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -14,8 +14,10 @@ import sys
 import threading
 import time
 import traceback
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .errors import LaunchError
 
@@ -70,11 +72,16 @@ def cleanup_segments(name: str) -> list[str]:
 
 def _combined_error_class(base: type) -> type | None:
     """A class that is both LaunchError and ``base``, so ``except ValueError`` still works."""
-    if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(base, LaunchError):
+    if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(
+        base, LaunchError
+    ):
         return None
     try:
-        return type(f"LaunchError[{base.__name__}]", (LaunchError, base),
-                    {"__module__": __name__, "__str__": LaunchError.__str__})
+        return type(
+            f"LaunchError[{base.__name__}]",
+            (LaunchError, base),
+            {"__module__": __name__, "__str__": LaunchError.__str__},
+        )
     except TypeError:  # incompatible layouts (OSError and friends)
         return None
 
@@ -118,8 +125,9 @@ def _root_cause(failures: list[RankFailure]) -> RankFailure:
     return min(failures, key=lambda f: (priority(f), f.order))
 
 
-def _worker(rank: int, size: int, name: str, conn, fn: Callable, args: tuple, kwargs: dict,
-            options: dict) -> None:
+def _worker(
+    rank: int, size: int, name: str, conn, fn: Callable, args: tuple, kwargs: dict, options: dict
+) -> None:
     status = 1
     comm = None
     try:
@@ -155,10 +163,18 @@ def _worker(rank: int, size: int, name: str, conn, fn: Callable, args: tuple, kw
         os._exit(status)
 
 
-def launch(fn: Callable, world_size: int, args: Sequence[Any] = (), kwargs: dict | None = None,
-           timeout: float | None = None, *, comm_timeout: float | None = None,
-           slot_bytes: int | None = None, p2p_bytes: int | None = None,
-           start_method: str = "fork") -> list:
+def launch(
+    fn: Callable,
+    world_size: int,
+    args: Sequence[Any] = (),
+    kwargs: dict | None = None,
+    timeout: float | None = None,
+    *,
+    comm_timeout: float | None = None,
+    slot_bytes: int | None = None,
+    p2p_bytes: int | None = None,
+    start_method: str = "fork",
+) -> list:
     """Run ``fn(comm, *args, **kwargs)`` on ``world_size`` worker processes; return their results.
 
     Results come back in rank order. If a rank raises or dies, the others are stopped and a
@@ -177,17 +193,27 @@ def launch(fn: Callable, world_size: int, args: Sequence[Any] = (), kwargs: dict
 
     name = new_segment_name()
     options = {"timeout": comm_timeout, "slot_bytes": slot_bytes, "p2p_bytes": p2p_bytes}
-    ctx = mp.get_context(start_method)
-    procs, conns = [], []
+    ctx: Any = mp.get_context(start_method)
+    procs: list = []
+    conns: list = []
     results: list[Any] = [None] * world_size
     failures: list[RankFailure] = []
     reported = [False] * world_size
     try:
         for rank in range(world_size):
             reader, writer = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker, name=f"shardcore-rank{rank}",
-                            args=(rank, world_size, name, writer, fn, tuple(args), kwargs, options))
-            p.start()
+            p = ctx.Process(
+                target=_worker,
+                name=f"shardcore-rank{rank}",
+                args=(rank, world_size, name, writer, fn, tuple(args), kwargs, options),
+            )
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns when a multi-threaded process forks; the workers only run
+                # fn and exit with os._exit, so the parent's other threads are never relied on.
+                warnings.filterwarnings(
+                    "ignore", "This process .* is multi-threaded", DeprecationWarning
+                )
+                p.start()
             writer.close()
             procs.append(p)
             conns.append(reader)
@@ -274,8 +300,9 @@ _ENV_RANK, _ENV_SIZE, _ENV_SEGMENT = "SHARDCORE_RANK", "SHARDCORE_WORLD_SIZE", "
 _initialized = None
 
 
-def init(*, timeout: float | None = None, slot_bytes: int | None = None,
-         p2p_bytes: int | None = None):
+def init(
+    *, timeout: float | None = None, slot_bytes: int | None = None, p2p_bytes: int | None = None
+):
     """The communicator of a script started by ``shardcore run`` (size 1 when run on its own).
 
     Reads SHARDCORE_RANK, SHARDCORE_WORLD_SIZE and SHARDCORE_SEGMENT, as torchrun's RANK and
@@ -291,13 +318,15 @@ def init(*, timeout: float | None = None, slot_bytes: int | None = None,
         try:
             rank, size = int(env[_ENV_RANK]), int(env[_ENV_SIZE])
         except (KeyError, ValueError):
-            raise ValueError(f"{_ENV_RANK} and {_ENV_SIZE} must be set to integers when "
-                             f"{_ENV_SEGMENT} is set") from None
+            raise ValueError(
+                f"{_ENV_RANK} and {_ENV_SIZE} must be set to integers when {_ENV_SEGMENT} is set"
+            ) from None
         name = env[_ENV_SEGMENT]
     else:
         rank, size, name = 0, 1, new_segment_name()
-    comm = Communicator.connect(name, rank, size, timeout=timeout, slot_bytes=slot_bytes,
-                                p2p_bytes=p2p_bytes)
+    comm = Communicator.connect(
+        name, rank, size, timeout=timeout, slot_bytes=slot_bytes, p2p_bytes=p2p_bytes
+    )
     previous_hook = sys.excepthook
 
     def abort_then_report(exc_type, exc, tb):
@@ -310,8 +339,14 @@ def init(*, timeout: float | None = None, slot_bytes: int | None = None,
     return comm
 
 
-def run_script(nproc: int, target: Sequence[str], *, module: bool = False,
-               timeout: float | None = None, comm_timeout: float | None = None) -> int:
+def run_script(
+    nproc: int,
+    target: Sequence[str],
+    *,
+    module: bool = False,
+    timeout: float | None = None,
+    comm_timeout: float | None = None,
+) -> int:
     """Start ``nproc`` copies of a script (or ``-m`` module); returns the exit status to use.
 
     Exits 0 when every rank does; otherwise the first failing rank's status, after stopping the
@@ -327,13 +362,22 @@ def run_script(nproc: int, target: Sequence[str], *, module: bool = False,
     procs = []
     try:
         for rank in range(nproc):
-            env = dict(os.environ, **{_ENV_RANK: str(rank), _ENV_SIZE: str(nproc),
-                                      _ENV_SEGMENT: name, "SHARDCORE_LOCAL_RANK": str(rank)})
+            env = dict(
+                os.environ,
+                **{
+                    _ENV_RANK: str(rank),
+                    _ENV_SIZE: str(nproc),
+                    _ENV_SEGMENT: name,
+                    "SHARDCORE_LOCAL_RANK": str(rank),
+                },
+            )
             if comm_timeout is not None:
                 env["SHARDCORE_TIMEOUT"] = str(comm_timeout)
             p = subprocess.Popen(cmd, env=env)
             procs.append(p)
-            threading.Thread(target=lambda r=rank, q=p: events.put((r, q.wait())), daemon=True).start()
+            threading.Thread(
+                target=lambda r=rank, q=p: events.put((r, q.wait())), daemon=True
+            ).start()
         deadline = None if timeout is None else time.monotonic() + timeout
         first_failure = None
         kill_at = None

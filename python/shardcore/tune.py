@@ -23,11 +23,11 @@ ALGOS = ("one_shot", "two_shot", "ring")
 
 def _time_algorithms(comm, sizes: list[int], budget: float) -> list[dict]:
     """Median seconds of each algorithm at each size (every rank runs the same iterations)."""
-    rows = []
+    rows: list[dict] = []
     slot = comm._core.slot_bytes
     for nbytes in sizes:
         x = np.ones(max(1, nbytes // 4), np.float32)
-        row = {"bytes": nbytes}
+        row: dict[str, float] = {"bytes": nbytes}
         for algo in ALGOS:
             if algo == "one_shot" and nbytes > slot:
                 continue
@@ -68,7 +68,7 @@ def crossovers(rows: list[dict]) -> tuple[int, int]:
             two_max = row["bytes"]
         else:
             break
-    return max(one_max, 88), max(two_max, one_max, 88)
+    return max(int(one_max), 88), max(int(two_max), int(one_max), 88)
 
 
 def tune(world_sizes: list[int], max_bytes: int = 4 << 20, budget: float = 0.1) -> dict:
@@ -80,19 +80,25 @@ def tune(world_sizes: list[int], max_bytes: int = 4 << 20, budget: float = 0.1) 
     while s <= max_bytes:
         sizes.append(s)
         s *= 2
-    doc = {"host": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "world_sizes": {}}
+    per_size: dict[str, dict] = {}
+    doc = {
+        "host": socket.gethostname(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "world_sizes": per_size,
+    }
     for n in world_sizes:
         # Thresholds of 1 byte / 1 byte make the communicator's own choice irrelevant here.
         rows = launch(_time_algorithms, n, args=(sizes, budget))[0]
         one, two = crossovers(rows)
-        doc["world_sizes"][str(n)] = {"one_shot_max": one, "two_shot_max": two, "rows": rows}
+        per_size[str(n)] = {"one_shot_max": one, "two_shot_max": two, "rows": rows}
     return doc
 
 
 def register(subparsers) -> None:
     """Add the ``tune`` sub-command."""
-    p = subparsers.add_parser("tune", help="measure this host's all-reduce crossovers and cache them")
+    p = subparsers.add_parser(
+        "tune", help="measure this host's all-reduce crossovers and cache them"
+    )
     p.add_argument("-n", "--ranks", default="2,4,8", help="world sizes, comma-separated")
     p.add_argument("--max-bytes", type=int, default=4 << 20, help="largest message timed")
     p.add_argument("--budget", type=float, default=0.1, help="seconds per (size, algorithm)")
@@ -111,8 +117,10 @@ def _main(args) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1))
     for n, entry in doc["world_sizes"].items():
-        print(f"world size {n}: one-shot up to {entry['one_shot_max']} B, "
-              f"two-shot up to {entry['two_shot_max']} B, ring above")
+        print(
+            f"world size {n}: one-shot up to {entry['one_shot_max']} B, "
+            f"two-shot up to {entry['two_shot_max']} B, ring above"
+        )
         print(f"  {'bytes':>10} " + " ".join(f"{a:>10}" for a in ALGOS) + "  (us)")
         for row in entry["rows"]:
             cells = " ".join(f"{row[a] * 1e6:10.2f}" if a in row else f"{'-':>10}" for a in ALGOS)

@@ -19,34 +19,62 @@ from .traffic import token_traffic
 def register(subparsers) -> None:
     """Add the ``plan`` sub-command to ``subparsers``."""
     p = subparsers.add_parser(
-        "plan", help="plan TP/PP/DP/EP for a model on a cluster (memory, traffic, search)",
+        "plan",
+        help="plan TP/PP/DP/EP for a model on a cluster (memory, traffic, search)",
         description="Validate a parallel configuration (when any of -tp/-pp/-dp/-ep is given) "
-                    "or rank every feasible one. MODEL is a preset "
-                    f"({', '.join(sorted(MODEL_PRESETS))}) or a Hugging Face config.json.")
+        "or rank every feasible one. MODEL is a preset "
+        f"({', '.join(sorted(MODEL_PRESETS))}) or a Hugging Face config.json.",
+    )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--devices", type=int, default=8,
-                   help="devices (cards) in the cluster; an RNGD card counts 8 PEs (default 8)")
-    p.add_argument("--devices-per-node", type=int, default=None,
-                   help="devices per node (default: all in one node)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=8,
+        help="devices (cards) in the cluster; an RNGD card counts 8 PEs (default 8)",
+    )
+    p.add_argument(
+        "--devices-per-node",
+        type=int,
+        default=None,
+        help="devices per node (default: all in one node)",
+    )
     p.add_argument("--device", default="h100-80gb", choices=sorted(DEVICE_PRESETS))
     p.add_argument("-tp", "--tensor-parallel-size", dest="tp", type=int, default=None)
     p.add_argument("-pp", "--pipeline-parallel-size", dest="pp", type=int, default=None)
     p.add_argument("-dp", "--data-parallel-size", dest="dp", type=int, default=None)
     p.add_argument("-ep", "--expert-parallel-size", dest="ep", type=int, default=None)
-    p.add_argument("--layer-partition", default=None,
-                   help="layers per stage, comma separated (default: remainder to the middle)")
+    p.add_argument(
+        "--layer-partition",
+        default=None,
+        help="layers per stage, comma separated (default: remainder to the middle)",
+    )
     p.add_argument("--objective", choices=("latency", "throughput"), default="latency")
-    p.add_argument("--search", action="store_true",
-                   help="search even when degrees are given, keeping the given ones fixed")
-    p.add_argument("--context", type=int, default=DEFAULT_CONTEXT,
-                   help=f"tokens per sequence for KV capacity (default {DEFAULT_CONTEXT})")
+    p.add_argument(
+        "--search",
+        action="store_true",
+        help="search even when degrees are given, keeping the given ones fixed",
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=DEFAULT_CONTEXT,
+        help=f"tokens per sequence for KV capacity (default {DEFAULT_CONTEXT})",
+    )
     p.add_argument("--dtype", default=None, help="weight and activation dtype (default: model's)")
     p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: model's)")
     p.add_argument("--top", type=int, default=15, help="search rows to show (default 15)")
-    p.add_argument("--schedule", choices=("gpipe", "1f1b"), default=None,
-                   help="also print this pipeline schedule for the plan's stages")
-    p.add_argument("--micro-batches", type=int, default=None,
-                   help="micro-batches for --schedule (default: 2 x pp)")
+    p.add_argument(
+        "--schedule",
+        choices=("gpipe", "1f1b"),
+        default=None,
+        help="also print this pipeline schedule for the plan's stages",
+    )
+    p.add_argument(
+        "--micro-batches",
+        type=int,
+        default=None,
+        help="micro-batches for --schedule (default: 2 x pp)",
+    )
     p.add_argument("--save", default=None, help="write the plan as JSON to this path")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run)
@@ -58,8 +86,10 @@ def _model(arg: str, dtype: str | None) -> ModelSpec:
     elif os.path.exists(arg):
         model = ModelSpec.from_hf_config(arg)
     else:
-        raise PlanError(f"MODEL {arg!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
-                        f"nor a config.json path")
+        raise PlanError(
+            f"MODEL {arg!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
+            f"nor a config.json path"
+        )
     return model.with_dtype(dtype) if dtype else model
 
 
@@ -78,48 +108,56 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     model = _model(args.model, args.dtype)
     cluster = ClusterSpec.make(args.device, args.devices, args.devices_per_node)
-    partition = ([int(x) for x in args.layer_partition.split(",")]
-                 if args.layer_partition else None)
+    partition = [int(x) for x in args.layer_partition.split(",")] if args.layer_partition else None
     search = None
     degrees = {"tp": args.tp, "pp": args.pp, "dp": args.dp, "ep": args.ep}
-    if not args.search and (partition is not None or any(v is not None
-                                                         for v in degrees.values())):
+    if not args.search and (partition is not None or any(v is not None for v in degrees.values())):
         plan = make_plan(model, cluster, layer_partition=partition, **degrees)
     else:
-        search = auto_plan(model, cluster, args.objective, context=args.context,
-                           kv_dtype=args.kv_dtype, **degrees)
+        search = auto_plan(
+            model, cluster, args.objective, context=args.context, kv_dtype=args.kv_dtype, **degrees
+        )
         plan = search.plan
     if args.save:
         plan.save(args.save)
     schedule = None
     if args.schedule:
-        schedule = pipeline_schedule(args.schedule, plan.config.pp,
-                                     args.micro_batches or 2 * plan.config.pp)
+        schedule = pipeline_schedule(
+            args.schedule, plan.config.pp, args.micro_batches or 2 * plan.config.pp
+        )
     if args.json:
         out = {
             "plan": plan.to_dict(),
             "hash": plan.hash,
             "fits": all(plan.memory(r.rank, kv_dtype=args.kv_dtype).fits for r in plan.ranks),
-            "memory": [_memory_dict(plan.memory(r.rank, kv_dtype=args.kv_dtype))
-                       for r in plan.ranks],
+            "memory": [
+                _memory_dict(plan.memory(r.rank, kv_dtype=args.kv_dtype)) for r in plan.ranks
+            ],
             "traffic_per_token": token_traffic(plan),
             "collectives_rank0": plan.step_collectives(0),
         }
         if search is not None:
-            out["search"] = {"objective": search.objective, "why": search.why(),
-                             "candidates": [dict(c.row(), why=c.why, fits=c.fits)
-                                            for c in search.candidates]}
+            out["search"] = {
+                "objective": search.objective,
+                "why": search.why(),
+                "candidates": [dict(c.row(), why=c.why, fits=c.fits) for c in search.candidates],
+            }
         if schedule is not None:
-            out["schedule"] = {"name": schedule.name, "grid": [list(r) for r in schedule.grid],
-                               "bubble_fraction": schedule.bubble_fraction}
+            out["schedule"] = {
+                "name": schedule.name,
+                "grid": [list(r) for r in schedule.grid],
+                "bubble_fraction": schedule.bubble_fraction,
+            }
         print(json.dumps(out, indent=1, sort_keys=True))
         return 0
     rich = sys.stdout.isatty()
     if search is not None:
         rows = search_rows(search, args.top)
-        title = (f"{model.name} on {cluster.nodes}x{cluster.devices_per_node} "
-                 f"{cluster.device.name}: {len(search.candidates)} configurations, "
-                 f"ranked by {search.objective} (context {search.context})")
+        title = (
+            f"{model.name} on {cluster.nodes}x{cluster.devices_per_node} "
+            f"{cluster.device.name}: {len(search.candidates)} configurations, "
+            f"ranked by {search.objective} (context {search.context})"
+        )
         text = render(rows, title) if rich else text_table(rows, title)
         if text:
             print(text)
@@ -127,17 +165,25 @@ def _run(args: argparse.Namespace) -> int:
         print()
     print(plan_text(plan))
     traffic = token_traffic(plan)
-    print("traffic per token (seed model, bytes): " + ", ".join(
-        f"{k} {traffic[k]:.0f}" for k in ("tp", "pp", "ep", "dp")))
+    print(
+        "traffic per token (seed model, bytes): "
+        + ", ".join(f"{k} {traffic[k]:.0f}" for k in ("tp", "pp", "ep", "dp"))
+    )
     if schedule is not None:
         print(schedule.text())
     return 0
 
 
 def _memory_dict(m) -> dict:
-    return {"rank": m.rank, "device_bytes": m.device_bytes, "weights": m.weights,
-            "left_after_weights": m.left_after_weights,
-            "left_after_weights_nominal": m.left_after_weights_nominal,
-            "kv_per_token": m.kv_per_token, "activations": m.activations,
-            "comm_buffers": m.comm_buffers, "free": m.free,
-            "kv_capacity_tokens": m.kv_capacity_tokens}
+    return {
+        "rank": m.rank,
+        "device_bytes": m.device_bytes,
+        "weights": m.weights,
+        "left_after_weights": m.left_after_weights,
+        "left_after_weights_nominal": m.left_after_weights_nominal,
+        "kv_per_token": m.kv_per_token,
+        "activations": m.activations,
+        "comm_buffers": m.comm_buffers,
+        "free": m.free,
+        "kv_capacity_tokens": m.kv_capacity_tokens,
+    }

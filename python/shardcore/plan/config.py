@@ -14,8 +14,8 @@ times across the stage.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import PlanError
 from .specs import ClusterSpec, ModelSpec
@@ -93,8 +93,12 @@ def divisors(n: int) -> list:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def check_config(model: ModelSpec, cluster: ClusterSpec | int, config: ParallelConfig,
-                 layer_partition: Sequence[int] | None = None) -> list:
+def check_config(
+    model: ModelSpec,
+    cluster: ClusterSpec | int,
+    config: ParallelConfig,
+    layer_partition: Sequence[int] | None = None,
+) -> list:
     """Raise ``PlanError`` if ``config`` cannot run ``model`` on ``cluster``; else return notes.
 
     The notes (strings) flag what is allowed but costs something: KV heads replicated when tp
@@ -104,31 +108,47 @@ def check_config(model: ModelSpec, cluster: ClusterSpec | int, config: ParallelC
     if problem is not None:
         world = cluster if isinstance(cluster, int) else cluster.world_size
         alternatives = nearest_first(feasible_configs(model, cluster), config)
-        shown = ", ".join(f"(tp={c.tp}, pp={c.pp}, dp={c.dp}, ep={c.ep})"
-                          for c in alternatives[:32])
+        shown = ", ".join(
+            f"(tp={c.tp}, pp={c.pp}, dp={c.dp}, ep={c.ep})" for c in alternatives[:32]
+        )
         more = f" and {len(alternatives) - 32} more" if len(alternatives) > 32 else ""
-        raise PlanError(f"{config} is infeasible for {model.name} on {world} devices: {problem}. "
-                        f"Configurations that would work: {shown or 'none'}{more}")
+        raise PlanError(
+            f"{config} is infeasible for {model.name} on {world} devices: {problem}. "
+            f"Configurations that would work: {shown or 'none'}{more}"
+        )
     return config_notes(model, cluster, config, layer_partition)
 
 
 def nearest_first(configs: list, wanted: ParallelConfig) -> list:
     """``configs`` ordered by how few degrees differ from ``wanted``, then by how far."""
+
     def distance(c: ParallelConfig) -> tuple:
         pairs = [(c.tp, wanted.tp), (c.pp, wanted.pp), (c.dp, wanted.dp), (c.ep, wanted.ep)]
-        return (sum(a != b for a, b in pairs),
-                sum(abs(math.log2(a) - math.log2(b)) for a, b in pairs), c.tp, c.pp, c.ep)
+        return (
+            sum(a != b for a, b in pairs),
+            sum(abs(math.log2(a) - math.log2(b)) for a, b in pairs),
+            c.tp,
+            c.pp,
+            c.ep,
+        )
+
     return sorted(configs, key=distance)
 
 
-def first_violation(model: ModelSpec, cluster: ClusterSpec | int, config: ParallelConfig,
-                    layer_partition: Sequence[int] | None = None) -> str | None:
+def first_violation(
+    model: ModelSpec,
+    cluster: ClusterSpec | int,
+    config: ParallelConfig,
+    layer_partition: Sequence[int] | None = None,
+) -> str | None:
     """The first constraint ``config`` breaks, as a sentence, or None when it is feasible."""
     tp, pp, dp, ep = config.tp, config.pp, config.dp, config.ep
     world = cluster if isinstance(cluster, int) else cluster.world_size
     if config.world_size != world:
-        return (f"tp*pp*dp = {tp}*{pp}*{dp} = {config.world_size} must equal the number of "
-                f"devices ({world})")
+        return (
+            f"tp*pp*dp = {tp}*{pp}*{dp} = {config.world_size} must equal the number of "
+            f"devices ({world})"
+        )
     if not isinstance(cluster, int):
         allowed = cluster.unit.allowed_tp_sizes
         if allowed is not None and tp not in allowed:
@@ -137,8 +157,10 @@ def first_violation(model: ModelSpec, cluster: ClusterSpec | int, config: Parall
         return f"tp={tp} must divide the {model.num_heads} attention heads"
     kv = model.num_kv_heads
     if tp > kv and tp % kv:
-        return (f"tp={tp} exceeds the {kv} KV heads, so it must be a multiple of them "
-                f"(each KV head replicated tp/kv times)")
+        return (
+            f"tp={tp} exceeds the {kv} KV heads, so it must be a multiple of them "
+            f"(each KV head replicated tp/kv times)"
+        )
     if tp <= kv and kv % tp:
         return f"tp={tp} must divide the {kv} KV heads (kv % tp == 0)"
     if pp > model.num_layers:
@@ -146,42 +168,56 @@ def first_violation(model: ModelSpec, cluster: ClusterSpec | int, config: Parall
     if layer_partition is not None:
         parts = list(layer_partition)
         if len(parts) != pp or any(int(p) < 1 for p in parts) or sum(parts) != model.num_layers:
-            return (f"layer partition {parts} must have pp={pp} entries >= 1 summing to "
-                    f"{model.num_layers} layers")
+            return (
+                f"layer partition {parts} must have pp={pp} entries >= 1 summing to "
+                f"{model.num_layers} layers"
+            )
     if ep > 1:
         if not model.is_moe:
             return f"ep={ep} needs an MoE model; {model.name} has no experts"
         if (tp * dp) % ep:
-            return (f"ep={ep} must divide tp*dp = {tp * dp} "
-                    f"(EP is laid over a stage's TP x DP ranks)")
+            return (
+                f"ep={ep} must divide tp*dp = {tp * dp} (EP is laid over a stage's TP x DP ranks)"
+            )
         if model.num_experts % ep:
             return f"ep={ep} must divide the {model.num_experts} experts"
     return None
 
 
-def config_notes(model: ModelSpec, cluster: ClusterSpec | int, config: ParallelConfig,
-                 layer_partition: Sequence[int] | None = None) -> list:
+def config_notes(
+    model: ModelSpec,
+    cluster: ClusterSpec | int,
+    config: ParallelConfig,
+    layer_partition: Sequence[int] | None = None,
+) -> list:
     """What the feasible ``config`` costs beyond the plain split (see ``check_config``)."""
     notes = []
     kv = model.num_kv_heads
     if config.tp > kv:
         copies = config.tp // kv
         per_copy = 2 * model.num_layers * model.head_dim * model.weight_bytes_per_element
-        notes.append(f"KV heads replicated: tp={config.tp} > {kv} KV heads, so every KV head "
-                     f"(its k_proj/v_proj rows and its KV cache) is stored {copies} times; "
-                     f"a rank holds 1 KV head, KV cache {per_copy:.0f} B/token/rank for the "
-                     f"whole model depth, the same as at tp={kv}")
+        notes.append(
+            f"KV heads replicated: tp={config.tp} > {kv} KV heads, so every KV head "
+            f"(its k_proj/v_proj rows and its KV cache) is stored {copies} times; "
+            f"a rank holds 1 KV head, KV cache {per_copy:.0f} B/token/rank for the "
+            f"whole model depth, the same as at tp={kv}"
+        )
     if not isinstance(cluster, int):
         per_node = cluster.ranks_per_node
         if config.tp > 1 and (config.tp > per_node or per_node % config.tp):
-            notes.append(f"TP group spans nodes: tp={config.tp} with {per_node} devices per "
-                         f"node puts all-reduces on the inter-node network "
-                         f"({cluster.inter_node_bandwidth / 1e9:.0f} GB/s per device)")
+            notes.append(
+                f"TP group spans nodes: tp={config.tp} with {per_node} devices per "
+                f"node puts all-reduces on the inter-node network "
+                f"({cluster.inter_node_bandwidth / 1e9:.0f} GB/s per device)"
+            )
         per_card = cluster.ranks_per_card
         if per_card > 1 and config.tp > 1 and (config.tp > per_card or per_card % config.tp):
             notes.append(f"TP group spans cards: tp={config.tp} with {per_card} PEs per card")
-    parts = (tuple(layer_partition) if layer_partition is not None
-             else default_layer_partition(model.num_layers, config.pp))
+    parts = (
+        tuple(layer_partition)
+        if layer_partition is not None
+        else default_layer_partition(model.num_layers, config.pp)
+    )
     if len(set(parts)) > 1:
         notes.append(f"uneven layer split over {config.pp} stages: {list(parts)}")
     return notes

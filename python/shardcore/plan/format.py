@@ -31,17 +31,22 @@ def plan_text(plan, collectives_rank: int = 0) -> str:
     short = [m for m in (plan.memory(r.rank) for r in plan.ranks) if not m.fits]
     if short:
         worst = min(short, key=lambda m: m.free)
-        out.append(f"DOES NOT FIT: {len(short)} rank(s) have no room for a KV token; rank "
-                   f"{worst.rank} needs {-worst.free / GB:.2f} GB more than its "
-                   f"{worst.device_bytes / GB:.2f} GB ({worst.weights / GB:.2f} GB of weights)")
+        out.append(
+            f"DOES NOT FIT: {len(short)} rank(s) have no room for a KV token; rank "
+            f"{worst.rank} needs {-worst.free / GB:.2f} GB more than its "
+            f"{worst.device_bytes / GB:.2f} GB ({worst.weights / GB:.2f} GB of weights)"
+        )
     out.append(text_table(plan.rank_rows(), "per rank:"))
     out.append(f"memory of rank {collectives_rank}:")
     out += ["  " + line for line in plan.memory(collectives_rank).lines()]
-    out.append(f"collectives of rank {collectives_rank} in one decode step "
-               f"(1 sequence per replica):")
+    out.append(
+        f"collectives of rank {collectives_rank} in one decode step (1 sequence per replica):"
+    )
     for c in plan.step_collectives(collectives_rank):
-        out.append(f"  {c['kind']:<12} {c['what']:<12} x{c['calls']:<4} group {c['group']} "
-                   f"sent {c['sent']:.0f} B")
+        out.append(
+            f"  {c['kind']:<12} {c['what']:<12} x{c['calls']:<4} group {c['group']} "
+            f"sent {c['sent']:.0f} B"
+        )
     return "\n".join(out)
 
 
@@ -64,7 +69,7 @@ def render(rows: list, title: str, console=None) -> str | None:
     except ImportError:
         return text_table(rows, title)
     table = Table(title=title)
-    for k in (rows[0] if rows else []):
+    for k in rows[0] if rows else []:
         table.add_column(k, overflow="fold")
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])

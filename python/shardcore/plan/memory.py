@@ -47,8 +47,10 @@ class MemoryReport:
 
     def lines(self) -> list:
         """Human-readable lines, GB (1e9) and GiB (2**30) side by side."""
+
         def both(x: float) -> str:
             return f"{x / GB:8.2f} GB  {x / GIB:8.2f} GiB"
+
         return [
             f"device capacity     {both(self.device_bytes)}  "
             f"(nominal {self.nominal_bytes / GB:.0f} GB)",
@@ -78,8 +80,9 @@ def kv_bytes_per_token(plan, rank: int, kv_dtype: str | None = None) -> float:
     return r.num_layers * 2 * heads * m.head_dim * dtype_bytes(kv_dtype or m.dtype)
 
 
-def activation_bytes(plan, rank: int, tokens: int = DEFAULT_ACTIVATION_TOKENS,
-                     dtype: str | None = None) -> float:
+def activation_bytes(
+    plan, rank: int, tokens: int = DEFAULT_ACTIVATION_TOKENS, dtype: str | None = None
+) -> float:
     """Peak live activations of one layer for ``tokens`` tokens (flash attention: no score
     matrix; residual + normed input, local q/k/v and attention output, gate and up outputs of
     the local MLP or of the top-k expert rows, and the EP dispatch/combine buffers)."""
@@ -99,10 +102,15 @@ def activation_bytes(plan, rank: int, tokens: int = DEFAULT_ACTIVATION_TOKENS,
     return tokens * b * (2 * h + 2 * q + 2 * kv + mlp)
 
 
-def memory_report(plan, rank: int = 0, *, kv_dtype: str | None = None,
-                  activation_tokens: int = DEFAULT_ACTIVATION_TOKENS,
-                  activation_dtype: str | None = None,
-                  comm_buffer_bytes: int = DEFAULT_COMM_BUFFER_BYTES) -> MemoryReport:
+def memory_report(
+    plan,
+    rank: int = 0,
+    *,
+    kv_dtype: str | None = None,
+    activation_tokens: int = DEFAULT_ACTIVATION_TOKENS,
+    activation_dtype: str | None = None,
+    comm_buffer_bytes: int = DEFAULT_COMM_BUFFER_BYTES,
+) -> MemoryReport:
     """Memory of ``rank`` under ``plan`` (see ``MemoryReport``)."""
     c, m, r = plan.config, plan.model, plan.ranks[rank]
     unit = plan.cluster.unit
@@ -113,9 +121,16 @@ def memory_report(plan, rank: int = 0, *, kv_dtype: str | None = None,
     kv = kv_bytes_per_token(plan, rank, kv_dtype)
     free = unit.memory_bytes - weights - act - comm
     capacity = int(free // kv) if free > 0 and kv > 0 else 0
-    return MemoryReport(rank=rank, device_bytes=unit.memory_bytes,
-                        nominal_bytes=unit.nominal_memory_bytes, weights=weights,
-                        kv_per_token=kv, activations=act, comm_buffers=comm, free=free,
-                        kv_capacity_tokens=capacity,
-                        kv_heads_per_rank=r.kv_heads[1] - r.kv_heads[0],
-                        kv_replication=max(1, c.tp // m.num_kv_heads))
+    return MemoryReport(
+        rank=rank,
+        device_bytes=unit.memory_bytes,
+        nominal_bytes=unit.nominal_memory_bytes,
+        weights=weights,
+        kv_per_token=kv,
+        activations=act,
+        comm_buffers=comm,
+        free=free,
+        kv_capacity_tokens=capacity,
+        kv_heads_per_rank=r.kv_heads[1] - r.kv_heads[0],
+        kv_replication=max(1, c.tp // m.num_kv_heads),
+    )

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import PlanError
 from .config import ParallelConfig, check_config, default_layer_partition, split_range, split_sizes
@@ -51,16 +52,16 @@ class RankPlan:
     dp: int
     pp: int
     tp: int
-    ep: int          # EP rank inside its EP group (0 when ep == 1)
-    ep_group: int    # which EP group of its stage
-    layers: Range    # [start, stop) of decoder layers
+    ep: int  # EP rank inside its EP group (0 when ep == 1)
+    ep_group: int  # which EP group of its stage
+    layers: Range  # [start, stop) of decoder layers
     q_heads: Range
     kv_heads: Range
-    ffn: Range       # dense MLP intermediate block
+    ffn: Range  # dense MLP intermediate block
     expert_ffn: Range  # block of every held expert's intermediate (whole when ep > 1)
     shared_ffn: Range
     vocab: Range
-    experts: Range   # [first, stop) of the experts whose weights it holds
+    experts: Range  # [first, stop) of the experts whose weights it holds
     has_embedding: bool
     has_lm_head: bool
 
@@ -252,8 +253,10 @@ class Plan:
         if ".mlp.experts." in name and c.ep > 1:
             return c.tp * c.dp // c.ep
         per_replica = 1
-        if name.endswith(("layernorm.weight", "q_norm.weight", "k_norm.weight",
-                          "mlp.gate.weight")) or name == "model.norm.weight":
+        if (
+            name.endswith(("layernorm.weight", "q_norm.weight", "k_norm.weight", "mlp.gate.weight"))
+            or name == "model.norm.weight"
+        ):
             per_replica = c.tp
         elif name.endswith(("k_proj.weight", "v_proj.weight")):
             per_replica = max(1, c.tp // m.num_kv_heads)
@@ -271,8 +274,11 @@ class Plan:
         n_moe = sum(1 for i in range(*r.layers) if m.is_moe_layer(i))
         n_dense = r.num_layers - n_moe
         fe = r.expert_ffn[1] - r.expert_ffn[0]
-        moe = (m.num_experts * h + (r.experts[1] - r.experts[0]) * 3 * h * fe
-               + 3 * h * (r.shared_ffn[1] - r.shared_ffn[0]))
+        moe = (
+            m.num_experts * h
+            + (r.experts[1] - r.experts[0]) * 3 * h * fe
+            + 3 * h * (r.shared_ffn[1] - r.shared_ffn[0])
+        )
         dense = 3 * h * (r.ffn[1] - r.ffn[0])
         total = r.num_layers * attn + n_moe * moe + n_dense * dense
         vocab = (r.vocab[1] - r.vocab[0]) * h
@@ -292,11 +298,13 @@ class Plan:
     def memory(self, rank: int = 0, **kw: Any):
         """``MemoryReport`` of ``rank`` (see ``shardcore.plan.memory.memory_report``)."""
         from .memory import memory_report
+
         return memory_report(self, rank, **kw)
 
     def step_collectives(self, rank: int, tokens: int = 1, dtype: str | None = None) -> list:
         """Collectives ``rank`` makes in one decode step of ``tokens`` sequences per replica."""
         from .traffic import step_collectives
+
         return step_collectives(self, rank, tokens=tokens, dtype=dtype)
 
     # -- serialisation --------------------------------------------------------------------
@@ -323,22 +331,27 @@ class Plan:
         return hashlib.sha256(canon.encode()).hexdigest()
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
         """Inverse of ``to_dict``."""
         if d.get("format") != PLAN_FORMAT:
             raise PlanError(f"unsupported plan format {d.get('format')!r}")
         md = dict(d["model"])
         md["mlp_only_layers"] = tuple(md.get("mlp_only_layers", ()))
-        fields: list = [{k: (tuple(v) if isinstance(v, list) else v) for k, v in r.items()}
-                        for r in d["ranks"]]
+        fields: list = [
+            {k: (tuple(v) if isinstance(v, list) else v) for k, v in r.items()} for r in d["ranks"]
+        ]
         ranks = tuple(RankPlan(**f) for f in fields)
-        return cls(model=ModelSpec(**md), cluster=ClusterSpec.from_dict(d["cluster"]),
-                   config=ParallelConfig(**d["config"]),
-                   layer_partition=tuple(d["layer_partition"]), ranks=ranks,
-                   notes=tuple(d.get("notes", ())))
+        return cls(
+            model=ModelSpec(**md),
+            cluster=ClusterSpec.from_dict(d["cluster"]),
+            config=ParallelConfig(**d["config"]),
+            layer_partition=tuple(d["layer_partition"]),
+            ranks=ranks,
+            notes=tuple(d.get("notes", ())),
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         """Inverse of ``to_json``."""
         return cls.from_dict(json.loads(text))
 
@@ -348,7 +361,7 @@ class Plan:
             f.write(self.to_json())
 
     @classmethod
-    def load(cls, path: str) -> "Plan":
+    def load(cls, path: str) -> Plan:
         """Read a plan written by ``save``."""
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read())
@@ -357,30 +370,38 @@ class Plan:
     def summary(self) -> str:
         """One line: model, cluster, degrees and hash."""
         c = self.cluster
-        return (f"{self.model.name} on {c.nodes}x{c.devices_per_node} {c.device.name} "
-                f"({self.world_size} ranks): {self.config}, layers per stage "
-                f"{list(self.layer_partition)}, plan {self.hash[:12]}")
+        return (
+            f"{self.model.name} on {c.nodes}x{c.devices_per_node} {c.device.name} "
+            f"({self.world_size} ranks): {self.config}, layers per stage "
+            f"{list(self.layer_partition)}, plan {self.hash[:12]}"
+        )
 
     def rank_rows(self) -> list:
         """Table rows (list of dicts of strings), one per rank."""
         rows = []
         for r in self.ranks:
             mem = self.memory(r.rank)
-            rows.append({
-                "rank": str(r.rank), "node": str(r.node),
-                **({"card": str(r.card)} if self.cluster.ranks_per_card > 1 else {}),
-                "dp,pp,tp,ep": f"{r.dp},{r.pp},{r.tp},{r.ep}",
-                "layers": f"{r.layers[0]}-{r.layers[1] - 1}",
-                "q heads": f"{r.q_heads[0]}-{r.q_heads[1] - 1}",
-                "kv heads": f"{r.kv_heads[0]}-{r.kv_heads[1] - 1}",
-                "experts": self._experts_text(r),
-                "vocab": (f"{r.vocab[0]}-{r.vocab[1] - 1}"
-                          if r.has_embedding or r.has_lm_head else "-"),
-                "weights GB/GiB": f"{mem.weights / GB:.2f}/{mem.weights / GIB:.2f}",
-                "KV B/token": f"{mem.kv_per_token:.0f}",
-                "free GB/GiB": f"{mem.free / GB:.2f}/{mem.free / GIB:.2f}",
-                "KV tokens": f"{mem.kv_capacity_tokens}",
-            })
+            rows.append(
+                {
+                    "rank": str(r.rank),
+                    "node": str(r.node),
+                    **({"card": str(r.card)} if self.cluster.ranks_per_card > 1 else {}),
+                    "dp,pp,tp,ep": f"{r.dp},{r.pp},{r.tp},{r.ep}",
+                    "layers": f"{r.layers[0]}-{r.layers[1] - 1}",
+                    "q heads": f"{r.q_heads[0]}-{r.q_heads[1] - 1}",
+                    "kv heads": f"{r.kv_heads[0]}-{r.kv_heads[1] - 1}",
+                    "experts": self._experts_text(r),
+                    "vocab": (
+                        f"{r.vocab[0]}-{r.vocab[1] - 1}"
+                        if r.has_embedding or r.has_lm_head
+                        else "-"
+                    ),
+                    "weights GB/GiB": f"{mem.weights / GB:.2f}/{mem.weights / GIB:.2f}",
+                    "KV B/token": f"{mem.kv_per_token:.0f}",
+                    "free GB/GiB": f"{mem.free / GB:.2f}/{mem.free / GIB:.2f}",
+                    "KV tokens": f"{mem.kv_capacity_tokens}",
+                }
+            )
         return rows
 
     def _experts_text(self, r: RankPlan) -> str:
@@ -393,6 +414,7 @@ class Plan:
 
     def __str__(self) -> str:
         from .format import plan_text
+
         return plan_text(self)
 
 
@@ -409,10 +431,17 @@ def weight_tensors_cached(model: ModelSpec) -> dict:
     return got
 
 
-def make_plan(model: ModelSpec | str, cluster: ClusterSpec | int,
-              config: ParallelConfig | None = None,
-              *, tp: int | None = None, pp: int | None = None, dp: int | None = None,
-              ep: int | None = None, layer_partition: Sequence[int] | None = None) -> Plan:
+def make_plan(
+    model: ModelSpec | str,
+    cluster: ClusterSpec | int,
+    config: ParallelConfig | None = None,
+    *,
+    tp: int | None = None,
+    pp: int | None = None,
+    dp: int | None = None,
+    ep: int | None = None,
+    layer_partition: Sequence[int] | None = None,
+) -> Plan:
     """Validate ``config`` (or tp/pp/dp/ep; dp defaults to what fills the cluster) and build
     the plan. Raises ``PlanError`` naming the broken constraint and listing what would work.
 
@@ -431,8 +460,11 @@ def make_plan(model: ModelSpec | str, cluster: ClusterSpec | int,
             dp = max(1, cluster.world_size // (tp * pp))
         config = ParallelConfig(tp, pp, dp, ep)
     notes = check_config(model, cluster, config, layer_partition)
-    parts = (tuple(int(p) for p in layer_partition) if layer_partition is not None
-             else default_layer_partition(model.num_layers, config.pp))
+    parts = (
+        tuple(int(p) for p in layer_partition)
+        if layer_partition is not None
+        else default_layer_partition(model.num_layers, config.pp)
+    )
     starts = [sum(parts[:s]) for s in range(config.pp)]
     m, c = model, config
     ranks = []
@@ -454,19 +486,36 @@ def make_plan(model: ModelSpec | str, cluster: ClusterSpec | int,
         else:
             experts = (0, m.num_experts)
             expert_ffn = split_range(m.expert_ffn_size, c.tp, tp_i)
-        ranks.append(RankPlan(
-            rank=rank, node=cluster.node_of(rank), card=cluster.card_of(rank),
-            dp=dp_i, pp=pp_i, tp=tp_i,
-            ep=stage_local % c.ep, ep_group=stage_local // c.ep,
-            layers=(starts[pp_i], starts[pp_i] + parts[pp_i]),
-            q_heads=(tp_i * q_per, (tp_i + 1) * q_per), kv_heads=kv_heads,
-            ffn=split_range(m.ffn_size, c.tp, tp_i), expert_ffn=expert_ffn,
-            shared_ffn=split_range(m.shared_ffn_size, c.tp, tp_i),
-            vocab=split_range(m.vocab_size, c.tp, tp_i), experts=experts,
-            has_embedding=pp_i == 0, has_lm_head=pp_i == c.pp - 1,
-        ))
-    return Plan(model=model, cluster=cluster, config=config, layer_partition=parts,
-                ranks=tuple(ranks), notes=tuple(notes))
+        ranks.append(
+            RankPlan(
+                rank=rank,
+                node=cluster.node_of(rank),
+                card=cluster.card_of(rank),
+                dp=dp_i,
+                pp=pp_i,
+                tp=tp_i,
+                ep=stage_local % c.ep,
+                ep_group=stage_local // c.ep,
+                layers=(starts[pp_i], starts[pp_i] + parts[pp_i]),
+                q_heads=(tp_i * q_per, (tp_i + 1) * q_per),
+                kv_heads=kv_heads,
+                ffn=split_range(m.ffn_size, c.tp, tp_i),
+                expert_ffn=expert_ffn,
+                shared_ffn=split_range(m.shared_ffn_size, c.tp, tp_i),
+                vocab=split_range(m.vocab_size, c.tp, tp_i),
+                experts=experts,
+                has_embedding=pp_i == 0,
+                has_lm_head=pp_i == c.pp - 1,
+            )
+        )
+    return Plan(
+        model=model,
+        cluster=cluster,
+        config=config,
+        layer_partition=parts,
+        ranks=tuple(ranks),
+        notes=tuple(notes),
+    )
 
 
 __all__ = ["Plan", "RankPlan", "make_plan", "weight_tensors"]

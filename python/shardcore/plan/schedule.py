@@ -51,8 +51,11 @@ class Schedule:
         """The table as text: one row per stage, one column per time step, '.' for idle."""
         width = max(3, max((len(c) for row in self.grid for c in row), default=2) + 1)
         head = "stage " + "".join(f"{t:>{width}}" for t in range(self.steps))
-        lines = [f"{self.name}: {self.stages} stages, {self.micro_batches} micro-batches, "
-                 f"{self.steps} steps, bubble {self.bubble_fraction:.1%}", head]
+        lines = [
+            f"{self.name}: {self.stages} stages, {self.micro_batches} micro-batches, "
+            f"{self.steps} steps, bubble {self.bubble_fraction:.1%}",
+            head,
+        ]
         for s, row in enumerate(self.grid):
             lines.append(f"{s:>5} " + "".join(f"{(c or '.'):>{width}}" for c in row))
         return "\n".join(lines)
@@ -84,18 +87,18 @@ def _orders(kind: str, stages: int, micro: int, backward: bool) -> list:
     return orders
 
 
-def pipeline_schedule(kind: str, stages: int, micro_batches: int,
-                      backward: bool = True) -> Schedule:
+def pipeline_schedule(
+    kind: str, stages: int, micro_batches: int, backward: bool = True
+) -> Schedule:
     """The ``kind`` ("gpipe" or "1f1b") time table for ``stages`` stages and ``micro_batches``."""
     kind = kind.lower()
     if kind not in ("gpipe", "1f1b"):
         raise ValueError(f"schedule must be 'gpipe' or '1f1b', got {kind!r}")
     if stages < 1 or micro_batches < 1:
-        raise ValueError(f"need stages >= 1 and micro_batches >= 1, got {stages}, "
-                         f"{micro_batches}")
+        raise ValueError(f"need stages >= 1 and micro_batches >= 1, got {stages}, {micro_batches}")
     orders = _orders(kind, stages, micro_batches, backward)
-    done: dict = {}          # (op, stage, m) -> finish step
-    free_at = [0] * stages   # first step each stage is free
+    done: dict = {}  # (op, stage, m) -> finish step
+    free_at = [0] * stages  # first step each stage is free
     pos = [0] * stages
     remaining = sum(len(o) for o in orders)
     while remaining:
@@ -123,5 +126,6 @@ def pipeline_schedule(kind: str, stages: int, micro_batches: int,
     for (op, s, m), end in done.items():
         grid[s][end - 1] = f"{op}{m}"
     name = {"gpipe": "GPipe", "1f1b": "1F1B"}[kind] + ("" if backward else " (forward only)")
-    return Schedule(name=name, stages=stages, micro_batches=micro_batches,
-                    grid=tuple(tuple(r) for r in grid))
+    return Schedule(
+        name=name, stages=stages, micro_batches=micro_batches, grid=tuple(tuple(r) for r in grid)
+    )

@@ -61,11 +61,11 @@ class Candidate:
     kv_per_token: float = 0.0
     kv_replication: int = 1
     tp_spans_nodes: bool = False
-    sequences: int = 0          # sequences of `context` tokens in flight per replica
-    micro_batch: float = 0.0    # B
+    sequences: int = 0  # sequences of `context` tokens in flight per replica
+    micro_batch: float = 0.0  # B
     stage: StageCost = field(default_factory=lambda: StageCost(0.0, 0.0, 0.0, 0.0))  # slowest
-    throughput: float = 0.0     # tokens/s over all replicas
-    latency: float = float("inf")   # seconds per token for one sequence
+    throughput: float = 0.0  # tokens/s over all replicas
+    latency: float = float("inf")  # seconds per token for one sequence
     latency_parts: StageCost = field(default_factory=lambda: StageCost(0.0, 0.0, 0.0, 0.0))
     comm_bytes_per_token: float = 0.0
     score: float = 0.0
@@ -77,7 +77,10 @@ class Candidate:
         c = self.config
         st = self.stage
         return {
-            "tp": str(c.tp), "pp": str(c.pp), "dp": str(c.dp), "ep": str(c.ep),
+            "tp": str(c.tp),
+            "pp": str(c.pp),
+            "dp": str(c.dp),
+            "ep": str(c.ep),
             "weights GB/rank": f"{self.weights_gb:.1f}",
             "free GB": f"{self.free_gb:.1f}",
             "KV B/tok/rank": f"{self.kv_per_token:.0f}",
@@ -96,8 +99,9 @@ def _ring_time(n: int, nbytes: float, bw: float, alpha: float) -> float:
     return 0.0 if n <= 1 else 2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes / bw
 
 
-def _stage_cost(plan: Plan, stage: int, B: float, context: int, act_b: float,
-                kv_dtype: str | None) -> StageCost:
+def _stage_cost(
+    plan: Plan, stage: int, B: float, context: int, act_b: float, kv_dtype: str | None
+) -> StageCost:
     m, c, cl = plan.model, plan.config, plan.cluster
     unit = cl.unit
     rank = c.rank(0, stage, 0)
@@ -109,19 +113,23 @@ def _stage_cost(plan: Plan, stage: int, B: float, context: int, act_b: float,
     fe_local = r.expert_ffn[1] - r.expert_ffn[0]
     expert_elems = moe_layers * held_experts * 3 * h * fe_local
     vocab_rows = (r.vocab[1] - r.vocab[0]) * h
-    embed_elems = vocab_rows if (r.has_embedding and not (r.has_lm_head and m.tie_embeddings)) \
-        else 0
+    embed_elems = (
+        vocab_rows if (r.has_embedding and not (r.has_lm_head and m.tie_embeddings)) else 0
+    )
     dense_elems = plan.weight_elements(rank) - expert_elems - embed_elems
     # tokens whose routing reaches this rank's experts in one step
     routed_tokens = B * max(1.0, c.ep / c.tp) if c.ep > 1 else B
-    p_touch = 1.0 - (1.0 - m.experts_per_token / m.num_experts) ** routed_tokens \
-        if m.num_experts else 0.0
+    p_touch = (
+        1.0 - (1.0 - m.experts_per_token / m.num_experts) ** routed_tokens if m.num_experts else 0.0
+    )
     weights = (dense_elems + expert_elems * p_touch) * wb / unit.memory_bandwidth
     kv = B * context * kv_bytes_per_token(plan, rank, kv_dtype) / unit.memory_bandwidth
     active_experts = moe_layers * m.experts_per_token * 3 * h * m.expert_ffn_size / c.tp
     q_local = r.q_heads[1] - r.q_heads[0]
-    flops = 2 * B * (dense_elems + active_experts) \
+    flops = (
+        2 * B * (dense_elems + active_experts)
         + 4 * B * context * q_local * m.head_dim * r.num_layers
+    )
     compute = flops / unit.peak_flops
     comm = 0.0
     msg = B * h * act_b
@@ -139,9 +147,16 @@ def _stage_cost(plan: Plan, stage: int, B: float, context: int, act_b: float,
     return StageCost(compute=compute, weights=weights, kv=kv, comm=comm)
 
 
-def evaluate(model: ModelSpec, cluster: ClusterSpec, config: ParallelConfig, *,
-             context: int = DEFAULT_CONTEXT, max_batch: int = DEFAULT_MAX_BATCH,
-             dtype: str | None = None, kv_dtype: str | None = None) -> Candidate:
+def evaluate(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    config: ParallelConfig,
+    *,
+    context: int = DEFAULT_CONTEXT,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    dtype: str | None = None,
+    kv_dtype: str | None = None,
+) -> Candidate:
     """The cost-model numbers of one feasible configuration."""
     plan = make_plan(model, cluster, config)
     m, c = plan.model, config
@@ -157,8 +172,10 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, config: ParallelConfig, *,
     cand.sequences = min(min(x.kv_capacity_tokens for x in reports) // context, max_batch)
     if cand.sequences < 1:
         cand.fits = False
-        cand.why = (f"does not fit: {cand.free_gb:.1f} GB free per rank after "
-                    f"{cand.weights_gb:.1f} GB of weights, less than one {context}-token sequence")
+        cand.why = (
+            f"does not fit: {cand.free_gb:.1f} GB free per rank after "
+            f"{cand.weights_gb:.1f} GB of weights, less than one {context}-token sequence"
+        )
         return cand
     B = cand.sequences / c.pp
     cand.micro_batch = B
@@ -167,11 +184,13 @@ def evaluate(model: ModelSpec, cluster: ClusterSpec, config: ParallelConfig, *,
     cand.throughput = c.dp * B / cand.stage.step
     single = [_stage_cost(plan, s, 1, context, act_b, kv_dtype) for s in range(c.pp)]
     cand.latency = sum(x.step for x in single)
-    cand.latency_parts = StageCost(*(sum(getattr(x, f) for x in single)
-                                     for f in ("compute", "weights", "kv", "comm")))
+    cand.latency_parts = StageCost(
+        *(sum(getattr(x, f) for x in single) for f in ("compute", "weights", "kv", "comm"))
+    )
     h = m.hidden_size
-    cand.comm_bytes_per_token = (2 * m.num_layers * 2 * (c.tp - 1) / c.tp * h * act_b
-                                 + (c.pp - 1) * h * act_b)
+    cand.comm_bytes_per_token = (
+        2 * m.num_layers * 2 * (c.tp - 1) / c.tp * h * act_b + (c.pp - 1) * h * act_b
+    )
     return cand
 
 
@@ -186,31 +205,41 @@ def _explain(cand: Candidate, win: Candidate, objective: str) -> str:
     else:
         parts.append(f"{cand.latency * 1e3:.2f} vs {win.latency * 1e3:.2f} ms/token")
     if cand.tp_spans_nodes:
-        parts.append(f"its TP group spans nodes, so {2 * cand.plan.model.num_layers} "
-                     f"all-reduces per token cross the network "
-                     f"(comm {cand.stage.comm * 1e3:.2f} vs {win.stage.comm * 1e3:.2f} ms/step)")
+        parts.append(
+            f"its TP group spans nodes, so {2 * cand.plan.model.num_layers} "
+            f"all-reduces per token cross the network "
+            f"(comm {cand.stage.comm * 1e3:.2f} vs {win.stage.comm * 1e3:.2f} ms/step)"
+        )
     if cand.kv_replication > 1:
-        parts.append(f"tp={cand.config.tp} > {cand.plan.model.num_kv_heads} KV heads stores each "
-                     f"KV head {cand.kv_replication}x, so {cand.kv_replication - 1} of every "
-                     f"{cand.kv_replication} KV-cache bytes are copies ({cand.kv_per_token:.0f} "
-                     f"B/token/rank, the same as at tp={cand.plan.model.num_kv_heads}) and the TP "
-                     f"group adds all-reduce traffic without shrinking the KV cache")
+        parts.append(
+            f"tp={cand.config.tp} > {cand.plan.model.num_kv_heads} KV heads stores each "
+            f"KV head {cand.kv_replication}x, so {cand.kv_replication - 1} of every "
+            f"{cand.kv_replication} KV-cache bytes are copies ({cand.kv_per_token:.0f} "
+            f"B/token/rank, the same as at tp={cand.plan.model.num_kv_heads}) and the TP "
+            f"group adds all-reduce traffic without shrinking the KV cache"
+        )
     if objective == "throughput":
         if cand.sequences < win.sequences:
             parts.append(f"room for {cand.sequences} sequences per replica vs {win.sequences}")
         if cand.micro_batch < win.micro_batch:
-            parts.append(f"micro-batch of {cand.micro_batch:.0f} vs {win.micro_batch:.0f} "
-                         f"sequences, so each weight read serves fewer tokens")
+            parts.append(
+                f"micro-batch of {cand.micro_batch:.0f} vs {win.micro_batch:.0f} "
+                f"sequences, so each weight read serves fewer tokens"
+            )
         st, ws = cand.stage, win.stage
-        parts.append(f"slowest stage step {st.step * 1e3:.2f} ms (weights "
-                     f"{st.weights * 1e3:.2f}, KV {st.kv * 1e3:.2f}, compute "
-                     f"{st.compute * 1e3:.2f}, comm {st.comm * 1e3:.2f}) vs {ws.step * 1e3:.2f}")
+        parts.append(
+            f"slowest stage step {st.step * 1e3:.2f} ms (weights "
+            f"{st.weights * 1e3:.2f}, KV {st.kv * 1e3:.2f}, compute "
+            f"{st.compute * 1e3:.2f}, comm {st.comm * 1e3:.2f}) vs {ws.step * 1e3:.2f}"
+        )
     else:
         lp, wp = cand.latency_parts, win.latency_parts
-        parts.append(f"per token: weights {lp.weights * 1e3:.2f} vs {wp.weights * 1e3:.2f} ms, "
-                     f"comm {lp.comm * 1e3:.2f} vs {wp.comm * 1e3:.2f} ms "
-                     f"({cand.comm_bytes_per_token / 1e3:.0f} vs "
-                     f"{win.comm_bytes_per_token / 1e3:.0f} kB sent per rank)")
+        parts.append(
+            f"per token: weights {lp.weights * 1e3:.2f} vs {wp.weights * 1e3:.2f} ms, "
+            f"comm {lp.comm * 1e3:.2f} vs {wp.comm * 1e3:.2f} ms "
+            f"({cand.comm_bytes_per_token / 1e3:.0f} vs "
+            f"{win.comm_bytes_per_token / 1e3:.0f} kB sent per rank)"
+        )
     return "; ".join(parts)
 
 
@@ -238,28 +267,37 @@ class SearchResult:
         b = self.best
         m, c = b.plan.model, b.config
         st = b.stage
-        metric = (f"{b.throughput:.0f} tok/s" if self.objective == "throughput"
-                  else f"{b.latency * 1e3:.2f} ms/token")
+        metric = (
+            f"{b.throughput:.0f} tok/s"
+            if self.objective == "throughput"
+            else f"{b.latency * 1e3:.2f} ms/token"
+        )
         if self.objective == "throughput":
-            lines = [f"{c} wins on throughput with {metric}: {b.weights_gb:.1f} GB of weights "
-                     f"per rank leave {b.free_gb:.1f} GB for the KV cache, {b.sequences} "
-                     f"sequences of {self.context} tokens per replica, run as {c.pp} "
-                     f"micro-batch(es) of {b.micro_batch:.0f} on {c.dp} replica(s); slowest "
-                     f"stage step {st.step * 1e3:.2f} ms (weights {st.weights * 1e3:.2f}, KV "
-                     f"{st.kv * 1e3:.2f}, compute {st.compute * 1e3:.2f}, comm "
-                     f"{st.comm * 1e3:.2f} ms)."]
+            lines = [
+                f"{c} wins on throughput with {metric}: {b.weights_gb:.1f} GB of weights "
+                f"per rank leave {b.free_gb:.1f} GB for the KV cache, {b.sequences} "
+                f"sequences of {self.context} tokens per replica, run as {c.pp} "
+                f"micro-batch(es) of {b.micro_batch:.0f} on {c.dp} replica(s); slowest "
+                f"stage step {st.step * 1e3:.2f} ms (weights {st.weights * 1e3:.2f}, KV "
+                f"{st.kv * 1e3:.2f}, compute {st.compute * 1e3:.2f}, comm "
+                f"{st.comm * 1e3:.2f} ms)."
+            ]
         else:
             lp = b.latency_parts
-            lines = [f"{c} wins on latency with {metric}: one token of one {self.context}-token "
-                     f"sequence passes {c.pp} stage(s) of tp={c.tp} ranks, reading weights "
-                     f"{lp.weights * 1e3:.2f} ms and KV {lp.kv * 1e3:.2f} ms (compute "
-                     f"{lp.compute * 1e3:.2f} ms) plus {lp.comm * 1e3:.2f} ms of "
-                     f"communication."]
+            lines = [
+                f"{c} wins on latency with {metric}: one token of one {self.context}-token "
+                f"sequence passes {c.pp} stage(s) of tp={c.tp} ranks, reading weights "
+                f"{lp.weights * 1e3:.2f} ms and KV {lp.kv * 1e3:.2f} ms (compute "
+                f"{lp.compute * 1e3:.2f} ms) plus {lp.comm * 1e3:.2f} ms of "
+                f"communication."
+            ]
         if c.ep > 1:
-            lines.append(f"EP={c.ep}: each rank holds {m.num_experts // c.ep} whole experts "
-                         f"instead of a 1/{c.tp} slice of all {m.num_experts}, so one read of "
-                         f"an expert's weights serves the tokens of "
-                         f"{max(1, c.ep // c.tp)} replica(s).")
+            lines.append(
+                f"EP={c.ep}: each rank holds {m.num_experts // c.ep} whole experts "
+                f"instead of a 1/{c.tp} slice of all {m.num_experts}, so one read of "
+                f"an expert's weights serves the tokens of "
+                f"{max(1, c.ep // c.tp)} replica(s)."
+            )
         runner = next((x for x in self.candidates[1:] if x.fits), None)
         if runner is not None:
             lines.append(f"Runner-up {runner.config}: {runner.why}.")
@@ -270,11 +308,20 @@ class SearchResult:
         return "\n".join(lines)
 
 
-def auto_plan(model: ModelSpec | str, cluster: ClusterSpec, objective: str = "latency", *,
-              context: int = DEFAULT_CONTEXT, max_batch: int = DEFAULT_MAX_BATCH,
-              dtype: str | None = None, kv_dtype: str | None = None,
-              tp: int | None = None, pp: int | None = None, dp: int | None = None,
-              ep: int | None = None) -> SearchResult:
+def auto_plan(
+    model: ModelSpec | str,
+    cluster: ClusterSpec,
+    objective: str = "latency",
+    *,
+    context: int = DEFAULT_CONTEXT,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    dtype: str | None = None,
+    kv_dtype: str | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    dp: int | None = None,
+    ep: int | None = None,
+) -> SearchResult:
     """Rank every feasible (tp, pp, dp, ep) for ``model`` on ``cluster`` by ``objective``
     ("latency": seconds per token of one sequence; "throughput": decode tokens/s with the KV
     cache full of ``context``-token sequences). ``tp``/``pp``/``dp``/``ep`` pin a degree (e.g.
@@ -284,18 +331,29 @@ def auto_plan(model: ModelSpec | str, cluster: ClusterSpec, objective: str = "la
     if objective not in ("latency", "throughput"):
         raise ValueError(f"objective must be 'latency' or 'throughput', got {objective!r}")
     pinned = {"tp": tp, "pp": pp, "dp": dp, "ep": ep}
-    configs = [c for c in feasible_configs(model, cluster)
-               if all(v is None or getattr(c, k) == v for k, v in pinned.items())]
+    configs = [
+        c
+        for c in feasible_configs(model, cluster)
+        if all(v is None or getattr(c, k) == v for k, v in pinned.items())
+    ]
     if not configs:
-        raise PlanError(f"no feasible configuration of {model.name} on {cluster.world_size} "
-                        f"devices with {', '.join(f'{k}={v}' for k, v in pinned.items() if v)}")
-    cands = [evaluate(model, cluster, c, context=context, max_batch=max_batch, dtype=dtype,
-                      kv_dtype=kv_dtype) for c in configs]
+        raise PlanError(
+            f"no feasible configuration of {model.name} on {cluster.world_size} "
+            f"devices with {', '.join(f'{k}={v}' for k, v in pinned.items() if v)}"
+        )
+    cands = [
+        evaluate(
+            model, cluster, c, context=context, max_batch=max_batch, dtype=dtype, kv_dtype=kv_dtype
+        )
+        for c in configs
+    ]
     fitting = [c for c in cands if c.fits]
     if not fitting:
-        raise PlanError(f"no configuration of {model.name} fits {cluster.world_size} x "
-                        f"{cluster.unit.name}: " + "; ".join(f"({c.config}) {c.why}"
-                                                             for c in cands[:8]))
+        raise PlanError(
+            f"no configuration of {model.name} fits {cluster.world_size} x "
+            f"{cluster.unit.name}: " + "; ".join(f"({c.config}) {c.why}" for c in cands[:8])
+        )
+
     def key(c: Candidate) -> tuple:
         if objective == "throughput":
             return (-c.throughput, c.latency, c.config.ep, c.config.pp)

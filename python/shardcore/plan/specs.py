@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 GB = 1e9
 GIB = float(2**30)
@@ -67,29 +68,45 @@ class ModelSpec:
     dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "vocab_size"):
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "vocab_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelSpec.{name} must be a positive int, got {value!r}")
-        for name in ("ffn_size", "num_experts", "experts_per_token", "expert_ffn_size",
-                     "shared_experts", "shared_expert_ffn_size"):
+        for name in (
+            "ffn_size",
+            "num_experts",
+            "experts_per_token",
+            "expert_ffn_size",
+            "shared_experts",
+            "shared_expert_ffn_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"ModelSpec.{name} must be an int >= 0, got {value!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
-                             f"num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.num_experts:
             if not 1 <= self.experts_per_token <= self.num_experts:
-                raise ValueError(f"experts_per_token={self.experts_per_token} must be in "
-                                 f"[1, num_experts={self.num_experts}]")
+                raise ValueError(
+                    f"experts_per_token={self.experts_per_token} must be in "
+                    f"[1, num_experts={self.num_experts}]"
+                )
             if self.expert_ffn_size < 1:
                 raise ValueError("an MoE model needs expert_ffn_size >= 1")
         if self.decoder_sparse_step < 1:
             raise ValueError(f"decoder_sparse_step must be >= 1, got {self.decoder_sparse_step}")
-        object.__setattr__(self, "mlp_only_layers", tuple(sorted(int(i) for i in
-                                                                 self.mlp_only_layers)))
+        object.__setattr__(
+            self, "mlp_only_layers", tuple(sorted(int(i) for i in self.mlp_only_layers))
+        )
         dtype_bytes(self.dtype)
         if any(not self.is_moe_layer(i) for i in range(self.num_layers)) and self.ffn_size < 1:
             raise ValueError("the model has dense layers but ffn_size is 0")
@@ -102,8 +119,11 @@ class ModelSpec:
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether layer ``layer`` (0-based) has routed experts (the Qwen3-MoE rule)."""
-        return (self.num_experts > 0 and layer not in self.mlp_only_layers
-                and (layer + 1) % self.decoder_sparse_step == 0)
+        return (
+            self.num_experts > 0
+            and layer not in self.mlp_only_layers
+            and (layer + 1) % self.decoder_sparse_step == 0
+        )
 
     @property
     def moe_layers(self) -> tuple:
@@ -167,8 +187,9 @@ class ModelSpec:
     @property
     def num_active_params(self) -> int:
         """Parameters touched per token (all dense weights, top-k experts)."""
-        return self.embedding_params + sum(self.active_layer_params(i)
-                                           for i in range(self.num_layers))
+        return self.embedding_params + sum(
+            self.active_layer_params(i) for i in range(self.num_layers)
+        )
 
     def kv_bytes_per_token(self, kv_dtype: str | None = None) -> float:
         """KV cache bytes per token for the whole model on one copy (K and V, every layer)."""
@@ -177,17 +198,19 @@ class ModelSpec:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str) -> "ModelSpec":
+    def preset(cls, name: str) -> ModelSpec:
         """A model preset by name (see ``MODEL_PRESETS``)."""
         try:
             return MODEL_PRESETS[name]
         except KeyError:
-            raise ValueError(f"unknown model preset {name!r}; presets: "
-                             f"{', '.join(sorted(MODEL_PRESETS))}") from None
+            raise ValueError(
+                f"unknown model preset {name!r}; presets: {', '.join(sorted(MODEL_PRESETS))}"
+            ) from None
 
     @classmethod
-    def from_hf_config(cls, config: str | os.PathLike | Mapping[str, Any],
-                       name: str | None = None) -> "ModelSpec":
+    def from_hf_config(
+        cls, config: str | os.PathLike | Mapping[str, Any], name: str | None = None
+    ) -> ModelSpec:
         """Read a Hugging Face ``config.json`` (a path, a directory holding one, or a dict).
 
         Understands the Llama, Qwen3, Qwen3-MoE and Mixtral keys: ``head_dim`` when present
@@ -208,8 +231,10 @@ class ModelSpec:
                 cfg = json.load(f)
             default_name = os.path.basename(os.path.dirname(os.path.abspath(path))) or path
         if cfg.get("attention_bias"):
-            raise ValueError("attention_bias=true is not supported by the planner "
-                             "(Qwen3/Llama/Mixtral checkpoints have no attention bias)")
+            raise ValueError(
+                "attention_bias=true is not supported by the planner "
+                "(Qwen3/Llama/Mixtral checkpoints have no attention bias)"
+            )
 
         def need(key: str) -> int:
             if key not in cfg:
@@ -253,7 +278,7 @@ class ModelSpec:
             dtype=dtype,
         )
 
-    def with_dtype(self, dtype: str) -> "ModelSpec":
+    def with_dtype(self, dtype: str) -> ModelSpec:
         """The same model with weights in ``dtype``."""
         return replace(self, dtype=dtype)
 
@@ -261,29 +286,88 @@ class ModelSpec:
 # Values from each model's published config.json on the Hugging Face hub.
 MODEL_PRESETS: dict[str, ModelSpec] = {
     "qwen3-235b-a22b": ModelSpec(
-        name="qwen3-235b-a22b", hidden_size=4096, num_layers=94, num_heads=64, num_kv_heads=4,
-        head_dim=128, ffn_size=12288, vocab_size=151936, num_experts=128, experts_per_token=8,
-        expert_ffn_size=1536, qk_norm=True),
+        name="qwen3-235b-a22b",
+        hidden_size=4096,
+        num_layers=94,
+        num_heads=64,
+        num_kv_heads=4,
+        head_dim=128,
+        ffn_size=12288,
+        vocab_size=151936,
+        num_experts=128,
+        experts_per_token=8,
+        expert_ffn_size=1536,
+        qk_norm=True,
+    ),
     "qwen3-30b-a3b": ModelSpec(
-        name="qwen3-30b-a3b", hidden_size=2048, num_layers=48, num_heads=32, num_kv_heads=4,
-        head_dim=128, ffn_size=6144, vocab_size=151936, num_experts=128, experts_per_token=8,
-        expert_ffn_size=768, qk_norm=True),
+        name="qwen3-30b-a3b",
+        hidden_size=2048,
+        num_layers=48,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=128,
+        ffn_size=6144,
+        vocab_size=151936,
+        num_experts=128,
+        experts_per_token=8,
+        expert_ffn_size=768,
+        qk_norm=True,
+    ),
     "qwen3-32b": ModelSpec(
-        name="qwen3-32b", hidden_size=5120, num_layers=64, num_heads=64, num_kv_heads=8,
-        head_dim=128, ffn_size=25600, vocab_size=151936, qk_norm=True),
+        name="qwen3-32b",
+        hidden_size=5120,
+        num_layers=64,
+        num_heads=64,
+        num_kv_heads=8,
+        head_dim=128,
+        ffn_size=25600,
+        vocab_size=151936,
+        qk_norm=True,
+    ),
     "qwen3-8b": ModelSpec(
-        name="qwen3-8b", hidden_size=4096, num_layers=36, num_heads=32, num_kv_heads=8,
-        head_dim=128, ffn_size=12288, vocab_size=151936, qk_norm=True),
+        name="qwen3-8b",
+        hidden_size=4096,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        ffn_size=12288,
+        vocab_size=151936,
+        qk_norm=True,
+    ),
     "llama-3-70b": ModelSpec(
-        name="llama-3-70b", hidden_size=8192, num_layers=80, num_heads=64, num_kv_heads=8,
-        head_dim=128, ffn_size=28672, vocab_size=128256),
+        name="llama-3-70b",
+        hidden_size=8192,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        head_dim=128,
+        ffn_size=28672,
+        vocab_size=128256,
+    ),
     "llama-3-8b": ModelSpec(
-        name="llama-3-8b", hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-        head_dim=128, ffn_size=14336, vocab_size=128256),
+        name="llama-3-8b",
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        ffn_size=14336,
+        vocab_size=128256,
+    ),
     "mixtral-8x7b": ModelSpec(
-        name="mixtral-8x7b", hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-        head_dim=128, ffn_size=0, vocab_size=32000, num_experts=8, experts_per_token=2,
-        expert_ffn_size=14336),
+        name="mixtral-8x7b",
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        ffn_size=0,
+        vocab_size=32000,
+        num_experts=8,
+        experts_per_token=2,
+        expert_ffn_size=14336,
+    ),
 }
 
 
@@ -316,48 +400,68 @@ class DeviceSpec:
         if not self.nominal_memory_bytes:
             object.__setattr__(self, "nominal_memory_bytes", self.memory_bytes)
         if self.allowed_tp_sizes is not None:
-            object.__setattr__(self, "allowed_tp_sizes", tuple(int(t) for t in
-                                                               self.allowed_tp_sizes))
+            object.__setattr__(
+                self, "allowed_tp_sizes", tuple(int(t) for t in self.allowed_tp_sizes)
+            )
 
-    def unit(self) -> "DeviceSpec":
+    def unit(self) -> DeviceSpec:
         """The planning device: the card itself, or one of its processing elements."""
         pe = self.processing_elements
         if pe == 1:
             return self
-        return DeviceSpec(name=f"{self.name}-pe", memory_bytes=self.memory_bytes // pe,
-                          peak_flops=self.peak_flops / pe,
-                          memory_bandwidth=self.memory_bandwidth / pe,
-                          nominal_memory_bytes=self.nominal_memory_bytes // pe,
-                          allowed_tp_sizes=self.allowed_tp_sizes)
+        return DeviceSpec(
+            name=f"{self.name}-pe",
+            memory_bytes=self.memory_bytes // pe,
+            peak_flops=self.peak_flops / pe,
+            memory_bandwidth=self.memory_bandwidth / pe,
+            nominal_memory_bytes=self.nominal_memory_bytes // pe,
+            allowed_tp_sizes=self.allowed_tp_sizes,
+        )
 
     @classmethod
-    def preset(cls, name: str) -> "DeviceSpec":
+    def preset(cls, name: str) -> DeviceSpec:
         """A device preset by name (see ``DEVICE_PRESETS``)."""
         try:
             return DEVICE_PRESETS[name]
         except KeyError:
-            raise ValueError(f"unknown device preset {name!r}; presets: "
-                             f"{', '.join(sorted(DEVICE_PRESETS))}") from None
+            raise ValueError(
+                f"unknown device preset {name!r}; presets: {', '.join(sorted(DEVICE_PRESETS))}"
+            ) from None
 
 
 MIB = 2**20
 DEVICE_PRESETS: dict[str, DeviceSpec] = {
     # H100 SXM5 80GB: nvidia-smi reports 81559 MiB; 989 TFLOP/s dense bf16; 3.35 TB/s HBM3.
-    "h100-80gb": DeviceSpec(name="h100-80gb", memory_bytes=81559 * MIB, peak_flops=989e12,
-                            memory_bandwidth=3.35e12, nominal_memory_bytes=80 * 10**9),
+    "h100-80gb": DeviceSpec(
+        name="h100-80gb",
+        memory_bytes=81559 * MIB,
+        peak_flops=989e12,
+        memory_bandwidth=3.35e12,
+        nominal_memory_bytes=80 * 10**9,
+    ),
     # H200 SXM 141GB: nvidia-smi reports 143771 MiB; same compute as H100; 4.8 TB/s HBM3e.
-    "h200-141gb": DeviceSpec(name="h200-141gb", memory_bytes=143771 * MIB, peak_flops=989e12,
-                             memory_bandwidth=4.8e12, nominal_memory_bytes=141 * 10**9),
+    "h200-141gb": DeviceSpec(
+        name="h200-141gb",
+        memory_bytes=143771 * MIB,
+        peak_flops=989e12,
+        memory_bandwidth=4.8e12,
+        nominal_memory_bytes=141 * 10**9,
+    ),
     # FuriosaAI RNGD card: 48 GB HBM3, 1.5 TB/s, 256 TFLOP/s bf16, 8 processing elements.
     # Furiosa LLM runs TP inside a card (tensor_parallel_size <= 8 PEs), PP/DP across cards.
     # The on-card PE-to-PE bandwidth is not published; 1.5 TB/s/8 per PE is our assumption.
     # A placeholder for shardcore's own one-host CPU runs (the runtime's plans): the memory,
     # compute and bandwidth figures only feed the memory table and the search, not the run.
-    "cpu": DeviceSpec(name="cpu", memory_bytes=64 * 2**30, peak_flops=1e12,
-                      memory_bandwidth=50e9),
-    "rngd": DeviceSpec(name="rngd", memory_bytes=48 * 10**9, peak_flops=256e12,
-                       memory_bandwidth=1.5e12, processing_elements=8,
-                       on_card_bandwidth=187.5e9, allowed_tp_sizes=(1, 2, 4, 8)),
+    "cpu": DeviceSpec(name="cpu", memory_bytes=64 * 2**30, peak_flops=1e12, memory_bandwidth=50e9),
+    "rngd": DeviceSpec(
+        name="rngd",
+        memory_bytes=48 * 10**9,
+        peak_flops=256e12,
+        memory_bandwidth=1.5e12,
+        processing_elements=8,
+        on_card_bandwidth=187.5e9,
+        allowed_tp_sizes=(1, 2, 4, 8),
+    ),
 }
 
 
@@ -381,8 +485,10 @@ class ClusterSpec:
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.devices_per_node < 1:
-            raise ValueError(f"ClusterSpec needs nodes >= 1 and devices_per_node >= 1, got "
-                             f"{self.nodes} x {self.devices_per_node}")
+            raise ValueError(
+                f"ClusterSpec needs nodes >= 1 and devices_per_node >= 1, got "
+                f"{self.nodes} x {self.devices_per_node}"
+            )
         if self.intra_node_bandwidth <= 0 or self.inter_node_bandwidth <= 0:
             raise ValueError("ClusterSpec bandwidths must be > 0")
 
@@ -435,25 +541,32 @@ class ClusterSpec:
         return worst
 
     @classmethod
-    def make(cls, device: str | DeviceSpec, devices: int, devices_per_node: int | None = None,
-             **kw: Any) -> "ClusterSpec":
+    def make(
+        cls, device: str | DeviceSpec, devices: int, devices_per_node: int | None = None, **kw: Any
+    ) -> ClusterSpec:
         """A cluster of ``devices`` cards of ``device``, ``devices_per_node`` per node."""
         dev = DeviceSpec.preset(device) if isinstance(device, str) else device
         per_node = devices_per_node or devices
         if devices < 1 or devices % per_node:
-            raise ValueError(f"--devices {devices} is not a multiple of "
-                             f"--devices-per-node {per_node}")
+            raise ValueError(
+                f"--devices {devices} is not a multiple of --devices-per-node {per_node}"
+            )
         if dev.name == "rngd" and not kw:
             # RNGD cards talk over PCIe Gen5 x16 (~64 GB/s per direction) inside a server.
-            kw = {"intra_node_bandwidth": 64e9, "inter_node_bandwidth": 25e9,
-                  "intra_node_latency": 5e-6, "inter_node_latency": 10e-6}
+            kw = {
+                "intra_node_bandwidth": 64e9,
+                "inter_node_bandwidth": 25e9,
+                "intra_node_latency": 5e-6,
+                "inter_node_latency": 10e-6,
+            }
         return cls(device=dev, nodes=devices // per_node, devices_per_node=per_node, **kw)
 
     def to_dict(self) -> dict:
         """Plain-data form (JSON)."""
         return {
             "device": {k: getattr(self.device, k) for k in self.device.__dataclass_fields__},
-            "nodes": self.nodes, "devices_per_node": self.devices_per_node,
+            "nodes": self.nodes,
+            "devices_per_node": self.devices_per_node,
             "intra_node_bandwidth": self.intra_node_bandwidth,
             "inter_node_bandwidth": self.inter_node_bandwidth,
             "intra_node_latency": self.intra_node_latency,
@@ -461,7 +574,7 @@ class ClusterSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ClusterSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> ClusterSpec:
         """Inverse of ``to_dict``."""
         dev = dict(d["device"])
         if dev.get("allowed_tp_sizes") is not None:

@@ -45,8 +45,9 @@ communicators (``merge_traffic``), leaving out the ``internal`` kind (shardcore'
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable
 
 from .config import split_range, split_sizes
 from .specs import dtype_bytes
@@ -111,16 +112,19 @@ def token_traffic(plan, dtype: str | None = None) -> dict:
     per_rank = []
     for r in plan.ranks:
         moe = sum(1 for i in range(*r.layers) if m.is_moe_layer(i))
-        per_rank.append({
-            "tp": seed_tp_bytes(r.num_layers, c.tp, h, b),
-            "pp": h * b if r.pp < c.pp - 1 else 0.0,
-            "ep": seed_ep_bytes(moe, m.experts_per_token, h, c.ep, b),
-            "dp": 0.0,
-        })
+        per_rank.append(
+            {
+                "tp": seed_tp_bytes(r.num_layers, c.tp, h, b),
+                "pp": h * b if r.pp < c.pp - 1 else 0.0,
+                "ep": seed_ep_bytes(moe, m.experts_per_token, h, c.ep, b),
+                "dp": 0.0,
+            }
+        )
     return {
         "tp": seed_tp_bytes(m.num_layers, c.tp, h, b),
         "pp": seed_pp_bytes(c.pp, h, b),
-        "ep": seed_ep_bytes(len(m.moe_layers), m.experts_per_token, h, c.ep, b) if m.is_moe
+        "ep": seed_ep_bytes(len(m.moe_layers), m.experts_per_token, h, c.ep, b)
+        if m.is_moe
         else 0.0,
         "dp": 0.0,
         "per_rank": per_rank,
@@ -130,10 +134,10 @@ def token_traffic(plan, dtype: str | None = None) -> dict:
 # -- exact prediction of a run ------------------------------------------------------------
 @dataclass
 class _Op:
-    kind: str                 # all_reduce, all_gather, all_to_allv, p2p
+    kind: str  # all_reduce, all_gather, all_to_allv, p2p
     what: str
     group: tuple
-    sent: tuple               # bytes per member
+    sent: tuple  # bytes per member
     recv: tuple
     times: int = 1
 
@@ -150,19 +154,30 @@ class TrafficPrediction:
 
     def total_sent(self, kind: str | None = None) -> float:
         """Bytes sent by all ranks (of one kind, or all kinds)."""
-        return sum(v["sent"] for r in self.ranks for k, v in r.items()
-                   if kind is None or k == kind)
+        return sum(v["sent"] for r in self.ranks for k, v in r.items() if kind is None or k == kind)
 
 
 def _all_reduce(what: str, group: tuple, elements: int, b: float, times: int) -> _Op:
     n = len(group)
-    return _Op("all_reduce", what, group,
-               tuple(ring_all_reduce_sent(elements, n, i) * b for i in range(n)),
-               tuple(ring_all_reduce_recv(elements, n, i) * b for i in range(n)), times)
+    return _Op(
+        "all_reduce",
+        what,
+        group,
+        tuple(ring_all_reduce_sent(elements, n, i) * b for i in range(n)),
+        tuple(ring_all_reduce_recv(elements, n, i) * b for i in range(n)),
+        times,
+    )
 
 
-def _forward_ops(plan, chunk_lens: list, batches: list, b: float, pass_index: int,
-                 expert_ids: Optional[Callable], with_ids_return: bool) -> Iterator[_Op]:
+def _forward_ops(
+    plan,
+    chunk_lens: list,
+    batches: list,
+    b: float,
+    pass_index: int,
+    expert_ids: Callable | None,
+    with_ids_return: bool,
+) -> Iterator[_Op]:
     """Every collective of one forward pass (all replicas, all chunks)."""
     m, c = plan.model, plan.config
     h = m.hidden_size
@@ -170,7 +185,7 @@ def _forward_ops(plan, chunk_lens: list, batches: list, b: float, pass_index: in
     for ci, length in enumerate(chunk_lens):
         last_chunk = ci == len(chunk_lens) - 1
         for s in range(c.pp):
-            lo, hi = (sum(plan.layer_partition[:s]), sum(plan.layer_partition[:s + 1]))
+            lo, hi = (sum(plan.layer_partition[:s]), sum(plan.layer_partition[: s + 1]))
             moe_layers = [i for i in range(lo, hi) if m.is_moe_layer(i)]
             for d in range(c.dp):
                 tokens = batches[d] * length
@@ -182,28 +197,51 @@ def _forward_ops(plan, chunk_lens: list, batches: list, b: float, pass_index: in
                     yield _all_reduce("mlp", group, tokens * h, b, hi - lo)
                     if s == c.pp - 1 and last_chunk:
                         block = batches[d] * vocab_block * b
-                        yield _Op("all_gather", "logits", group,
-                                  tuple((c.tp - 1) * block for _ in group),
-                                  tuple((c.tp - 1) * block for _ in group))
+                        yield _Op(
+                            "all_gather",
+                            "logits",
+                            group,
+                            tuple((c.tp - 1) * block for _ in group),
+                            tuple((c.tp - 1) * block for _ in group),
+                        )
                 if s < c.pp - 1:
                     for t in range(c.tp):
-                        yield _Op("p2p", "activations",
-                                  (c.rank(d, s, t), c.rank(d, s + 1, t)),
-                                  (tokens * h * b,), (tokens * h * b,))
+                        yield _Op(
+                            "p2p",
+                            "activations",
+                            (c.rank(d, s, t), c.rank(d, s + 1, t)),
+                            (tokens * h * b,),
+                            (tokens * h * b,),
+                        )
             if c.ep > 1:
                 for layer in moe_layers:
-                    yield from _ep_ops(plan, s, layer, length, batches, b, pass_index, ci,
-                                       expert_ids)
+                    yield from _ep_ops(
+                        plan, s, layer, length, batches, b, pass_index, ci, expert_ids
+                    )
     if with_ids_return and c.pp > 1:
         for d in range(c.dp):
             for t in range(c.tp):
                 nbytes = batches[d] * TOKEN_ID_BYTES
-                yield _Op("p2p", "token ids", (c.rank(d, c.pp - 1, t), c.rank(d, 0, t)),
-                          (nbytes,), (nbytes,))
+                yield _Op(
+                    "p2p",
+                    "token ids",
+                    (c.rank(d, c.pp - 1, t), c.rank(d, 0, t)),
+                    (nbytes,),
+                    (nbytes,),
+                )
 
 
-def _ep_ops(plan, stage: int, layer: int, length: int, batches: list, b: float,
-            pass_index: int, chunk: int, expert_ids: Optional[Callable]) -> Iterator[_Op]:
+def _ep_ops(
+    plan,
+    stage: int,
+    layer: int,
+    length: int,
+    batches: list,
+    b: float,
+    pass_index: int,
+    chunk: int,
+    expert_ids: Callable | None,
+) -> Iterator[_Op]:
     m, c = plan.model, plan.config
     h = m.hidden_size
     per_rank_experts = m.num_experts // c.ep
@@ -225,8 +263,10 @@ def _ep_ops(plan, stage: int, layer: int, length: int, batches: list, b: float,
                 routing_cache[d] = expert_ids(pass_index, chunk, layer, d)
             ids = routing_cache[d]
             if len(ids) != tokens:
-                raise ValueError(f"expert_ids(pass={pass_index}, chunk={chunk}, layer={layer}, "
-                                 f"dp={d}) gave {len(ids)} rows, expected {tokens}")
+                raise ValueError(
+                    f"expert_ids(pass={pass_index}, chunk={chunk}, layer={layer}, "
+                    f"dp={d}) gave {len(ids)} rows, expected {tokens}"
+                )
             for row in list(ids)[lo:hi]:
                 for e in row:
                     rows[i][int(e) // per_rank_experts] += 1
@@ -237,8 +277,15 @@ def _ep_ops(plan, stage: int, layer: int, length: int, batches: list, b: float,
         yield _Op("all_to_allv", "moe combine", group, recv, sent)
 
 
-def _run_ops(plan, prefill_tokens: int, decode_steps: int, batch: int, b: float,
-             micro_batches: int, expert_ids) -> Iterator[_Op]:
+def _run_ops(
+    plan,
+    prefill_tokens: int,
+    decode_steps: int,
+    batch: int,
+    b: float,
+    micro_batches: int,
+    expert_ids,
+) -> Iterator[_Op]:
     c = plan.config
     if batch < c.dp:
         raise ValueError(f"batch={batch} must be >= dp={c.dp} (every replica needs a sequence)")
@@ -251,10 +298,15 @@ def _run_ops(plan, prefill_tokens: int, decode_steps: int, batch: int, b: float,
         yield from _forward_ops(plan, [1], batches, b, step, expert_ids, step < decode_steps)
 
 
-def predict_traffic(plan, prefill_tokens: int, decode_steps: int = 0, batch: int = 1,
-                    dtype: str | None = None, micro_batches: int = 1,
-                    expert_ids: Optional[Callable[[int, int, int, int], Any]] = None
-                    ) -> TrafficPrediction:
+def predict_traffic(
+    plan,
+    prefill_tokens: int,
+    decode_steps: int = 0,
+    batch: int = 1,
+    dtype: str | None = None,
+    micro_batches: int = 1,
+    expert_ids: Callable[[int, int, int, int], Any] | None = None,
+) -> TrafficPrediction:
     """Bytes and calls per rank and collective kind for a run (see the module docstring).
 
     ``dtype`` is the activation dtype (default: the model's). ``expert_ids(pass_index, chunk,
@@ -301,8 +353,9 @@ def step_collectives(plan, rank: int, tokens: int = 1, dtype: str | None = None)
         if kind == "p2p":
             kind = "send" if i == 0 else "recv"
         key = (kind, op.what, op.group)
-        e = out.setdefault(key, {"kind": kind, "what": op.what, "group": list(op.group),
-                                 "calls": 0, "sent": 0.0})
+        e = out.setdefault(
+            key, {"kind": kind, "what": op.what, "group": list(op.group), "calls": 0, "sent": 0.0}
+        )
         e["calls"] += op.times
         e["sent"] += (op.sent[i] if kind != "recv" else 0) * op.times
     return list(out.values())
@@ -339,6 +392,7 @@ def compare_traffic(prediction: TrafficPrediction, measured: list) -> list:
             g = got.get(kind, {"calls": 0, "sent": 0, "recv": 0})
             for key in ("calls", "sent", "recv"):
                 if w[key] != g[key]:
-                    problems.append(f"rank {rank} {kind} {key}: predicted {w[key]}, "
-                                    f"measured {g[key]}")
+                    problems.append(
+                        f"rank {rank} {kind} {key}: predicted {w[key]}, measured {g[key]}"
+                    )
     return problems

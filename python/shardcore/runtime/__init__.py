@@ -13,6 +13,14 @@ from .engine import FailureInjection
 from .layout import RankLayout, build_layouts, host_plan, layouts_from_plan
 from .runner import GenerateResult, generate
 
-__all__ = ["Checkpoint", "FailureInjection", "GenerateResult", "ModelConfig", "RankLayout",
-           "build_layouts", "generate", "host_plan",
-           "layouts_from_plan"]
+__all__ = [
+    "Checkpoint",
+    "FailureInjection",
+    "GenerateResult",
+    "ModelConfig",
+    "RankLayout",
+    "build_layouts",
+    "generate",
+    "host_plan",
+    "layouts_from_plan",
+]

@@ -38,8 +38,9 @@ class Checkpoint:
         self.directory = os.fspath(directory)
         config_path = os.path.join(self.directory, "config.json")
         if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"{self.directory!r} is not a checkpoint directory: "
-                                    "no config.json")
+            raise FileNotFoundError(
+                f"{self.directory!r} is not a checkpoint directory: no config.json"
+            )
         with open(config_path, encoding="utf-8") as f:
             self.hf_config = json.load(f)
         self.config = ModelConfig.from_hf_config(self.hf_config)
@@ -93,9 +94,12 @@ class Checkpoint:
             raise ValueError(f"row slice of scalar tensor {name!r}")
         for axis, bounds in ((0, rows), (1, cols)):
             if bounds is not None and not 0 <= bounds[0] <= bounds[1] <= shape[axis]:
-                raise ValueError(f"slice {bounds} out of range for axis {axis} of {name!r} "
-                                 f"with shape {shape}")
-        index = tuple(slice(*b) if b is not None else slice(None) for b in (rows, cols)[:len(shape)])
+                raise ValueError(
+                    f"slice {bounds} out of range for axis {axis} of {name!r} with shape {shape}"
+                )
+        index = tuple(
+            slice(*b) if b is not None else slice(None) for b in (rows, cols)[: len(shape)]
+        )
         if tag == "BF16":
             mm = self._mmaps.get(path)
             if mm is None:

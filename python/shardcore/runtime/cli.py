@@ -14,26 +14,41 @@ from ..errors import ShardcoreError
 def register(subparsers) -> None:
     """Add the ``generate`` sub-command to ``subparsers``."""
     p = subparsers.add_parser(
-        "generate", help="greedy generation from a Hugging Face checkpoint on sharded workers",
+        "generate",
+        help="greedy generation from a Hugging Face checkpoint on sharded workers",
         description="Run a Qwen3 / Qwen3-MoE / Llama-style checkpoint directory (config.json + "
-                    "*.safetensors) on tp*pp*dp worker processes and print the generated token "
-                    "ids and each rank's traffic beside the plan's prediction.")
+        "*.safetensors) on tp*pp*dp worker processes and print the generated token "
+        "ids and each rank's traffic beside the plan's prediction.",
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory")
-    p.add_argument("--prompt-ids", action="append", required=True, metavar="IDS",
-                   help="comma-separated token ids of one prompt; repeat for a batch (prompts "
-                        "of equal length)")
+    p.add_argument(
+        "--prompt-ids",
+        action="append",
+        required=True,
+        metavar="IDS",
+        help="comma-separated token ids of one prompt; repeat for a batch (prompts "
+        "of equal length)",
+    )
     p.add_argument("-tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
     p.add_argument("-pp", "--pipeline-parallel-size", dest="pp", type=int, default=1)
     p.add_argument("-dp", "--data-parallel-size", dest="dp", type=int, default=1)
     p.add_argument("-ep", "--expert-parallel-size", dest="ep", type=int, default=1)
-    p.add_argument("--plan", default=None, help="a plan saved by `shardcore plan --save` "
-                                                "(instead of -tp/-pp/-dp/-ep)")
+    p.add_argument(
+        "--plan",
+        default=None,
+        help="a plan saved by `shardcore plan --save` (instead of -tp/-pp/-dp/-ep)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--micro-batches", type=int, default=None,
-                   help="prefill micro-batches for the pipeline (default: pp)")
-    p.add_argument("--check", action="store_true",
-                   help="also run in one process and compare tokens and logits")
+    p.add_argument(
+        "--micro-batches",
+        type=int,
+        default=None,
+        help="prefill micro-batches for the pipeline (default: pp)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="also run in one process and compare tokens and logits"
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
@@ -45,8 +60,9 @@ def _prompts(values) -> np.ndarray:
         try:
             rows.append([int(t) for t in text.split(",") if t.strip()])
         except ValueError:
-            raise ValueError(f"--prompt-ids {text!r} is not a comma-separated list of integers"
-                             ) from None
+            raise ValueError(
+                f"--prompt-ids {text!r} is not a comma-separated list of integers"
+            ) from None
     if len({len(r) for r in rows}) != 1 or not rows[0]:
         raise ValueError("every --prompt-ids needs the same, non-zero number of ids")
     return np.asarray(rows, dtype=np.int64)
@@ -63,45 +79,76 @@ def run(args: Any) -> int:
             from ..plan import Plan
 
             plan = Plan.load(args.plan)
-        result = generate(args.checkpoint, ids, plan=plan, tp=args.tp, pp=args.pp, dp=args.dp,
-                          ep=args.ep, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-                          micro_batches=args.micro_batches, timeout=args.timeout)
+        result = generate(
+            args.checkpoint,
+            ids,
+            plan=plan,
+            tp=args.tp,
+            pp=args.pp,
+            dp=args.dp,
+            ep=args.ep,
+            max_new_tokens=args.max_new_tokens,
+            dtype=args.dtype,
+            micro_batches=args.micro_batches,
+            timeout=args.timeout,
+        )
         check = None
         if args.check:
-            single = generate(args.checkpoint, ids, max_new_tokens=args.max_new_tokens,
-                              dtype=args.dtype, micro_batches=args.micro_batches)
+            single = generate(
+                args.checkpoint,
+                ids,
+                max_new_tokens=args.max_new_tokens,
+                dtype=args.dtype,
+                micro_batches=args.micro_batches,
+            )
             diff = np.max(np.abs(result.logits.astype(np.float64) - single.logits))
-            check = {"tokens_identical": bool(np.array_equal(result.tokens, single.tokens)),
-                     "max_rel_logit_diff": float(diff / np.max(np.abs(single.logits)))}
+            check = {
+                "tokens_identical": bool(np.array_equal(result.tokens, single.tokens)),
+                "max_rel_logit_diff": float(diff / np.max(np.abs(single.logits))),
+            }
     except (ShardcoreError, ValueError, TypeError, KeyError, FileNotFoundError) as exc:
         print(f"shardcore generate: error: {exc}", file=sys.stderr)
         return 2
     traffic_ok = result.traffic == result.predicted_traffic
     if args.json:
-        print(json.dumps({
-            "plan": result.plan.summary(),
-            "tokens": result.tokens.tolist(),
-            "traffic": result.traffic,
-            "predicted_traffic": result.predicted_traffic,
-            "traffic_matches_plan": traffic_ok,
-            "check": check,
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "plan": result.plan.summary(),
+                    "tokens": result.tokens.tolist(),
+                    "traffic": result.traffic,
+                    "predicted_traffic": result.predicted_traffic,
+                    "traffic_matches_plan": traffic_ok,
+                    "check": check,
+                },
+                indent=1,
+            )
+        )
     else:
         print(result.plan.summary())
         for i, row in enumerate(result.tokens):
-            print(f"prompt {i}: {','.join(str(t) for t in ids[i])} -> "
-                  f"{','.join(str(int(t)) for t in row)}")
-        print(f"{'rank':>4} {'all_reduce':>12} {'all_gather':>12} {'all_to_allv':>12} "
-              f"{'send':>10} {'recv':>10}  (bytes sent by each kind; recv: received)")
+            print(
+                f"prompt {i}: {','.join(str(t) for t in ids[i])} -> "
+                f"{','.join(str(int(t)) for t in row)}"
+            )
+        print(
+            f"{'rank':>4} {'all_reduce':>12} {'all_gather':>12} {'all_to_allv':>12} "
+            f"{'send':>10} {'recv':>10}  (bytes sent by each kind; recv: received)"
+        )
         for rank, t in enumerate(result.traffic):
-            print(f"{rank:>4} {t['all_reduce']['sent']:>12} {t['all_gather']['sent']:>12} "
-                  f"{t['all_to_allv']['sent']:>12} {t['send']['sent']:>10} "
-                  f"{t['recv']['recv']:>10}")
-        print("traffic equals the plan's prediction on every rank: "
-              f"{'yes' if traffic_ok else 'NO'}")
+            print(
+                f"{rank:>4} {t['all_reduce']['sent']:>12} {t['all_gather']['sent']:>12} "
+                f"{t['all_to_allv']['sent']:>12} {t['send']['sent']:>10} "
+                f"{t['recv']['recv']:>10}"
+            )
+        print(
+            f"traffic equals the plan's prediction on every rank: {'yes' if traffic_ok else 'NO'}"
+        )
         if check is not None:
-            print(f"single-process check: tokens identical: "
-                  f"{'yes' if check['tokens_identical'] else 'NO'}; "
-                  f"max |logit diff| / max |logit| = {check['max_rel_logit_diff']:.2e}")
+            print(
+                f"single-process check: tokens identical: "
+                f"{'yes' if check['tokens_identical'] else 'NO'}; "
+                f"max |logit diff| / max |logit| = {check['max_rel_logit_diff']:.2e}"
+            )
     ok = traffic_ok and (check is None or check["tokens_identical"])
     return 0 if ok else 1

@@ -39,19 +39,30 @@ class ModelConfig:
     moe_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "intermediate_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads "
-                             f"({self.num_kv_heads})")
+            raise ValueError(
+                f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.moe_layers:
             if not 0 < self.experts_per_token <= self.num_experts:
-                raise ValueError(f"experts_per_token ({self.experts_per_token}) must be in "
-                                 f"[1, num_experts={self.num_experts}]")
+                raise ValueError(
+                    f"experts_per_token ({self.experts_per_token}) must be in "
+                    f"[1, num_experts={self.num_experts}]"
+                )
             if self.expert_intermediate_size <= 0:
                 raise ValueError("expert_intermediate_size must be positive in a MoE model")
 
@@ -78,8 +89,10 @@ class ModelConfig:
                 cfg = json.load(f)
         model_type = cfg.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"unsupported model_type {model_type!r}; the runtime runs "
-                             f"{sorted(SUPPORTED_MODEL_TYPES)}")
+            raise ValueError(
+                f"unsupported model_type {model_type!r}; the runtime runs "
+                f"{sorted(SUPPORTED_MODEL_TYPES)}"
+            )
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"unsupported hidden_act {act!r}: the runtime's MLP is SwiGLU (silu)")
@@ -101,8 +114,9 @@ class ModelConfig:
         if model_type == "qwen3_moe" and experts > 0:
             step = int(cfg.get("decoder_sparse_step", 1))
             dense_only = set(cfg.get("mlp_only_layers", []) or [])
-            moe_layers = tuple(i for i in range(layers)
-                               if i not in dense_only and (i + 1) % step == 0)
+            moe_layers = tuple(
+                i for i in range(layers) if i not in dense_only and (i + 1) % step == 0
+            )
         return cls(
             model_type=model_type,
             vocab_size=int(cfg["vocab_size"]),

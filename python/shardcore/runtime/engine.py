@@ -63,14 +63,23 @@ def prefill_chunks(prompt_len: int, micro_batches: int):
     return split_even(prompt_len, max(1, min(micro_batches, prompt_len)))
 
 
-def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max_new_tokens: int,
-                 micro_batches: int, comm=None, failure: FailureInjection | None = None
-                 ) -> RankOutput:
+def run_requests(
+    model: StageModel,
+    layout: RankLayout,
+    prompts: np.ndarray,
+    max_new_tokens: int,
+    micro_batches: int,
+    comm=None,
+    failure: FailureInjection | None = None,
+) -> RankOutput:
     """Prefill ``prompts`` [B, S] then decode greedily; returns this rank's RankOutput."""
     precision: Precision = model.precision
     b, s = prompts.shape
-    out = RankOutput(rank=layout.rank, dp_index=layout.dp_index,
-                     reports=layout.is_last_stage and layout.tp_index == 0)
+    out = RankOutput(
+        rank=layout.rank,
+        dp_index=layout.dp_index,
+        reports=layout.is_last_stage and layout.tp_index == 0,
+    )
     hidden = model.cfg.hidden_size
 
     def forward(ids: Any, start: int, length: int, last: bool) -> np.ndarray | None:
@@ -87,8 +96,11 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
         if model.record_routing:
             out.routing.append(model.routing[routing_before:])
         if not layout.is_last_stage:
-            comm.send(np.ascontiguousarray(h, dtype=precision.dtype), layout.next_stage_rank,
-                      tag=TAG_ACTIVATIONS)
+            comm.send(
+                np.ascontiguousarray(h, dtype=precision.dtype),
+                layout.next_stage_rank,
+                tag=TAG_ACTIVATIONS,
+            )
             return None
         return model.head(h[:, -1]) if last else None
 
@@ -97,8 +109,11 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
         if layout.pp == 1:
             return tokens
         if layout.is_last_stage:
-            comm.send(np.ascontiguousarray(tokens, dtype=np.int64), layout.first_stage_rank,
-                      tag=TAG_TOKENS)
+            comm.send(
+                np.ascontiguousarray(tokens, dtype=np.int64),
+                layout.first_stage_rank,
+                tag=TAG_TOKENS,
+            )
             return tokens
         if layout.is_first_stage:
             buf = np.empty(b, np.int64)
@@ -110,8 +125,12 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
         failure.maybe_fail(layout.rank, 0)
     chunks = prefill_chunks(s, micro_batches)
     for c, (c0, c1) in enumerate(chunks):
-        step_logits = forward(prompts[:, c0:c1] if layout.is_first_stage else None, c0, c1 - c0,
-                              last=c == len(chunks) - 1)
+        step_logits = forward(
+            prompts[:, c0:c1] if layout.is_first_stage else None,
+            c0,
+            c1 - c0,
+            last=c == len(chunks) - 1,
+        )
     generated = np.zeros((b, max_new_tokens), np.int64)
     all_logits = []
     token = None
@@ -121,8 +140,7 @@ def run_requests(model: StageModel, layout: RankLayout, prompts: np.ndarray, max
             if failure is not None:
                 failure.maybe_fail(layout.rank, step)
             ids = token[:, None] if layout.is_first_stage and token is not None else None
-            step_logits = forward(ids,
-                                  s + step - 1, 1, last=True)
+            step_logits = forward(ids, s + step - 1, 1, last=True)
         if layout.is_last_stage:
             if step_logits is None:
                 raise RuntimeError("the last stage computed no logits")

@@ -47,8 +47,9 @@ class AxisGroup:
             return counts
         return self.comm.all_to_all(np.ascontiguousarray(counts, dtype=np.int64))
 
-    def all_to_allv(self, rows: np.ndarray, send_counts: Sequence[int]
-                    ) -> tuple[np.ndarray, list[int]]:
+    def all_to_allv(
+        self, rows: np.ndarray, send_counts: Sequence[int]
+    ) -> tuple[np.ndarray, list[int]]:
         """Rows (float32, grouped by destination) to their ranks; returns rows received."""
         if self.size == 1:
             return rows, list(send_counts)

@@ -67,8 +67,9 @@ def split_even(n: int, parts: int) -> tuple[Range, ...]:
     return tuple(out)
 
 
-def host_plan(checkpoint_dir: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1,
-              dtype: str = "float32"):
+def host_plan(
+    checkpoint_dir: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1, dtype: str = "float32"
+):
     """The plan of a run of ``checkpoint_dir`` on tp*pp*dp worker processes of this host."""
     from ..plan import ClusterSpec, DeviceSpec, ModelSpec, make_plan
 
@@ -80,8 +81,9 @@ def host_plan(checkpoint_dir: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: in
         memory = 1 << 30
     # One worker process per planning device; its compute and bandwidth figures only matter to
     # the planner's search, which a fixed run does not use.
-    device = DeviceSpec(name="host-process", memory_bytes=int(memory), peak_flops=1e11,
-                        memory_bandwidth=1e10)
+    device = DeviceSpec(
+        name="host-process", memory_bytes=int(memory), peak_flops=1e11, memory_bandwidth=1e10
+    )
     cluster = ClusterSpec(device=device, nodes=1, devices_per_node=world)
     return make_plan(model, cluster, tp=tp, pp=pp, dp=dp, ep=ep)
 
@@ -89,19 +91,26 @@ def host_plan(checkpoint_dir: str, tp: int = 1, pp: int = 1, dp: int = 1, ep: in
 def check_plan_matches(config: ModelConfig, plan) -> None:
     """Raise ValueError when ``plan`` was made for a model other than ``config``'s."""
     m = plan.model
-    pairs = [("hidden_size", m.hidden_size, config.hidden_size),
-             ("num_layers", m.num_layers, config.num_layers),
-             ("num_heads", m.num_heads, config.num_heads),
-             ("num_kv_heads", m.num_kv_heads, config.num_kv_heads),
-             ("head_dim", m.head_dim, config.head_dim),
-             ("vocab_size", m.vocab_size, config.vocab_size),
-             ("num_experts", m.num_experts, config.num_experts),
-             ("moe layers", tuple(i for i in range(m.num_layers) if m.is_moe_layer(i)),
-              config.moe_layers)]
+    pairs = [
+        ("hidden_size", m.hidden_size, config.hidden_size),
+        ("num_layers", m.num_layers, config.num_layers),
+        ("num_heads", m.num_heads, config.num_heads),
+        ("num_kv_heads", m.num_kv_heads, config.num_kv_heads),
+        ("head_dim", m.head_dim, config.head_dim),
+        ("vocab_size", m.vocab_size, config.vocab_size),
+        ("num_experts", m.num_experts, config.num_experts),
+        (
+            "moe layers",
+            tuple(i for i in range(m.num_layers) if m.is_moe_layer(i)),
+            config.moe_layers,
+        ),
+    ]
     for name, planned, actual in pairs:
         if planned != actual:
-            raise ValueError(f"the plan is for another model: its {name} is {planned}, the "
-                             f"checkpoint's is {actual}")
+            raise ValueError(
+                f"the plan is for another model: its {name} is {planned}, the "
+                f"checkpoint's is {actual}"
+            )
     if m.shared_ffn_size:
         raise ValueError("shared experts are not supported by the runtime")
 
@@ -114,24 +123,47 @@ def layouts_from_plan(config: ModelConfig, plan) -> tuple[RankLayout, ...]:
     out = []
     for r in plan.ranks:
         prev, nxt = plan.pp_peers(r.rank)
-        out.append(RankLayout(
-            rank=r.rank, world_size=plan.world_size, tp=c.tp, pp=c.pp, dp=c.dp, ep=c.ep,
-            tp_index=r.tp, pp_index=r.pp, dp_index=r.dp, ep_index=r.ep,
-            layers=tuple(range(*r.layers)), heads=tuple(r.q_heads), kv_heads=tuple(r.kv_heads),
-            intermediate=tuple(r.ffn),
-            experts=tuple(range(*r.experts)) if config.is_moe else (),
-            expert_intermediate=tuple(r.expert_ffn), vocab=tuple(r.vocab),
-            has_embedding=r.has_embedding, has_lm_head=r.has_lm_head,
-            tp_group=plan.tp_group(r.rank), ep_group=plan.ep_group(r.rank),
-            expert_owner=tuple(e // per for e in range(config.num_experts)) if per else (),
-            prev_stage_rank=-1 if prev is None else prev,
-            next_stage_rank=-1 if nxt is None else nxt,
-            first_stage_rank=c.rank(r.dp, 0, r.tp), last_stage_rank=c.rank(r.dp, c.pp - 1, r.tp),
-        ))
+        out.append(
+            RankLayout(
+                rank=r.rank,
+                world_size=plan.world_size,
+                tp=c.tp,
+                pp=c.pp,
+                dp=c.dp,
+                ep=c.ep,
+                tp_index=r.tp,
+                pp_index=r.pp,
+                dp_index=r.dp,
+                ep_index=r.ep,
+                layers=tuple(range(*r.layers)),
+                heads=tuple(r.q_heads),
+                kv_heads=tuple(r.kv_heads),
+                intermediate=tuple(r.ffn),
+                experts=tuple(range(*r.experts)) if config.is_moe else (),
+                expert_intermediate=tuple(r.expert_ffn),
+                vocab=tuple(r.vocab),
+                has_embedding=r.has_embedding,
+                has_lm_head=r.has_lm_head,
+                tp_group=plan.tp_group(r.rank),
+                ep_group=plan.ep_group(r.rank),
+                expert_owner=tuple(e // per for e in range(config.num_experts)) if per else (),
+                prev_stage_rank=-1 if prev is None else prev,
+                next_stage_rank=-1 if nxt is None else nxt,
+                first_stage_rank=c.rank(r.dp, 0, r.tp),
+                last_stage_rank=c.rank(r.dp, c.pp - 1, r.tp),
+            )
+        )
     return tuple(out)
 
 
-def build_layouts(config: ModelConfig, checkpoint_dir: str, tp: int = 1, pp: int = 1,
-                  dp: int = 1, ep: int = 1, dtype: str = "float32") -> tuple[RankLayout, ...]:
+def build_layouts(
+    config: ModelConfig,
+    checkpoint_dir: str,
+    tp: int = 1,
+    pp: int = 1,
+    dp: int = 1,
+    ep: int = 1,
+    dtype: str = "float32",
+) -> tuple[RankLayout, ...]:
     """Layouts of the host plan for these degrees (raises PlanError when infeasible)."""
     return layouts_from_plan(config, host_plan(checkpoint_dir, tp, pp, dp, ep, dtype))

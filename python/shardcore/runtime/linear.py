@@ -49,8 +49,11 @@ class Linear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.backend == "numpy" or x.shape[0] == 0:
-            y = np.matmul(x, self.weight) if self.backend == "numpy" else \
-                np.zeros((0, self.shape[1]), np.float32)
+            y = (
+                np.matmul(x, self.weight)
+                if self.backend == "numpy"
+                else np.zeros((0, self.shape[1]), np.float32)
+            )
             return self.precision.round(y)
         from ..kernels import matmul
 

@@ -60,9 +60,18 @@ def _linear_weight(ckpt: Checkpoint, name: str, precision: Precision, rows=None,
 class StageModel:
     """The layers, embedding and head one rank holds, with the KV cache of its requests."""
 
-    def __init__(self, ckpt: Checkpoint, layout: RankLayout, precision: Precision,
-                 tp_group: AxisGroup, ep_group: AxisGroup, batch: int, max_len: int,
-                 record_routing: bool = False, backend: str = "numpy"):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        layout: RankLayout,
+        precision: Precision,
+        tp_group: AxisGroup,
+        ep_group: AxisGroup,
+        batch: int,
+        max_len: int,
+        record_routing: bool = False,
+        backend: str = "numpy",
+    ):
         cfg = ckpt.config
         self.cfg: ModelConfig = cfg
         self.layout = layout
@@ -81,8 +90,7 @@ class StageModel:
         self.final_norm: np.ndarray | None = None
         self.lm_head: Linear | None = None
         if layout.has_embedding:
-            self.embed = precision.weight(ckpt.read("model.embed_tokens.weight",
-                                                    rows=layout.vocab))
+            self.embed = precision.weight(ckpt.read("model.embed_tokens.weight", rows=layout.vocab))
         if layout.has_lm_head:
             self.final_norm = precision.weight(ckpt.read("model.norm.weight"))
             head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
@@ -92,37 +100,45 @@ class StageModel:
         self.vocab_blocks = split_even(cfg.vocab_size, layout.tp)
         holds_vocab = layout.has_embedding or layout.has_lm_head
         if holds_vocab and layout.vocab != self.vocab_blocks[layout.tp_index]:
-            raise ValueError(f"rank {layout.rank}'s vocabulary rows {layout.vocab} are not block "
-                             f"{layout.tp_index} of {self.vocab_blocks}")
+            raise ValueError(
+                f"rank {layout.rank}'s vocabulary rows {layout.vocab} are not block "
+                f"{layout.tp_index} of {self.vocab_blocks}"
+            )
         self.layers: dict[int, LayerWeights] = {}
         for i in layout.layers:
             p = f"model.layers.{i}."
             a = p + "self_attn."
-            qkv = np.concatenate([
-                _linear_weight(ckpt, a + "q_proj.weight", precision, rows=(h0 * d, h1 * d)),
-                _linear_weight(ckpt, a + "k_proj.weight", precision, rows=(k0 * d, k1 * d)),
-                _linear_weight(ckpt, a + "v_proj.weight", precision, rows=(k0 * d, k1 * d)),
-            ], axis=1)
+            qkv = np.concatenate(
+                [
+                    _linear_weight(ckpt, a + "q_proj.weight", precision, rows=(h0 * d, h1 * d)),
+                    _linear_weight(ckpt, a + "k_proj.weight", precision, rows=(k0 * d, k1 * d)),
+                    _linear_weight(ckpt, a + "v_proj.weight", precision, rows=(k0 * d, k1 * d)),
+                ],
+                axis=1,
+            )
             lw = LayerWeights(
                 input_norm=precision.weight(ckpt.read(p + "input_layernorm.weight")),
                 post_norm=precision.weight(ckpt.read(p + "post_attention_layernorm.weight")),
                 qkv=self._linear(qkv),
                 q_norm=precision.weight(ckpt.read(a + "q_norm.weight")) if cfg.qk_norm else None,
                 k_norm=precision.weight(ckpt.read(a + "k_norm.weight")) if cfg.qk_norm else None,
-                o=self._linear(_linear_weight(ckpt, a + "o_proj.weight", precision,
-                                              cols=(h0 * d, h1 * d))),
+                o=self._linear(
+                    _linear_weight(ckpt, a + "o_proj.weight", precision, cols=(h0 * d, h1 * d))
+                ),
             )
             if i in cfg.moe_layers:
                 lw.router = self._linear(_linear_weight(ckpt, p + "mlp.gate.weight", precision))
                 for e in layout.experts:
-                    lw.experts[e] = self._swiglu(ckpt, f"{p}mlp.experts.{e}.",
-                                                 layout.expert_intermediate)
+                    lw.experts[e] = self._swiglu(
+                        ckpt, f"{p}mlp.experts.{e}.", layout.expert_intermediate
+                    )
             else:
                 lw.mlp = self._swiglu(ckpt, p + "mlp.", layout.intermediate)
             self.layers[i] = lw
         # KV cache of this rank's requests and KV heads: [batch, kv heads held, max_len, head_dim].
-        self.k_cache = {i: np.zeros((batch, self.n_kv, max_len, d), np.float32)
-                        for i in layout.layers}
+        self.k_cache = {
+            i: np.zeros((batch, self.n_kv, max_len, d), np.float32) for i in layout.layers
+        }
         self.v_cache = {i: np.zeros_like(c) for i, c in self.k_cache.items()}
         self.max_len = max_len
 
@@ -130,8 +146,7 @@ class StageModel:
         gate = _linear_weight(ckpt, prefix + "gate_proj.weight", self.precision, rows=cols)
         up = _linear_weight(ckpt, prefix + "up_proj.weight", self.precision, rows=cols)
         down = _linear_weight(ckpt, prefix + "down_proj.weight", self.precision, cols=cols)
-        return ExpertWeights(self._linear(np.concatenate([gate, up], axis=1)),
-                             self._linear(down))
+        return ExpertWeights(self._linear(np.concatenate([gate, up], axis=1)), self._linear(down))
 
     def _linear(self, weight: np.ndarray) -> Linear:
         return Linear(weight, self.precision, self.backend)
@@ -143,8 +158,9 @@ class StageModel:
         over TP (each id's row lives on exactly one rank, so the sum is exact)."""
         ids = np.asarray(ids)
         if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size}), got "
-                             f"[{ids.min()}, {ids.max()}]")
+            raise ValueError(
+                f"token ids must be in [0, {self.cfg.vocab_size}), got [{ids.min()}, {ids.max()}]"
+            )
         if self.embed is None:
             raise RuntimeError(f"rank {self.layout.rank} holds no embedding")
         v0, v1 = self.layout.vocab
@@ -166,18 +182,22 @@ class StageModel:
         rows = local.shape[0]
         block = max(e - b for b, e in self.vocab_blocks)
         buf = np.zeros((1, rows, block), self.precision.dtype)
-        buf[0, :, :local.shape[1]] = local
+        buf[0, :, : local.shape[1]] = local
         gathered = self.tp_group.all_gather(buf)
-        return np.concatenate([gathered[t, :, :e - b].astype(np.float32)
-                               for t, (b, e) in enumerate(self.vocab_blocks)], axis=1)
+        return np.concatenate(
+            [
+                gathered[t, :, : e - b].astype(np.float32)
+                for t, (b, e) in enumerate(self.vocab_blocks)
+            ],
+            axis=1,
+        )
 
     def forward_layers(self, h: np.ndarray, start: int) -> np.ndarray:
         """Run this stage's layers on h [B, T, hidden] of the tokens at positions start.."""
         _b, t, _ = h.shape
         if start + t > self.max_len:
             raise ValueError(f"positions up to {start + t} exceed the KV cache ({self.max_len})")
-        cos, sin = rope_tables(np.arange(start, start + t), self.cfg.head_dim,
-                               self.cfg.rope_theta)
+        cos, sin = rope_tables(np.arange(start, start + t), self.cfg.head_dim, self.cfg.rope_theta)
         for i in self.layout.layers:
             h = self._block(i, h, start, cos, sin)
         return h
@@ -188,15 +208,15 @@ class StageModel:
         d, nq, nkv = cfg.head_dim, self.n_heads, self.n_kv
         x = rnd(rms_norm(h, lw.input_norm, cfg.rms_norm_eps)).reshape(b * t, hidden)
         qkv = lw.qkv(x).reshape(b, t, nq + 2 * nkv, d).transpose(0, 2, 1, 3)
-        q, k, v = qkv[:, :nq], qkv[:, nq:nq + nkv], qkv[:, nq + nkv:]
+        q, k, v = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
         if lw.q_norm is not None and lw.k_norm is not None:
             q = rnd(rms_norm(q, lw.q_norm, cfg.rms_norm_eps))
             k = rnd(rms_norm(k, lw.k_norm, cfg.rms_norm_eps))
         q, k = rnd(apply_rope(q, cos, sin)), rnd(apply_rope(k, cos, sin))
-        self.k_cache[i][:, :, start:start + t] = k
-        self.v_cache[i][:, :, start:start + t] = v
-        keys = self.k_cache[i][:, :, :start + t]
-        values = self.v_cache[i][:, :, :start + t]
+        self.k_cache[i][:, :, start : start + t] = k
+        self.v_cache[i][:, :, start : start + t] = v
+        keys = self.k_cache[i][:, :, : start + t]
+        values = self.v_cache[i][:, :, : start + t]
         attn = causal_attention(q.reshape(b, nkv, nq // nkv, t, d), keys, values, start)
         attn = rnd(attn).reshape(b, nq, t, d).transpose(0, 2, 1, 3).reshape(b * t, nq * d)
         h = rnd(h + self.tp_group.all_reduce(lw.o(attn)).reshape(b, t, hidden))
@@ -239,8 +259,9 @@ class StageModel:
         recv_counts_by_expert = self.ep_group.all_to_all_counts(counts)
         recv, recv_counts = self.ep_group.all_to_allv(xs[token[order]], counts.sum(axis=1))
         # The received rows, source by source and within a source expert by expert.
-        recv_expert = np.repeat(np.tile(np.asarray(lay.experts), ep),
-                                recv_counts_by_expert.reshape(-1))
+        recv_expert = np.repeat(
+            np.tile(np.asarray(lay.experts), ep), recv_counts_by_expert.reshape(-1)
+        )
         y = np.zeros_like(recv)
         for e in lay.experts:
             rows = np.nonzero(recv_expert == e)[0]
@@ -251,7 +272,7 @@ class StageModel:
         per_slot[token[order], slot[order]] = back
         combined = np.zeros((hi - lo, hidden), np.float32)
         for s in range(k):  # in top-k order, the same on every rank and in one process
-            combined += weights[:, s:s + 1] * per_slot[:, s]
+            combined += weights[:, s : s + 1] * per_slot[:, s]
         out = np.zeros((n, hidden), np.float32)
         out[lo:hi] = rnd(combined)
         return out

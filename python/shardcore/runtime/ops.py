@@ -62,8 +62,13 @@ def rope_tables(positions: np.ndarray, head_dim: int, theta: float):
     The inverse frequencies are computed in float32 as Hugging Face computes them, so that the
     tables agree with the reference to the last bit or two.
     """
-    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32)
-                                             / np.float32(head_dim)))).astype(np.float32)
+    inv_freq = (
+        1.0
+        / (
+            np.float32(theta)
+            ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
+        )
+    ).astype(np.float32)
     freqs = positions.astype(np.float32)[:, None] * inv_freq[None, :]
     emb = np.concatenate([freqs, freqs], axis=-1)
     return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
@@ -83,7 +88,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) ->
     Returns [B, KV, G, T, D].
     """
     t, d = q.shape[-2], q.shape[-1]
-    scores = np.matmul(q, np.swapaxes(k, -1, -2)[:, :, None]) * np.float32(d ** -0.5)
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)[:, :, None]) * np.float32(d**-0.5)
     allowed = np.arange(k.shape[2])[None, :] <= (start + np.arange(t))[:, None]
     scores = np.where(allowed, scores, np.float32(-np.inf))
     scores = scores - scores.max(axis=-1, keepdims=True)

@@ -37,16 +37,27 @@ def _as_batch(input_ids) -> np.ndarray:
     if ids.ndim == 1:
         ids = ids[None, :]
     if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be a non-empty [batch, prompt] array of equal-length "
-                         f"prompts (or one prompt), got shape {ids.shape}")
+        raise ValueError(
+            f"input_ids must be a non-empty [batch, prompt] array of equal-length "
+            f"prompts (or one prompt), got shape {ids.shape}"
+        )
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"input_ids must be integers, got {ids.dtype}")
     return ids.astype(np.int64)
 
 
-def _rank_main(comm, checkpoint_dir: str, prompts: np.ndarray, layouts, dtype: str,
-               max_new_tokens: int, micro_batches: int, record_routing: bool,
-               failure: FailureInjection | None, backend: str) -> RankOutput:
+def _rank_main(
+    comm,
+    checkpoint_dir: str,
+    prompts: np.ndarray,
+    layouts,
+    dtype: str,
+    max_new_tokens: int,
+    micro_batches: int,
+    record_routing: bool,
+    failure: FailureInjection | None,
+    backend: str,
+) -> RankOutput:
     """The body of every worker rank."""
     layout = layouts[comm.rank]
     precision = Precision(dtype)
@@ -56,14 +67,22 @@ def _rank_main(comm, checkpoint_dir: str, prompts: np.ndarray, layouts, dtype: s
     comms = [c for c in (comm, tp_comm, ep_comm) if c is not None]
     lo, hi = split_even(prompts.shape[0], layout.dp)[layout.dp_index]
     mine = prompts[lo:hi]
-    model = StageModel(Checkpoint(checkpoint_dir), layout, precision,
-                       AxisGroup(tp_comm, precision), AxisGroup(ep_comm, precision),
-                       batch=mine.shape[0], max_len=prompts.shape[1] + max_new_tokens,
-                       record_routing=record_routing, backend=backend)
+    model = StageModel(
+        Checkpoint(checkpoint_dir),
+        layout,
+        precision,
+        AxisGroup(tp_comm, precision),
+        AxisGroup(ep_comm, precision),
+        batch=mine.shape[0],
+        max_len=prompts.shape[1] + max_new_tokens,
+        record_routing=record_routing,
+        backend=backend,
+    )
     for c in comms:
         c.reset_traffic()
-    out = run_requests(model, layout, mine, max_new_tokens, micro_batches, comm=comm,
-                       failure=failure)
+    out = run_requests(
+        model, layout, mine, max_new_tokens, micro_batches, comm=comm, failure=failure
+    )
     out.traffic = _sum_traffic([c.traffic() for c in comms])
     return out
 
@@ -78,11 +97,21 @@ def _sum_traffic(parts: Sequence[Traffic]) -> Traffic:
     return total
 
 
-def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp: int = 1,
-             ep: int = 1, max_new_tokens: int = 8, dtype: str = "float32",
-             micro_batches: int | None = None, timeout: float | None = None,
-             backend: str = "auto", _failure: FailureInjection | None = None
-             ) -> GenerateResult:
+def generate(
+    checkpoint_dir,
+    input_ids,
+    plan=None,
+    tp: int = 1,
+    pp: int = 1,
+    dp: int = 1,
+    ep: int = 1,
+    max_new_tokens: int = 8,
+    dtype: str = "float32",
+    micro_batches: int | None = None,
+    timeout: float | None = None,
+    backend: str = "auto",
+    _failure: FailureInjection | None = None,
+) -> GenerateResult:
     """Greedy generation of ``max_new_tokens`` tokens for each prompt of ``input_ids``.
 
     The placement comes from ``plan`` (a shardcore.plan.Plan for this checkpoint) or from a plan
@@ -106,35 +135,66 @@ def generate(checkpoint_dir, input_ids, plan=None, tp: int = 1, pp: int = 1, dp:
         planned = {k: getattr(plan.config, k) for k in given}
         clash = {k: v for k, v in given.items() if v != 1 and v != planned[k]}
         if clash:
-            raise ValueError(f"degrees {clash} disagree with the plan's {planned}; pass a plan "
-                             "or degrees, not both")
+            raise ValueError(
+                f"degrees {clash} disagree with the plan's {planned}; pass a plan "
+                "or degrees, not both"
+            )
     layouts = layouts_from_plan(ckpt.config, plan)
     lay0 = layouts[0]
     if prompts.shape[0] < lay0.dp:
-        raise ValueError(f"dp={lay0.dp} replicas need at least {lay0.dp} prompts, "
-                         f"got {prompts.shape[0]}")
+        raise ValueError(
+            f"dp={lay0.dp} replicas need at least {lay0.dp} prompts, got {prompts.shape[0]}"
+        )
     micro = lay0.pp if micro_batches is None else micro_batches
     if not isinstance(micro, int) or micro < 1:
         raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
     record = ckpt.config.is_moe
     world = len(layouts)
     if world == 1 and _failure is None:
-        model = StageModel(ckpt, lay0, precision, single(precision), single(precision),
-                           batch=prompts.shape[0],
-                           max_len=prompts.shape[1] + max_new_tokens, record_routing=record,
-                           backend=backend)
+        model = StageModel(
+            ckpt,
+            lay0,
+            precision,
+            single(precision),
+            single(precision),
+            batch=prompts.shape[0],
+            max_len=prompts.shape[1] + max_new_tokens,
+            record_routing=record,
+            backend=backend,
+        )
         outputs = [run_requests(model, lay0, prompts, max_new_tokens, micro)]
     else:
         from ..launcher import launch
 
-        outputs = launch(_rank_main, world, args=(checkpoint_dir, prompts, layouts, dtype,
-                                                  max_new_tokens, micro, record, _failure,
-                                                  backend),
-                         timeout=timeout)
+        outputs = launch(
+            _rank_main,
+            world,
+            args=(
+                checkpoint_dir,
+                prompts,
+                layouts,
+                dtype,
+                max_new_tokens,
+                micro,
+                record,
+                _failure,
+                backend,
+            ),
+            timeout=timeout,
+        )
     reporting = sorted((o for o in outputs if o.reports), key=lambda o: o.dp_index)
     routing = [o.routing for o in outputs] if record else None
-    predicted = predict_run(plan, ckpt.config, layouts, prompts.shape[0], prompts.shape[1],
-                            max_new_tokens, micro, dtype, routing=routing)
+    predicted = predict_run(
+        plan,
+        ckpt.config,
+        layouts,
+        prompts.shape[0],
+        prompts.shape[1],
+        max_new_tokens,
+        micro,
+        dtype,
+        routing=routing,
+    )
     return GenerateResult(
         tokens=np.concatenate([o.tokens for o in reporting]),
         logits=np.concatenate([o.logits for o in reporting], axis=1),

@@ -13,24 +13,46 @@ import argparse
 import os
 from typing import Any
 
-COMMON = {"vocab_size": 131, "hidden_size": 40, "num_hidden_layers": 4, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "head_dim": 12, "intermediate_size": 52,
-              "max_position_embeddings": 128, "rope_theta": 1000.0, "initializer_range": 0.08,
-              "rms_norm_eps": 1e-6}
-MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 20, "norm_topk_prob": True,
-           "mlp_only_layers": [2], "decoder_sparse_step": 1}
+COMMON = {
+    "vocab_size": 131,
+    "hidden_size": 40,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 12,
+    "intermediate_size": 52,
+    "max_position_embeddings": 128,
+    "rope_theta": 1000.0,
+    "initializer_range": 0.08,
+    "rms_norm_eps": 1e-6,
+}
+MOE = {
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 20,
+    "norm_topk_prob": True,
+    "mlp_only_layers": [2],
+    "decoder_sparse_step": 1,
+}
 
 
-def make_tiny_checkpoint(path, kind: str = "qwen3", dtype: str = "float32", seed: int = 0,
-                         max_shard_size: str | None = None, **overrides) -> str:
+def make_tiny_checkpoint(
+    path,
+    kind: str = "qwen3",
+    dtype: str = "float32",
+    seed: int = 0,
+    max_shard_size: str | None = None,
+    **overrides,
+) -> str:
     """Save a random ``kind`` ('qwen3', 'qwen3_moe' or 'llama') model to directory ``path``
     (in several *.safetensors files when ``max_shard_size``, e.g. "40KB", is given)."""
     try:
         import torch
         import transformers
     except ImportError as exc:
-        raise ImportError("making a tiny checkpoint needs torch and transformers "
-                          "(pip install 'shardcore[test]')") from exc
+        raise ImportError(
+            "making a tiny checkpoint needs torch and transformers (pip install 'shardcore[test]')"
+        ) from exc
     if kind not in ("qwen3", "qwen3_moe", "llama"):
         raise ValueError(f"kind must be 'qwen3', 'qwen3_moe' or 'llama', got {kind!r}")
     if dtype not in ("float32", "bfloat16"):
@@ -64,8 +86,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    path = make_tiny_checkpoint(args.directory, "qwen3_moe" if args.moe else "qwen3",
-                                dtype=args.dtype, seed=args.seed)
+    path = make_tiny_checkpoint(
+        args.directory, "qwen3_moe" if args.moe else "qwen3", dtype=args.dtype, seed=args.seed
+    )
     print(path)
     return 0
 

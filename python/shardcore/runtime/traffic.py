@@ -22,8 +22,18 @@ import numpy as np
 from .config import ModelConfig
 from .layout import RankLayout
 
-KINDS = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "all_to_allv", "broadcast",
-         "send", "recv", "barrier", "internal")
+KINDS = (
+    "all_reduce",
+    "reduce_scatter",
+    "all_gather",
+    "all_to_all",
+    "all_to_allv",
+    "broadcast",
+    "send",
+    "recv",
+    "barrier",
+    "internal",
+)
 COUNT_BYTES = 8  # routing counts and the core's row counts are int64
 
 Traffic = dict[str, dict[str, int]]
@@ -31,8 +41,9 @@ Traffic = dict[str, dict[str, int]]
 
 def normalise(traffic: dict[str, dict]) -> Traffic:
     """{kind: {calls, sent, recv}} for every kind in KINDS (zeros where absent), ints."""
-    return {k: {f: int(traffic.get(k, {}).get(f, 0)) for f in ("calls", "sent", "recv")}
-            for k in KINDS}
+    return {
+        k: {f: int(traffic.get(k, {}).get(f, 0)) for f in ("calls", "sent", "recv")} for k in KINDS
+    }
 
 
 def expert_ids_from_routing(layouts: Sequence[RankLayout], routing, n_prefill_chunks: int):
@@ -56,9 +67,17 @@ def expert_ids_from_routing(layouts: Sequence[RankLayout], routing, n_prefill_ch
     return expert_ids
 
 
-def predict_run(plan, config: ModelConfig, layouts: Sequence[RankLayout], batch: int,
-                prompt_len: int, max_new_tokens: int, micro_batches: int, dtype: str,
-                routing=None) -> list[Traffic]:
+def predict_run(
+    plan,
+    config: ModelConfig,
+    layouts: Sequence[RankLayout],
+    batch: int,
+    prompt_len: int,
+    max_new_tokens: int,
+    micro_batches: int,
+    dtype: str,
+    routing=None,
+) -> list[Traffic]:
     """Per-rank traffic of a run of ``generate``: the plan's prediction plus the extras above."""
     from ..plan import predict_traffic
 
@@ -66,9 +85,15 @@ def predict_run(plan, config: ModelConfig, layouts: Sequence[RankLayout], batch:
     expert_ids = None
     if routing is not None and plan.config.ep > 1:
         expert_ids = expert_ids_from_routing(layouts, routing, n_chunks)
-    prediction = predict_traffic(plan, prefill_tokens=prompt_len,
-                                 decode_steps=max_new_tokens - 1, batch=batch, dtype=dtype,
-                                 micro_batches=micro_batches, expert_ids=expert_ids)
+    prediction = predict_traffic(
+        plan,
+        prefill_tokens=prompt_len,
+        decode_steps=max_new_tokens - 1,
+        batch=batch,
+        dtype=dtype,
+        micro_batches=micro_batches,
+        expert_ids=expert_ids,
+    )
     if not prediction.exact:
         raise ValueError("an EP run's traffic prediction needs the routing the ranks report")
     out = [normalise(r) for r in prediction.ranks]
@@ -79,8 +104,10 @@ def predict_run(plan, config: ModelConfig, layouts: Sequence[RankLayout], batch:
         blocks = sum(1 for i in lay.layers if i in config.moe_layers) * forwards
         per = config.num_experts // lay.ep
         n = lay.ep
-        extra = {"all_to_all": (blocks, (n - 1) * per * COUNT_BYTES, (n - 1) * per * COUNT_BYTES),
-                 "internal": (2 * blocks, n * COUNT_BYTES, (n - 1) * n * COUNT_BYTES)}
+        extra = {
+            "all_to_all": (blocks, (n - 1) * per * COUNT_BYTES, (n - 1) * per * COUNT_BYTES),
+            "internal": (2 * blocks, n * COUNT_BYTES, (n - 1) * n * COUNT_BYTES),
+        }
         for kind, (calls, sent, recv) in extra.items():
             entry = out[lay.rank][kind]
             entry["calls"] += calls

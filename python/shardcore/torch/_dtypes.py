@@ -7,9 +7,16 @@ import numpy as np
 import torch
 
 # Dtypes the core can reduce (sum/max/min/prod); bf16/fp16 are widened to fp32 inside the core.
-REDUCIBLE = frozenset({
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64,
-})
+REDUCIBLE = frozenset(
+    {
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int32,
+        torch.int64,
+    }
+)
 # Dtypes that only move (gather, scatter, all-to-all, broadcast, send/recv): no arithmetic.
 MOVABLE = REDUCIBLE | {torch.uint8, torch.int8, torch.bool}
 

@@ -16,8 +16,9 @@ def segment_name(role: str) -> str:
     return f"/shardcore-torch-{role}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
-def connect_from_store(store: Any, rank: int, size: int,
-                       timeout: timedelta | None) -> tuple[Any, Any]:
+def connect_from_store(
+    store: Any, rank: int, size: int, timeout: timedelta | None
+) -> tuple[Any, Any]:
     """Rank 0 publishes fresh segment names in ``store``; every rank connects to them.
 
     Returns ``(collectives, point_to_point)``: two communicators, because send and recv run on
@@ -40,6 +41,5 @@ def connect_from_store(store: Any, rank: int, size: int,
     if timeout is not None and timeout > timedelta(0):
         seconds = timeout.total_seconds()
     coll = Communicator.connect(coll_name, rank, size, timeout=seconds)
-    p2p = Communicator.connect(p2p_name, rank, size, timeout=seconds,
-                               slot_bytes=_P2P_SLOT_BYTES)
+    p2p = Communicator.connect(p2p_name, rank, size, timeout=seconds, slot_bytes=_P2P_SLOT_BYTES)
     return coll, p2p

@@ -69,7 +69,7 @@ class ThreadWork(dist._Work):
         except BaseException as exc:  # noqa: BLE001  handed to whoever waits
             self._error = exc
         finally:
-            self._fn = None
+            self._fn = None  # type: ignore[assignment]  # drop the closure once run
             self._done.set()
 
     def wait(self, timeout: timedelta | None = None) -> bool:
@@ -132,8 +132,9 @@ class Lane:
         with self._lock:
             if self._thread is None:
                 self._queue = queue.SimpleQueue()
-                self._thread = threading.Thread(target=self._loop, args=(self._queue,),
-                                                name=self._name, daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, args=(self._queue,), name=self._name, daemon=True
+                )
                 self._thread.start()
             self._last = work
             self._queue.put(work)

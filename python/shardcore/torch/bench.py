@@ -47,8 +47,16 @@ def _iterations(nbytes: int, iters: int | None) -> int:
     return max(30, min(3000, int(3e8 / max(nbytes, 1))))
 
 
-def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int | None,
-          dtype_name: str, breakdown: bool, queue) -> None:
+def _rank(
+    rank: int,
+    world: int,
+    store_path: str,
+    sizes: list[int],
+    iters: int | None,
+    dtype_name: str,
+    breakdown: bool,
+    queue,
+) -> None:
     try:
         import torch
 
@@ -57,8 +65,9 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
 
         import shardcore.torch
 
-        dist.init_process_group("shardcore", init_method=f"file://{store_path}", rank=rank,
-                                world_size=world)
+        dist.init_process_group(
+            "shardcore", init_method=f"file://{store_path}", rank=rank, world_size=world
+        )
         gloo = dist.new_group(backend="gloo")
         group = dist.group.WORLD
         comm = group.communicator
@@ -66,6 +75,7 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
         from torch._C._distributed_c10d import AllreduceOptions
 
         from .process_group import _CORE_DTYPES, _CORE_SUM
+
         dtype = getattr(torch, dtype_name)
         itemsize = torch.empty(0, dtype=dtype).element_size()
         out = {}
@@ -85,7 +95,8 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
                 ptr, code = t.data_ptr(), _CORE_DTYPES[dtype]
                 calls["group_method"] = lambda t=t, o=opts: group.allreduce([t], o)
                 calls["core_pointer"] = lambda p=ptr, n=count, c=code: comm._core.all_reduce(
-                    p, p, n, c, _CORE_SUM, 0)
+                    p, p, n, c, _CORE_SUM, 0
+                )
             n = _iterations(count * itemsize, iters)
             per_round = max(1, n // _ROUNDS)
             samples: dict[str, list[float]] = {k: [] for k in kinds}
@@ -104,17 +115,22 @@ def _rank(rank: int, world: int, store_path: str, sizes: list[int], iters: int |
             # the slowest rank's time per iteration
             stacked = torch.tensor([samples[k] for k in kinds], dtype=torch.float64)
             dist.all_reduce(stacked, op=dist.ReduceOp.MAX, group=gloo)
-            out[count * itemsize] = {k: statistics.median(stacked[i].tolist())
-                                     for i, k in enumerate(kinds)}
+            out[count * itemsize] = {
+                k: statistics.median(stacked[i].tolist()) for i, k in enumerate(kinds)
+            }
         dist.destroy_process_group()
         queue.put((rank, "ok", out))
     except BaseException:  # noqa: BLE001  re-raised by the parent with the rank
         queue.put((rank, "error", traceback.format_exc()))
 
 
-def compare_all_reduce(sizes: list[int], iters: int | None = None, world_size: int = 2,
-                       dtype: str = "float32",
-                       breakdown: bool = False) -> dict[int, dict[str, float]]:
+def compare_all_reduce(
+    sizes: list[int],
+    iters: int | None = None,
+    world_size: int = 2,
+    dtype: str = "float32",
+    breakdown: bool = False,
+) -> dict[int, dict[str, float]]:
     """Median seconds per ``dist.all_reduce`` (SUM, in place) per message size in bytes.
 
     Returns ``{bytes: {"shardcore": s, "gloo": s, "raw": s}}``; ``raw`` is the shardcore
@@ -133,9 +149,13 @@ def compare_all_reduce(sizes: list[int], iters: int | None = None, world_size: i
     try:
         with tempfile.TemporaryDirectory(prefix="shardcore-torch-bench-") as tmp:
             store = os.path.join(tmp, "store")
-            procs = [ctx.Process(target=_rank, args=(r, world_size, store, list(sizes), iters,
-                                                     dtype, breakdown, queue))
-                     for r in range(world_size)]
+            procs = [
+                ctx.Process(
+                    target=_rank,
+                    args=(r, world_size, store, list(sizes), iters, dtype, breakdown, queue),
+                )
+                for r in range(world_size)
+            ]
             for p in procs:
                 p.start()
             try:
@@ -197,10 +217,12 @@ def backend_layer_overhead(dtype: str = "float32", iters: int = 200_000) -> dict
 
         store = dist.HashStore()
         name = "shardcore-null-bench"
-        dist.Backend.register_backend(name, lambda *a: ShardcoreProcessGroup(
-            NullCommunicator(), 0, 1), devices=["cpu"])
-        dist.init_process_group(name, store=store, rank=0, world_size=1,
-                                timeout=timedelta(seconds=30))
+        dist.Backend.register_backend(
+            name, lambda *a: ShardcoreProcessGroup(NullCommunicator(), 0, 1), devices=["cpu"]
+        )
+        dist.init_process_group(
+            name, store=store, rank=0, world_size=1, timeout=timedelta(seconds=30)
+        )
         try:
             frontend = best(lambda: dist.all_reduce(t)) - layer
         finally:
@@ -209,40 +231,55 @@ def backend_layer_overhead(dtype: str = "float32", iters: int = 200_000) -> dict
 
 
 def _format(results: dict[int, dict[str, float]]) -> str:
-    lines = [(f"{'bytes':>10} {'shardcore us':>13} {'gloo us':>11} {'raw us':>10} "
-              f"{'gloo/shardcore':>15} {'torch overhead us':>18}")]
+    lines = [
+        (
+            f"{'bytes':>10} {'shardcore us':>13} {'gloo us':>11} {'raw us':>10} "
+            f"{'gloo/shardcore':>15} {'torch overhead us':>18}"
+        )
+    ]
     for nbytes, r in sorted(results.items()):
-        lines.append(f"{nbytes:>10} {r['shardcore'] * 1e6:>13.2f} {r['gloo'] * 1e6:>11.2f} "
-                     f"{r['raw'] * 1e6:>10.2f} {r['gloo'] / r['shardcore']:>14.1f}x "
-                     f"{(r['shardcore'] - r['raw']) * 1e6:>18.2f}")
+        lines.append(
+            f"{nbytes:>10} {r['shardcore'] * 1e6:>13.2f} {r['gloo'] * 1e6:>11.2f} "
+            f"{r['raw'] * 1e6:>10.2f} {r['gloo'] / r['shardcore']:>14.1f}x "
+            f"{(r['shardcore'] - r['raw']) * 1e6:>18.2f}"
+        )
     if any("group_method" in r for r in results.values()):
         lines.append(f"{'bytes':>10} {'group method us':>16} {'core on pointer us':>19}")
         for nbytes, r in sorted(results.items()):
-            lines.append(f"{nbytes:>10} {r['group_method'] * 1e6:>16.2f} "
-                         f"{r['core_pointer'] * 1e6:>19.2f}")
+            lines.append(
+                f"{nbytes:>10} {r['group_method'] * 1e6:>16.2f} {r['core_pointer'] * 1e6:>19.2f}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: print the comparison table."""
-    parser = argparse.ArgumentParser(prog="python -m shardcore.torch.bench",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m shardcore.torch.bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--world-size", "-n", type=int, default=2)
     parser.add_argument("--sizes", default="8,2M,32M", help="comma-separated bytes (K/M/G)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls per size")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time the group's method alone and the core on the pointer")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the group's method alone and the core on the pointer",
+    )
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     results = compare_all_reduce(sizes, args.iters, args.world_size, args.dtype, args.breakdown)
-    print(f"dist.all_reduce (SUM, {args.dtype}, in place), {args.world_size} ranks, "
-          f"median of the slowest rank per call; {os.cpu_count()} CPUs")
+    print(
+        f"dist.all_reduce (SUM, {args.dtype}, in place), {args.world_size} ranks, "
+        f"median of the slowest rank per call; {os.cpu_count()} CPUs"
+    )
     print(_format(results))
     split = backend_layer_overhead(args.dtype)
-    print(f"per call, one process, null communicator: shardcore backend layer "
-          f"{split['backend_layer'] * 1e6:.2f} us, torch frontend "
-          f"{(split['torch_frontend'] or 0) * 1e6:.2f} us")
+    print(
+        f"per call, one process, null communicator: shardcore backend layer "
+        f"{split['backend_layer'] * 1e6:.2f} us, torch frontend "
+        f"{(split['torch_frontend'] or 0) * 1e6:.2f} us"
+    )
     return 0
 
 

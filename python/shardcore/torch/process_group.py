@@ -31,8 +31,10 @@ _OPS = {
 }
 _SUM_OP = ReduceOp.SUM
 # The core's codes for the reducible dtypes and for SUM, from the table the Communicator uses.
-_CORE_DTYPES = {t: core_dtype_code(numpy_view(torch.empty(0, dtype=t)).dtype, "all_reduce",
-                                   reducible=True) for t in REDUCIBLE}
+_CORE_DTYPES = {
+    t: core_dtype_code(numpy_view(torch.empty(0, dtype=t)).dtype, "all_reduce", reducible=True)
+    for t in REDUCIBLE
+}
 _CORE_SUM = CORE_OPS["sum"]
 _FLOATING = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
 
@@ -46,7 +48,8 @@ def _unsupported(what: str) -> UnsupportedError:
         f"the shardcore torch.distributed backend does not support {what}; supported: "
         "all_reduce, reduce_scatter_tensor, reduce_scatter (lists), all_gather_into_tensor, "
         "all_gather (lists), all_to_all_single, broadcast, send, recv (from a given rank), "
-        "barrier, and their coalesced forms")
+        "barrier, and their coalesced forms"
+    )
 
 
 def _check_tensor(t: Any, what: str, dtypes: frozenset, kind: str) -> None:
@@ -57,7 +60,8 @@ def _check_tensor(t: Any, what: str, dtypes: frozenset, kind: str) -> None:
     if t.dtype not in dtypes:
         raise TypeError(
             f"shardcore {what}: dtype {t.dtype} is not supported for {kind} "
-            f"(supported: {dtype_names(dtypes)})")
+            f"(supported: {dtype_names(dtypes)})"
+        )
     if not t.is_contiguous():
         raise ValueError(f"shardcore {what}: tensors must be contiguous")
 
@@ -79,12 +83,15 @@ def _op_name(reduce_op: Any, dtype: torch.dtype, what: str) -> tuple[str, bool]:
     kind = reduce_op.op if isinstance(reduce_op, ReduceOp) else reduce_op
     name = _OPS.get(int(kind))
     if name is None:
-        raise _unsupported(f"reduce op {kind.name} in {what} (supported: SUM, AVG, MAX, MIN, "
-                           "PRODUCT)")
+        raise _unsupported(
+            f"reduce op {kind.name} in {what} (supported: SUM, AVG, MAX, MIN, PRODUCT)"
+        )
     is_avg = int(kind) == int(_RedOpType.AVG)
     if is_avg and dtype not in _FLOATING:
-        raise TypeError(f"shardcore {what}: AVG needs a floating-point dtype, got {dtype} "
-                        "(an integer average would truncate; use SUM and divide)")
+        raise TypeError(
+            f"shardcore {what}: AVG needs a floating-point dtype, got {dtype} "
+            "(an integer average would truncate; use SUM and divide)"
+        )
     return name, is_avg
 
 
@@ -99,7 +106,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
     """
 
     def __init__(self, comm: Any, rank: int, size: int, p2p_comm: Any = None):
-        super().__init__(rank, size)
+        super().__init__(rank, size)  # type: ignore[call-arg]  # torch's stubs list other overloads
         self._comm = comm
         # shardcore's own Communicator: its C++ communicator, for the all_reduce fast path
         self._core = getattr(comm, "_core", None)
@@ -152,8 +159,13 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         if core is not None and opts is not None and len(tensors) == 1:
             t = tensors[0]
             code = _CORE_DTYPES.get(t.dtype)
-            if (code is not None and type(t) is torch.Tensor and t.is_cpu
-                    and t.is_contiguous() and opts.reduceOp == _SUM_OP):
+            if (
+                code is not None
+                and type(t) is torch.Tensor
+                and t.is_cpu
+                and t.is_contiguous()
+                and opts.reduceOp == _SUM_OP
+            ):
                 p = t.data_ptr()
                 core.all_reduce(p, p, t.numel(), code, _CORE_SUM, 0)
                 return CompletedWork([t]) if opts.asyncOp else DONE
@@ -181,14 +193,16 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         if input.numel() != output.numel() * self._size:
             raise ValueError(
                 f"shardcore {what}: input has {input.numel()} elements, expected "
-                f"output.numel() * group size = {output.numel()} * {self._size}")
+                f"output.numel() * group size = {output.numel()} * {self._size}"
+            )
         op = opts.reduceOp if opts is not None else _RedOpType.SUM
         name, is_avg = _op_name(op, input.dtype, what)
         # in place (the output is a block of the input): the core reads the input while it writes
         # the output, so reduce from a copy
         src = input.clone() if _overlap(input, output) else input
-        self._comm.reduce_scatter(numpy_view(src).reshape(-1), op=name,
-                                  out=numpy_view(output).reshape(-1))
+        self._comm.reduce_scatter(
+            numpy_view(src).reshape(-1), op=name, out=numpy_view(output).reshape(-1)
+        )
         if is_avg:
             output.div_(self._size)
         return self._work(opts, [output])
@@ -203,15 +217,17 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         output = _single(outputs, what)
         (inputs,) = input_lists
         if len(inputs) != self._size:
-            raise ValueError(f"shardcore {what}: expected {self._size} input tensors, "
-                             f"got {len(inputs)}")
+            raise ValueError(
+                f"shardcore {what}: expected {self._size} input tensors, got {len(inputs)}"
+            )
         for t in inputs:
             _check_tensor(t, what, REDUCIBLE, "reductions")
             if t.dtype != output.dtype or t.numel() != output.numel():
-                raise ValueError(f"shardcore {what}: every input must match the output's dtype "
-                                 f"{output.dtype} and element count {output.numel()}")
-        return self.reduce_scatter_single(output, torch.cat([t.reshape(-1) for t in inputs]),
-                                          opts)
+                raise ValueError(
+                    f"shardcore {what}: every input must match the output's dtype "
+                    f"{output.dtype} and element count {output.numel()}"
+                )
+        return self.reduce_scatter_single(output, torch.cat([t.reshape(-1) for t in inputs]), opts)
 
     # ---- data movement -------------------------------------------------------------------
 
@@ -223,7 +239,8 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         if output.numel() != input.numel() * self._size:
             raise ValueError(
                 f"shardcore {what}: output has {output.numel()} elements, expected "
-                f"input.numel() * group size = {input.numel()} * {self._size}")
+                f"input.numel() * group size = {input.numel()} * {self._size}"
+            )
         self._comm.all_gather(numpy_view(input).reshape(-1), out=numpy_view(output).reshape(-1))
         return self._work(opts, [output])
 
@@ -237,13 +254,16 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         inp = _single(inputs, what)
         outputs = _single(output_lists, what)
         if len(outputs) != self._size:
-            raise ValueError(f"shardcore {what}: expected {self._size} output tensors, "
-                             f"got {len(outputs)}")
+            raise ValueError(
+                f"shardcore {what}: expected {self._size} output tensors, got {len(outputs)}"
+            )
         _check_tensor(inp, what, MOVABLE, "data movement")
         for t in outputs:
             if not isinstance(t, torch.Tensor) or t.dtype != inp.dtype or t.numel() != inp.numel():
-                raise ValueError(f"shardcore {what}: every output must match the input's dtype "
-                                 f"{inp.dtype} and element count {inp.numel()}")
+                raise ValueError(
+                    f"shardcore {what}: every output must match the input's dtype "
+                    f"{inp.dtype} and element count {inp.numel()}"
+                )
         gathered = torch.empty(self._size * inp.numel(), dtype=inp.dtype)
         self._comm.all_gather(numpy_view(inp).reshape(-1), out=numpy_view(gathered))
         for t, block in zip(outputs, gathered.view(self._size, -1)):
@@ -255,8 +275,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
             self.allgather([outputs], [inp], opts)
         return CompletedWork([t for outputs in output_lists for t in outputs])
 
-    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes,
-                          opts=None):
+    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):
         what = "all_to_all_single"
         _check_tensor(output, what, MOVABLE, "data movement")
         _check_tensor(input, what, MOVABLE, "data movement")
@@ -267,25 +286,28 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                 raise ValueError(
                     f"shardcore {what}: without split sizes input and output need the same "
                     f"element count and a first dimension divisible by the group size {n} "
-                    f"(input {tuple(input.shape)}, output {tuple(output.shape)})")
+                    f"(input {tuple(input.shape)}, output {tuple(output.shape)})"
+                )
             src = input.clone() if _overlap(input, output) else input
-            self._comm.all_to_all(numpy_view(src).reshape(-1),
-                                  out=numpy_view(output).reshape(-1))
+            self._comm.all_to_all(numpy_view(src).reshape(-1), out=numpy_view(output).reshape(-1))
             return self._work(opts, [output])
         send = self._splits(what, "input", input, input_split_sizes)
         recv = self._splits(what, "output", output, output_split_sizes)
         row = input[0].numel() if input.shape[0] else int(torch.Size(input.shape[1:]).numel())
         out_row = int(torch.Size(output.shape[1:]).numel()) if output.dim() else 1
         if row != out_row:
-            raise ValueError(f"shardcore {what}: input rows have {row} elements, output rows "
-                             f"{out_row}")
+            raise ValueError(
+                f"shardcore {what}: input rows have {row} elements, output rows {out_row}"
+            )
         src = input.clone() if _overlap(input, output) else input
         x = numpy_view(src).reshape(input.shape[0], row)
         out = numpy_view(output).reshape(output.shape[0], row)
         _, got = self._comm.all_to_allv(x, list(send), out=out)
         if list(got) != list(recv):
-            raise ValueError(f"shardcore {what}: output_split_sizes {list(recv)} disagree with "
-                             f"what the peers sent {list(got)}")
+            raise ValueError(
+                f"shardcore {what}: output_split_sizes {list(recv)} disagree with "
+                f"what the peers sent {list(got)}"
+            )
         return self._work(opts, [output])
 
     def broadcast(self, tensors, opts=None):
@@ -294,8 +316,9 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         _check_tensor(t, what, MOVABLE, "data movement")
         root = opts.rootRank if opts is not None else 0
         if not 0 <= root < self._size:
-            raise ValueError(f"shardcore {what}: root {root} is not a rank of this group of "
-                             f"{self._size}")
+            raise ValueError(
+                f"shardcore {what}: root {root} is not a rank of this group of {self._size}"
+            )
         self._comm.broadcast(numpy_view(t).reshape(-1), root=root)
         return self._work(opts, [t])
 
@@ -375,24 +398,31 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
 
     def _check_same_dtype(self, what, a, b):
         if a.dtype != b.dtype:
-            raise TypeError(f"shardcore {what}: input dtype {b.dtype} differs from output "
-                            f"dtype {a.dtype}")
+            raise TypeError(
+                f"shardcore {what}: input dtype {b.dtype} differs from output dtype {a.dtype}"
+            )
 
     def _check_peer(self, what, peer):
         if not isinstance(peer, int) or not 0 <= peer < self._size or peer == self._rank:
-            raise ValueError(f"shardcore {what}: peer {peer!r} must be another rank of this "
-                             f"group (0..{self._size - 1}, this rank is {self._rank})")
+            raise ValueError(
+                f"shardcore {what}: peer {peer!r} must be another rank of this "
+                f"group (0..{self._size - 1}, this rank is {self._rank})"
+            )
 
     def _splits(self, what, side, t, sizes):
         n = self._size
         rows = t.shape[0] if t.dim() else 0
         if not sizes:
             if rows % n:
-                raise ValueError(f"shardcore {what}: {side} first dimension {rows} is not "
-                                 f"divisible by the group size {n}")
+                raise ValueError(
+                    f"shardcore {what}: {side} first dimension {rows} is not "
+                    f"divisible by the group size {n}"
+                )
             return [rows // n] * n
         sizes = [int(s) for s in sizes]
         if len(sizes) != n or any(s < 0 for s in sizes) or sum(sizes) != rows:
-            raise ValueError(f"shardcore {what}: {side}_split_sizes {sizes} must be {n} "
-                             f"non-negative counts adding up to the first dimension {rows}")
+            raise ValueError(
+                f"shardcore {what}: {side}_split_sizes {sizes} must be {n} "
+                f"non-negative counts adding up to the first dimension {rows}"
+            )
         return sizes
