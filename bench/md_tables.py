@@ -1,9 +1,9 @@
 """Markdown tables for docs/performance.md from the JSON that the bench commands write.
 
-    python bench/md_tables.py compare compare_all_reduce.json [--sizes 8,512K,2M,32M,256M]
-    python bench/md_tables.py model model.json
-    python bench/md_tables.py tp-vs-pp tp_vs_pp.json
-    python bench/md_tables.py stream stream.json
+python bench/md_tables.py compare compare_all_reduce.json [--sizes 8,512K,2M,32M,256M]
+python bench/md_tables.py model model.json
+python bench/md_tables.py tp-vs-pp tp_vs_pp.json
+python bench/md_tables.py stream stream.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def compare(data: dict, sizes: list[int] | None) -> str:
         if "skipped" in r:
             continue
         groups.setdefault((r["op"], r["world_size"], r["dtype"], r["inplace"]), {}).setdefault(
-            r["backend"], {})[r["nominal_bytes"]] = r
+            r["backend"], {}
+        )[r["nominal_bytes"]] = r
     for (op, n, dtype, inplace), by in groups.items():
         backends = list(by)
         ours = [b for b in backends if b.startswith("shardcore")]
@@ -36,9 +37,11 @@ def compare(data: dict, sizes: list[int] | None) -> str:
         all_sizes = sorted({s for b in by.values() for s in b})
         if sizes:
             all_sizes = [s for s in all_sizes if s in sizes]
-        out.append(f"**{op}, {dtype}, {n} ranks, {'in place' if inplace else 'out of place'}** "
-                   "(median time of the slowest rank in µs, busbw in GB/s; *x / best peer* is "
-                   "x's time over the fastest peer's: below 1, shardcore is faster)\n")
+        out.append(
+            f"**{op}, {dtype}, {n} ranks, {'in place' if inplace else 'out of place'}** "
+            "(median time of the slowest rank in µs, busbw in GB/s; *x / best peer* is "
+            "x's time over the fastest peer's: below 1, shardcore is faster)\n"
+        )
         head = ["size"] + [f"{b} µs" for b in backends] + [f"{o} busbw" for o in ours]
         head += ["best peer busbw", *[f"{o} / best peer" for o in ours]]
         out.append("| " + " | ".join(head) + " |")
@@ -53,13 +56,18 @@ def compare(data: dict, sizes: list[int] | None) -> str:
                 cells.append(t)
             cells += ["-" if by[o].get(s) is None else f"{by[o][s]['busbw']:.2f}" for o in ours]
             # torch-shardcore is shardcore under torch.distributed, not a peer to beat
-            present = [(by[p][s][key_time], p) for p in peers
-                       if by[p].get(s) is not None and "shardcore" not in p]
+            present = [
+                (by[p][s][key_time], p)
+                for p in peers
+                if by[p].get(s) is not None and "shardcore" not in p
+            ]
             if present:
                 best_t, best = min(present)
                 cells.append(f"{by[best][s]['busbw']:.2f} ({best})")
-                cells += ["-" if by[o].get(s) is None else f"{by[o][s][key_time] / best_t:.2f}"
-                          for o in ours]
+                cells += [
+                    "-" if by[o].get(s) is None else f"{by[o][s][key_time] / best_t:.2f}"
+                    for o in ours
+                ]
             else:
                 cells += ["-"] * (1 + len(ours))
             out.append("| " + " | ".join(cells) + " |")
@@ -68,46 +76,67 @@ def compare(data: dict, sizes: list[int] | None) -> str:
 
 
 def model(data: dict) -> str:
-    out = ["| op | ranks | alpha (µs/step) | beta (GB/s) | R² (log) | sizes off the model by > 25% |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| op | ranks | alpha (µs/step) | beta (GB/s) | R² (log) | sizes off the model by > 25% |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in data["fits"]:
-        off = ", ".join(f"{format_bytes(d['nbytes'])} ({d['ratio']:.2f}×)"
-                        for d in f["departures"]) or "none"
+        off = (
+            ", ".join(f"{format_bytes(d['nbytes'])} ({d['ratio']:.2f}×)" for d in f["departures"])
+            or "none"
+        )
         beta = "∞" if not math.isfinite(f["beta_Bps"]) else f"{f['beta_GBps']:.2f}"
-        out.append(f"| {f['op']} | {f['world_size']} | {f['alpha_us']:.2f} | {beta} | "
-                   f"{f['r2_log']:.3f} | {off} |")
+        out.append(
+            f"| {f['op']} | {f['world_size']} | {f['alpha_us']:.2f} | {beta} | "
+            f"{f['r2_log']:.3f} | {off} |"
+        )
     verdicts: dict[tuple, list] = {}
     for r in data["rows"]:
         if "skipped" not in r:
             verdicts.setdefault((r["op"], r["world_size"]), []).append(r)
-    out += ["", "| op | ranks | sizes | counted bytes = ring model | algorithms |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        "| op | ranks | sizes | counted bytes = ring model | algorithms |",
+        "|---|---|---|---|---|",
+    ]
     for (op, n), rs in verdicts.items():
         exact = sum(1 for r in rs if r.get("bytes_exact"))
         worst = max(rs, key=lambda r: abs((r.get("bytes_ratio") or 1) - 1))
-        verdict = "all exact" if exact == len(rs) else \
-            f"{exact} exact; worst sent/model {worst['bytes_ratio']:.3f} at {format_bytes(worst['nbytes'])}"
+        verdict = (
+            "all exact"
+            if exact == len(rs)
+            else f"{exact} exact; worst sent/model {worst['bytes_ratio']:.3f} at {format_bytes(worst['nbytes'])}"
+        )
         algos = sorted({a for r in rs for a in (r.get("algorithm") or "").split(",") if a})
         out.append(f"| {op} | {n} | {len(rs)} | {verdict} | {', '.join(algos)} |")
     return "\n".join(out) + "\n"
 
 
 def tp_vs_pp(data: dict) -> str:
-    out = [("| mode | degree | measured bytes/token | per | seed's model | formula | "
-            "measured/seed | measured/exact | comm µs/token (slowest rank) | algorithm |"),
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        (
+            "| mode | degree | measured bytes/token | per | seed's model | formula | "
+            "measured/seed | measured/exact | comm µs/token (slowest rank) | algorithm |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["results"]:
-        out.append(f"| {r['mode']} | {r['degree']} | {r['measured_bytes_per_token']:.0f} | "
-                   f"{r['per']} | {r['seed_bytes_per_token']:.0f} | {r['formula']} | "
-                   f"{r['ratio_to_seed']:.3f} | {r['ratio_to_exact']:.3f} | "
-                   f"{r['comm_us_per_token_max']:.2f} | {', '.join(r.get('algorithms', []))} |")
+        out.append(
+            f"| {r['mode']} | {r['degree']} | {r['measured_bytes_per_token']:.0f} | "
+            f"{r['per']} | {r['seed_bytes_per_token']:.0f} | {r['formula']} | "
+            f"{r['ratio_to_seed']:.3f} | {r['ratio_to_exact']:.3f} | "
+            f"{r['comm_us_per_token_max']:.2f} | {', '.join(r.get('algorithms', []))} |"
+        )
     return "\n".join(out) + "\n"
 
 
 def stream(data: dict) -> str:
     out = ["| processes | copy GB/s (read + write), all together | per process |", "|---|---|---|"]
     for r in data["results"]:
-        out.append(f"| {r['processes']} | {r['aggregate_GBps']:.1f} | "
-                   f"{r['aggregate_GBps'] / r['processes']:.1f} |")
+        out.append(
+            f"| {r['processes']} | {r['aggregate_GBps']:.1f} | "
+            f"{r['aggregate_GBps'] / r['processes']:.1f} |"
+        )
     return "\n".join(out) + "\n"
 
 

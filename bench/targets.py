@@ -1,6 +1,6 @@
 """Issue 7's targets checked against `bench compare` JSON: prints a markdown table.
 
-    python bench/targets.py compare_all_reduce.json compare_gather_a2a.json [--ranks 2,8]
+python bench/targets.py compare_all_reduce.json compare_gather_a2a.json [--ranks 2,8]
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ def _index(paths):
 def _ratio(idx, ours, op, n, size, peers=None, key="time_median_us"):
     """ours' time over the fastest peer's (or the named peers') at one size; None if missing."""
     a = idx.get((ours, op, n, size))
-    cands = [(r[key], b) for (b, o, w, s), r in idx.items()
-             if o == op and w == n and s == size and "shardcore" not in b
-             and (peers is None or b in peers)]
+    cands = [
+        (r[key], b)
+        for (b, o, w, s), r in idx.items()
+        if o == op
+        and w == n
+        and s == size
+        and "shardcore" not in b
+        and (peers is None or b in peers)
+    ]
     if a is None or not cands:
         return None
     t, best = min(cands)
@@ -41,18 +47,47 @@ def main() -> None:
     idx = _index(a.paths)
     checks = [  # (target text, backend, op, sizes, peers, limit on the time ratio)
         ("8 B all-reduce latency ≤ 0.7× Open MPI's", "shardcore", "all_reduce", [8], ["mpi"], 0.7),
-        ("4 ranks on 2 cores: 8 B ≤ 1.0× Open MPI's", "shardcore", "all_reduce", [8], ["mpi"],
-         1.0),
-        ("busbw ≥ 1.3× best peer, 512 KiB–2 MiB", "shardcore", "all_reduce",
-         [512 * KIB, MIB, 2 * MIB], None, 1 / 1.3),
-        ("busbw ≥ 1.3× best peer, ≥ 32 MiB", "shardcore", "all_reduce", [32 * MIB, 256 * MIB],
-         None, 1 / 1.3),
-        ("busbw ≥ 2× best peer, ≥ 32 MiB, symmetric", "shardcore-sym", "all_reduce",
-         [32 * MIB, 256 * MIB], None, 0.5),
-        ("all-gather ≥ 1.5× best peer, ≥ 1 MiB", "shardcore", "all_gather", [4 * MIB, 32 * MIB],
-         None, 1 / 1.5),
-        ("all-to-all ≥ 1.5× best peer, ≥ 1 MiB", "shardcore", "all_to_all", [4 * MIB, 32 * MIB],
-         None, 1 / 1.5),
+        ("4 ranks on 2 cores: 8 B ≤ 1.0× Open MPI's", "shardcore", "all_reduce", [8], ["mpi"], 1.0),
+        (
+            "busbw ≥ 1.3× best peer, 512 KiB–2 MiB",
+            "shardcore",
+            "all_reduce",
+            [512 * KIB, MIB, 2 * MIB],
+            None,
+            1 / 1.3,
+        ),
+        (
+            "busbw ≥ 1.3× best peer, ≥ 32 MiB",
+            "shardcore",
+            "all_reduce",
+            [32 * MIB, 256 * MIB],
+            None,
+            1 / 1.3,
+        ),
+        (
+            "busbw ≥ 2× best peer, ≥ 32 MiB, symmetric",
+            "shardcore-sym",
+            "all_reduce",
+            [32 * MIB, 256 * MIB],
+            None,
+            0.5,
+        ),
+        (
+            "all-gather ≥ 1.5× best peer, ≥ 1 MiB",
+            "shardcore",
+            "all_gather",
+            [4 * MIB, 32 * MIB],
+            None,
+            1 / 1.5,
+        ),
+        (
+            "all-to-all ≥ 1.5× best peer, ≥ 1 MiB",
+            "shardcore",
+            "all_to_all",
+            [4 * MIB, 32 * MIB],
+            None,
+            1 / 1.5,
+        ),
     ]
     print("| target | ranks | time ratio shardcore / peer, per size | met |")
     print("|---|---|---|---|")

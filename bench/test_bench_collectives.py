@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+
 from shardcore.bench.backends import ShardcoreBackend, buffer_shapes
 from shardcore.bench.metrics import element_count, numpy_dtype
 from shardcore.bench.sweep import fill, rotation_bytes
@@ -39,6 +40,7 @@ def _buffer_sets(backend, op, count, dtype, inplace):
     def call():
         calls[state["i"] % nsets]()
         state["i"] += 1
+
     return call
 
 
@@ -65,8 +67,10 @@ def ranks(size, op, count, dtype_name, inplace, calls):
 
     name = new_segment_name()
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_helper, args=(name, r, size, op, count, dtype_name, inplace,
-                                               calls)) for r in range(1, size)]
+    procs = [
+        ctx.Process(target=_helper, args=(name, r, size, op, count, dtype_name, inplace, calls))
+        for r in range(1, size)
+    ]
     for p in procs:
         p.start()
     comm = Communicator.connect(name, 0, size, timeout=120)

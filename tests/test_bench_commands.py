@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+
 from shardcore.cli import main
 
 pytestmark = pytest.mark.timeout(240)
@@ -15,24 +16,51 @@ def run_json(capsys, *argv):
 
 
 def bus_factor_by_hand(op, n):
-    return {"all_reduce": 2 * (n - 1) / n, "all_gather": (n - 1) / n,
-            "reduce_scatter": (n - 1) / n, "all_to_all": (n - 1) / n,
-            "broadcast": 1.0, "sendrecv": 1.0}[op]
+    return {
+        "all_reduce": 2 * (n - 1) / n,
+        "all_gather": (n - 1) / n,
+        "reduce_scatter": (n - 1) / n,
+        "all_to_all": (n - 1) / n,
+        "broadcast": 1.0,
+        "sendrecv": 1.0,
+    }[op]
 
 
 def ring_bytes_by_hand(op, n, nbytes):
     """Bytes all ranks together send per call: each of n chunks crosses n-1 links (twice for
     all-reduce); broadcast writes the root's buffer once; sendrecv sends every rank's buffer."""
-    return {"all_reduce": 2 * (n - 1) * nbytes, "all_gather": (n - 1) * nbytes,
-            "reduce_scatter": (n - 1) * nbytes, "all_to_all": (n - 1) * nbytes,
-            "broadcast": nbytes, "sendrecv": n * nbytes}[op]
+    return {
+        "all_reduce": 2 * (n - 1) * nbytes,
+        "all_gather": (n - 1) * nbytes,
+        "reduce_scatter": (n - 1) * nbytes,
+        "all_to_all": (n - 1) * nbytes,
+        "broadcast": nbytes,
+        "sendrecv": n * nbytes,
+    }[op]
 
 
 def test_collectives_json_every_op(capsys):
     ops = "all_reduce,all_gather,reduce_scatter,all_to_all,broadcast,sendrecv"
-    out = run_json(capsys, "bench", "collectives", "--op", ops, "-n", "3", "--sizes", "8:4K",
-                   "--factor", "8", "--iters", "3", "--warmup", "1", "--check",
-                   "--algorithm", "ring")
+    out = run_json(
+        capsys,
+        "bench",
+        "collectives",
+        "--op",
+        ops,
+        "-n",
+        "3",
+        "--sizes",
+        "8:4K",
+        "--factor",
+        "8",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--check",
+        "--algorithm",
+        "ring",
+    )
     rows = out["rows"]
     assert {r["op"] for r in rows} == set(ops.split(","))
     measured = [r for r in rows if "skipped" not in r]
@@ -53,12 +81,29 @@ def test_collectives_json_every_op(capsys):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_ring_bytes_equal_model_n2_to_8(capsys, dtype):
-    out = run_json(capsys, "bench", "collectives", "--op", "all_reduce,all_gather,reduce_scatter",
-                   "-n", "2,3,4,5,6,7,8", "--sizes", "96,1000,65536", "--dtype", dtype,
-                   "--algorithm", "ring", "--iters", "2", "--warmup", "0")
+    out = run_json(
+        capsys,
+        "bench",
+        "collectives",
+        "--op",
+        "all_reduce,all_gather,reduce_scatter",
+        "-n",
+        "2,3,4,5,6,7,8",
+        "--sizes",
+        "96,1000,65536",
+        "--dtype",
+        dtype,
+        "--algorithm",
+        "ring",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+    )
     rows = [r for r in out["rows"] if "skipped" not in r]
     assert {(r["world_size"], r["op"]) for r in rows} == {
-        (n, op) for n in range(2, 9) for op in ("all_reduce", "all_gather", "reduce_scatter")}
+        (n, op) for n in range(2, 9) for op in ("all_reduce", "all_gather", "reduce_scatter")
+    }
     itemsize = 2 if dtype == "bfloat16" else 4
     for r in rows:
         n = r["world_size"]
@@ -77,8 +122,25 @@ def test_ring_bytes_equal_model_n2_to_8(capsys, dtype):
 
 def test_collectives_csv_and_table(tmp_path, capsys):
     path = tmp_path / "sweep.csv"
-    assert main(["bench", "collectives", "-n", "2", "--sizes", "64:256", "--iters", "2",
-                 "--mode", "both", "--csv", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "collectives",
+                "-n",
+                "2",
+                "--sizes",
+                "64:256",
+                "--iters",
+                "2",
+                "--mode",
+                "both",
+                "--csv",
+                str(path),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "busbw(GB/s)" in table and "in-place" in table and "out-of-place" in table
     assert "counted == ring model exactly at all 3 sizes" in table
@@ -99,12 +161,32 @@ def test_collectives_rejects_bad_options():
 
 def test_model_from_json_fits_and_checks_bytes(tmp_path, capsys):
     sweep = tmp_path / "sweep.json"
-    assert main(["bench", "collectives", "-n", "2,4", "--sizes", "8:64K", "--factor", "4",
-                 "--iters", "3", "--algorithm", "ring", "--json", str(sweep)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "collectives",
+                "-n",
+                "2,4",
+                "--sizes",
+                "8:64K",
+                "--factor",
+                "4",
+                "--iters",
+                "3",
+                "--algorithm",
+                "ring",
+                "--json",
+                str(sweep),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     argv = ["bench", "model", "--from", str(sweep)]
     try:
         import matplotlib  # noqa: F401
+
         argv += ["--plots", str(tmp_path / "img")]
     except ImportError:
         pass
@@ -124,9 +206,31 @@ def test_model_from_json_fits_and_checks_bytes(tmp_path, capsys):
 
 
 def test_tp_vs_pp_bytes_match_model(capsys):
-    out = run_json(capsys, "bench", "tp-vs-pp", "--hidden", "96", "--blocks", "4",
-                   "--tokens", "6", "--steps", "2", "--warmup", "1", "--tp", "2,4", "--pp", "2,4",
-                   "--ep", "2,4", "--top-k", "2", "--experts", "8")
+    out = run_json(
+        capsys,
+        "bench",
+        "tp-vs-pp",
+        "--hidden",
+        "96",
+        "--blocks",
+        "4",
+        "--tokens",
+        "6",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--tp",
+        "2,4",
+        "--pp",
+        "2,4",
+        "--ep",
+        "2,4",
+        "--top-k",
+        "2",
+        "--experts",
+        "8",
+    )
     res = {(r["mode"], r["degree"]): r for r in out["results"]}
     assert set(res) == {(m, d) for m in ("tp", "pp", "ep") for d in (2, 4)}
     h, k, top_k = 96, 4, 2
@@ -136,7 +240,8 @@ def test_tp_vs_pp_bytes_match_model(capsys):
         assert res[("pp", n)]["measured_bytes_per_token"] == (n - 1) * h * 2
         # EP: only copies bound elsewhere move: top_k*h*2*(l-1)/l^2 per global token
         assert res[("ep", n)]["measured_bytes_per_token"] == pytest.approx(
-            top_k * h * 2 * (n - 1) / n**2)
+            top_k * h * 2 * (n - 1) / n**2
+        )
         assert res[("ep", n)]["seed_bytes_per_token"] == top_k * h * 2 / n
         for mode in ("tp", "pp", "ep"):
             assert res[(mode, n)]["ratio_to_exact"] == pytest.approx(1.0)

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+
 from shardcore.bench import metrics
 from shardcore.bench.modelfit import fit_alpha_beta, fit_rows
 from shardcore.bench.report import bytes_verdict, format_table
@@ -39,12 +40,20 @@ def test_parse_ranks():
         metrics.parse_ranks("1")
 
 
-@pytest.mark.parametrize("op,n,expected", [
-    # hand-computed: 1 GB in 1 s is 1 GB/s algbw; busbw per nccl-tests' PERFORMANCE.md
-    ("all_reduce", 2, 1.0), ("all_reduce", 4, 1.5), ("all_reduce", 8, 1.75),
-    ("all_gather", 4, 0.75), ("reduce_scatter", 8, 0.875), ("all_to_all", 2, 0.5),
-    ("broadcast", 8, 1.0), ("sendrecv", 4, 1.0),
-])
+@pytest.mark.parametrize(
+    "op,n,expected",
+    [
+        # hand-computed: 1 GB in 1 s is 1 GB/s algbw; busbw per nccl-tests' PERFORMANCE.md
+        ("all_reduce", 2, 1.0),
+        ("all_reduce", 4, 1.5),
+        ("all_reduce", 8, 1.75),
+        ("all_gather", 4, 0.75),
+        ("reduce_scatter", 8, 0.875),
+        ("all_to_all", 2, 0.5),
+        ("broadcast", 8, 1.0),
+        ("sendrecv", 4, 1.0),
+    ],
+)
 def test_busbw_hand_computed(op, n, expected):
     assert metrics.algbw(10**9, 1.0) == 1.0
     assert metrics.busbw(op, n, 10**9, 1.0) == pytest.approx(expected, rel=1e-15)
@@ -57,7 +66,8 @@ def test_ring_model_bytes():
     h = 4096
     for n in range(2, 9):
         assert metrics.model_sent_per_rank("all_reduce", n, 2 * h) == pytest.approx(
-            4 * (n - 1) * h / n)
+            4 * (n - 1) * h / n
+        )
         assert metrics.model_sent_total("all_gather", n, 1000) == (n - 1) * 1000
         assert metrics.model_sent_total("sendrecv", n, 1000) == n * 1000
     with pytest.raises(ValueError, match="unknown op"):
@@ -96,12 +106,21 @@ def test_fit_rows_flags_departures():
     alpha, beta, n = 3e-6, 5e9, 2
     rows = []
     for s in [2**k for k in range(3, 25)]:
-        t = alpha * metrics.ring_steps("all_reduce", n) + metrics.model_sent_per_rank(
-            "all_reduce", n, s) / beta
+        t = (
+            alpha * metrics.ring_steps("all_reduce", n)
+            + metrics.model_sent_per_rank("all_reduce", n, s) / beta
+        )
         if s == 2**20:
             t *= 3  # a cache cliff at one size
-        rows.append({"backend": "x", "op": "all_reduce", "world_size": n, "nbytes": s,
-                     "time_avg_us": t * 1e6})
+        rows.append(
+            {
+                "backend": "x",
+                "op": "all_reduce",
+                "world_size": n,
+                "nbytes": s,
+                "time_avg_us": t * 1e6,
+            }
+        )
     (fit,) = fit_rows(rows, threshold=0.5)
     assert [d["nbytes"] for d in fit.departures] == [2**20]
     assert fit.departures[0]["ratio"] > 2
@@ -130,8 +149,16 @@ def test_traffic_columns_detect_a_byte_off():
     off[1]["sent"] += 1
     cols = _traffic_columns("all_reduce", n, nbytes, off)
     assert cols["bytes_exact"] is False
-    row = {"backend": "x", "op": "all_reduce", "world_size": n, "dtype": "float32",
-           "inplace": False, "nbytes": nbytes, "count": 30, **cols}
+    row = {
+        "backend": "x",
+        "op": "all_reduce",
+        "world_size": n,
+        "dtype": "float32",
+        "inplace": False,
+        "nbytes": nbytes,
+        "count": 30,
+        **cols,
+    }
     assert "!= ring model at 1 of 1" in bytes_verdict([row])
     assert "sent/model" in format_table([row])
     with pytest.raises(AssertionError, match="disagree"):
