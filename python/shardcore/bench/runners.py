@@ -7,6 +7,7 @@ multiprocessing's spawn with a file or TCP store on this host, Open MPI through 
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -201,8 +202,6 @@ def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
 def _remove_deepspeed_segments(port: str) -> None:
     """DeepSpeed's shared-memory all-reduce leaves its buffers in /dev/shm, named after the
     rendezvous address; remove this run's."""
-    import glob
-
     for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
         try:
             os.unlink(path)
@@ -220,6 +219,28 @@ def mpirun_command(world_size: int) -> list[str]:
         cmd.append("--allow-run-as-root")
     cmd += os.environ.get("SHARDCORE_MPIRUN_ARGS", "").split()
     return cmd
+
+
+# Open MPI 5's shared-memory segments; a job that ends abnormally can leave them behind.
+_MPI_SEGMENTS = "/dev/shm/sm_segment.*"
+
+
+def _remove_orphans(paths: set[str]) -> None:
+    """Remove the files among ``paths`` that no live process maps (this job's leftovers)."""
+    if not paths:
+        return
+    mapped: set[str] = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as f:
+                mapped.update(line.split()[-1] for line in f if "/dev/shm/" in line)
+        except OSError:
+            continue
+    for path in paths - mapped:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def run_mpi(cfg: SweepConfig, world_size: int) -> list[dict]:
@@ -243,9 +264,13 @@ def run_mpi(cfg: SweepConfig, world_size: int) -> list[dict]:
             cfg_path,
             out_path,
         ]
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, check=False, timeout=_RANK_TIMEOUT_S
-        )
+        before = set(glob.glob(_MPI_SEGMENTS))
+        try:
+            proc = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, check=False, timeout=_RANK_TIMEOUT_S
+            )
+        finally:
+            _remove_orphans(set(glob.glob(_MPI_SEGMENTS)) - before)
         if proc.returncode != 0 or not os.path.exists(out_path):
             raise RuntimeError(
                 f"mpi: {' '.join(cmd)} exited {proc.returncode}:\n"
