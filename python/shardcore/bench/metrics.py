@@ -31,8 +31,19 @@ DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64")
 # Ops whose count must split evenly over the ranks: nccl-tests rounds the count down likewise.
 _SPLIT_OPS = ("all_gather", "reduce_scatter", "all_to_all")
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
-          "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KB": 1 << 10,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MB": 1 << 20,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GB": 1 << 30,
+    "GIB": 1 << 30,
+}
 
 
 def check_op(op: str) -> str:

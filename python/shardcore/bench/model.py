@@ -22,15 +22,25 @@ from .report import bytes_verdict, format_table, write_json
 
 def register(sub) -> None:
     """Add ``model`` to the ``bench`` sub-parsers."""
-    p = sub.add_parser("model", help="fit the alpha-beta model, check bytes against the ring "
-                       "model, draw plots", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "model",
+        help="fit the alpha-beta model, check bytes against the ring model, draw plots",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_sweep_arguments(p, sizes="8:64M")
-    p.add_argument("--from", dest="source", metavar="JSON",
-                   help="fit rows from a `bench collectives/compare --json` file instead of "
-                        "measuring")
-    p.add_argument("--threshold", type=float, default=0.25,
-                   help="a size departs when |measured/model - 1| exceeds this (default 0.25)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="JSON",
+        help="fit rows from a `bench collectives/compare --json` file instead of measuring",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.25,
+        help="a size departs when |measured/model - 1| exceeds this (default 0.25)",
+    )
     p.add_argument("--plots", metavar="DIR", help="write PNG plots here (needs matplotlib)")
     p.add_argument("--prefix", default="", help="file name prefix of the plots")
     p.add_argument("--json", metavar="PATH", help="write rows and fits as JSON ('-' for stdout)")
@@ -44,8 +54,9 @@ def main(args) -> int:
             rows = json.load(f)["rows"]
         machine = None
     else:
-        rows = measure("shardcore", configs_from_args(args), metrics.parse_ranks(args.ranks),
-                       args.stat)
+        rows = measure(
+            "shardcore", configs_from_args(args), metrics.parse_ranks(args.ranks), args.stat
+        )
         machine = machine_info()
     time_key = "time_avg_us" if args.stat == "mean" else "time_median_us"
     fits = fit_rows(rows, args.threshold, time_key)
@@ -57,8 +68,16 @@ def main(args) -> int:
             raise SystemExit("--plots needs matplotlib: pip install matplotlib")
         paths = plot_all(rows, fits, args.plots, args.prefix, time_key)
     if args.json:
-        write_json({"command": command_line(), "machine": machine, "rows": rows,
-                    "fits": [f.to_dict() for f in fits], "plots": paths}, args.json)
+        write_json(
+            {
+                "command": command_line(),
+                "machine": machine,
+                "rows": rows,
+                "fits": [f.to_dict() for f in fits],
+                "plots": paths,
+            },
+            args.json,
+        )
     if args.json != "-":
         if not args.source:
             sys.stdout.write(format_table(rows))

@@ -72,8 +72,9 @@ def fit_alpha_beta(model_bytes, seconds, steps: int) -> tuple[float, float, floa
     return a / steps, (1.0 / b if b > 0 else math.inf), float(r2)
 
 
-def fit_rows(rows: list[dict], threshold: float = 0.25, time_key: str = "time_avg_us"
-             ) -> list[AlphaBetaFit]:
+def fit_rows(
+    rows: list[dict], threshold: float = 0.25, time_key: str = "time_avg_us"
+) -> list[AlphaBetaFit]:
     """One fit per (backend, op, world size, dtype, in-place) in sweep rows; a size departs when
     measured/model time is off by more than ``threshold``."""
     groups: dict[tuple, list[dict]] = {}
@@ -93,26 +94,42 @@ def fit_rows(rows: list[dict], threshold: float = 0.25, time_key: str = "time_av
         for r, xi, ti in zip(group, x, t):
             pred = float(fit.predict(xi))
             if abs(ti / pred - 1) > threshold:
-                fit.departures.append({"nbytes": r["nbytes"], "measured_us": ti * 1e6,
-                                       "model_us": pred * 1e6, "ratio": ti / pred})
+                fit.departures.append(
+                    {
+                        "nbytes": r["nbytes"],
+                        "measured_us": ti * 1e6,
+                        "model_us": pred * 1e6,
+                        "ratio": ti / pred,
+                    }
+                )
         fits.append(fit)
     return fits
 
 
 def format_fits(fits: list[AlphaBetaFit], threshold: float) -> str:
     """A table of fits and, below it, the sizes where measurement departs from the model."""
-    lines = [(f"# alpha-beta fit: time = alpha*steps + (ring-model bytes per rank)/beta; "
-              f"departure = |measured/model - 1| > {threshold:g}"),
-             (f"{'backend':>10} {'op':>15} {'ranks':>5} {'steps':>5} {'alpha(us)':>10} "
-              f"{'beta(GB/s)':>10} {'R2(log)':>8} {'points':>6} {'departs':>7}")]
+    lines = [
+        (
+            f"# alpha-beta fit: time = alpha*steps + (ring-model bytes per rank)/beta; "
+            f"departure = |measured/model - 1| > {threshold:g}"
+        ),
+        (
+            f"{'backend':>10} {'op':>15} {'ranks':>5} {'steps':>5} {'alpha(us)':>10} "
+            f"{'beta(GB/s)':>10} {'R2(log)':>8} {'points':>6} {'departs':>7}"
+        ),
+    ]
     for f in fits:
         beta = "inf" if math.isinf(f.beta_Bps) else f"{f.beta_Bps / 1e9:.3f}"
-        lines.append(f"{f.backend:>10} {f.op:>15} {f.world_size:>5} {f.steps:>5} "
-                     f"{f.alpha_s * 1e6:>10.3f} {beta:>10} {f.r2_log:>8.4f} {f.points:>6} "
-                     f"{len(f.departures):>7}")
+        lines.append(
+            f"{f.backend:>10} {f.op:>15} {f.world_size:>5} {f.steps:>5} "
+            f"{f.alpha_s * 1e6:>10.3f} {beta:>10} {f.r2_log:>8.4f} {f.points:>6} "
+            f"{len(f.departures):>7}"
+        )
     for f in fits:
         for d in f.departures:
-            lines.append(f"  {f.backend} {f.op} n={f.world_size} at "
-                         f"{metrics.format_bytes(d['nbytes'])}: measured {d['measured_us']:.2f} us, "
-                         f"model {d['model_us']:.2f} us ({d['ratio']:.2f}x)")
+            lines.append(
+                f"  {f.backend} {f.op} n={f.world_size} at "
+                f"{metrics.format_bytes(d['nbytes'])}: measured {d['measured_us']:.2f} us, "
+                f"model {d['model_us']:.2f} us ({d['ratio']:.2f}x)"
+            )
     return "\n".join(lines) + "\n"

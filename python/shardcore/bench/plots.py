@@ -38,7 +38,7 @@ def _series(rows: list[dict], op: str):
 
 def _size_axis(ax) -> None:
     ax.set_xscale("log", base=2)
-    ticks = [2 ** k for k in range(0, 41, 4)]
+    ticks = [2**k for k in range(0, 41, 4)]
     lo, hi = ax.get_xlim()
     ax.set_xticks([t for t in ticks if lo <= t <= hi])
     ax.set_xticklabels([metrics.format_bytes(t).replace(" ", "") for t in ax.get_xticks()])
@@ -61,8 +61,13 @@ def plot_busbw(rows: list[dict], op: str, path: str, title: str = "") -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for (backend, n), group in _series(rows, op).items():
-        ax.plot([r["nbytes"] for r in group], [r["busbw"] for r in group], marker="o", ms=3,
-                label=f"{backend}, {n} ranks")
+        ax.plot(
+            [r["nbytes"] for r in group],
+            [r["busbw"] for r in group],
+            marker="o",
+            ms=3,
+            label=f"{backend}, {n} ranks",
+        )
     _size_axis(ax)
     ax.set_ylabel("busbw (GB/s)")
     ax.set_title(title or f"{op}: bus bandwidth")
@@ -77,22 +82,34 @@ def plot_bytes(rows: list[dict], op: str, path: str, title: str = "") -> str:
     """Bytes each rank sent (the core's counters) against the ring model, per world size."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (backend, n), group in _series(rows, op).items():
+    for (_backend, n), group in _series(rows, op).items():
         if group[0].get("sent_per_rank") is None:
             continue
         x = np.array([r["nbytes"] for r in group], dtype=float)
-        line, = ax.plot(x, [metrics.model_sent_per_rank(op, n, s) for s in x], lw=1,
-                        label=f"model, {n} ranks")
-        ax.plot(x, [r["sent_per_rank"] for r in group], ls="none", marker="o", ms=4,
-                mfc="none", color=line.get_color(), label=f"measured, {n} ranks")
+        (line,) = ax.plot(
+            x, [metrics.model_sent_per_rank(op, n, s) for s in x], lw=1, label=f"model, {n} ranks"
+        )
+        ax.plot(
+            x,
+            [r["sent_per_rank"] for r in group],
+            ls="none",
+            marker="o",
+            ms=4,
+            mfc="none",
+            color=line.get_color(),
+            label=f"measured, {n} ranks",
+        )
     _size_axis(ax)
     ax.set_yscale("log", base=2)
     from matplotlib.ticker import FuncFormatter
 
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: metrics.format_bytes(v)))
     ax.set_ylabel("bytes sent per rank per call")
-    model = {"all_reduce": "2(n-1)/n S  (= 4(n-1)h/n for h bf16 elements)",
-             "sendrecv": "S", "broadcast": "S/n"}.get(op, "(n-1)/n S")
+    model = {
+        "all_reduce": "2(n-1)/n S  (= 4(n-1)h/n for h bf16 elements)",
+        "sendrecv": "S",
+        "broadcast": "S/n",
+    }.get(op, "(n-1)/n S")
     ax.set_title(title or f"{op}: counted bytes vs ring model {model}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -101,23 +118,40 @@ def plot_bytes(rows: list[dict], op: str, path: str, title: str = "") -> str:
     return path
 
 
-def plot_fit(rows: list[dict], fits: list[AlphaBetaFit], op: str, path: str,
-             time_key: str = "time_avg_us", title: str = "") -> str:
+def plot_fit(
+    rows: list[dict],
+    fits: list[AlphaBetaFit],
+    op: str,
+    path: str,
+    time_key: str = "time_avg_us",
+    title: str = "",
+) -> str:
     """Measured time and the fitted alpha-beta model against message size, per world size."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     by_key = {(f.backend, f.world_size): f for f in fits if f.op == op}
     for (backend, n), group in _series(rows, op).items():
         x = np.array([r["nbytes"] for r in group], dtype=float)
-        pts, = ax.plot(x, [r[time_key] for r in group], ls="none", marker="o", ms=4,
-                       label=f"measured, {backend} {n} ranks")
+        (pts,) = ax.plot(
+            x,
+            [r[time_key] for r in group],
+            ls="none",
+            marker="o",
+            ms=4,
+            label=f"measured, {backend} {n} ranks",
+        )
         fit = by_key.get((backend, n))
         if fit is not None:
             xs = np.geomspace(x.min(), x.max(), 200)
             model = fit.predict([metrics.model_sent_per_rank(op, n, s) for s in xs]) * 1e6
             beta = "inf" if not np.isfinite(fit.beta_Bps) else f"{fit.beta_Bps / 1e9:.2f} GB/s"
-            ax.plot(xs, model, color=pts.get_color(), lw=1,
-                    label=f"model: alpha {fit.alpha_s * 1e6:.2f} us, beta {beta}")
+            ax.plot(
+                xs,
+                model,
+                color=pts.get_color(),
+                lw=1,
+                label=f"model: alpha {fit.alpha_s * 1e6:.2f} us, beta {beta}",
+            )
     _size_axis(ax)
     ax.set_yscale("log")
     _plain_log_y(ax)
@@ -130,8 +164,13 @@ def plot_fit(rows: list[dict], fits: list[AlphaBetaFit], op: str, path: str,
     return path
 
 
-def plot_all(rows: list[dict], fits: list[AlphaBetaFit], out_dir: str, prefix: str = "",
-             time_key: str = "time_avg_us") -> list[str]:
+def plot_all(
+    rows: list[dict],
+    fits: list[AlphaBetaFit],
+    out_dir: str,
+    prefix: str = "",
+    time_key: str = "time_avg_us",
+) -> list[str]:
     """Every plot for every op in ``rows``; returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []

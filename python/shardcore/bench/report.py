@@ -20,7 +20,11 @@ _COLUMNS = [
     ("busbw(GB/s)", 11, lambda r: _num(r.get("busbw"), 3)),
     ("sent/rank", 10, lambda r: format_bytes(r.get("sent_per_rank"))),
     ("model", 10, lambda r: format_bytes(r.get("model_bytes"))),
-    ("sent/model", 10, lambda r: "-" if r.get("bytes_ratio") is None else f"{r['bytes_ratio']:.4f}"),
+    (
+        "sent/model",
+        10,
+        lambda r: "-" if r.get("bytes_ratio") is None else f"{r['bytes_ratio']:.4f}",
+    ),
     ("algorithm", 9, lambda r: r.get("algorithm", "-")),
 ]
 
@@ -38,13 +42,16 @@ def format_table(rows: list[dict], title: str = "") -> str:
     out = io.StringIO()
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["backend"], r["op"], r["world_size"], r["dtype"], r["inplace"]),
-                          []).append(r)
+        groups.setdefault(
+            (r["backend"], r["op"], r["world_size"], r["dtype"], r["inplace"]), []
+        ).append(r)
     for (backend, op, n, dtype, inplace), group in groups.items():
         stat = next((r.get("stat") for r in group if "stat" in r), "mean")
-        out.write(f"# {title or backend} {op} {dtype}, {n} ranks, "
-                  f"{'in-place' if inplace else 'out-of-place'}, bandwidth from the {stat} time "
-                  f"(time: mean over ranks, max: slowest rank, median: median iteration)\n")
+        out.write(
+            f"# {title or backend} {op} {dtype}, {n} ranks, "
+            f"{'in-place' if inplace else 'out-of-place'}, bandwidth from the {stat} time "
+            f"(time: mean over ranks, max: slowest rank, median: median iteration)\n"
+        )
         out.write("  ".join(h.rjust(w) for h, w, _ in _COLUMNS).rstrip() + "\n")
         for r in group:
             if "skipped" in r:
@@ -65,9 +72,11 @@ def bytes_verdict(rows: list[dict]) -> str:
         return f"# bytes: counted == ring model exactly at all {len(measured)} sizes"
     worst = max(off, key=lambda r: abs(r["bytes_ratio"] - 1))
     algos = sorted({r.get("algorithm", "?") for r in off})
-    return (f"# bytes: counted != ring model at {len(off)} of {len(measured)} sizes "
-            f"(algorithm {', '.join(algos)}); worst sent/model = {worst['bytes_ratio']:.4f} "
-            f"at {format_bytes(worst['nbytes'])}")
+    return (
+        f"# bytes: counted != ring model at {len(off)} of {len(measured)} sizes "
+        f"(algorithm {', '.join(algos)}); worst sent/model = {worst['bytes_ratio']:.4f} "
+        f"at {format_bytes(worst['nbytes'])}"
+    )
 
 
 def write_json(obj, path: str) -> None:
@@ -80,10 +89,31 @@ def write_json(obj, path: str) -> None:
             f.write(text + "\n")
 
 
-CSV_FIELDS = ["backend", "op", "world_size", "dtype", "inplace", "algorithm", "nbytes", "count",
-              "iters", "nsets", "time_avg_us", "time_max_us", "time_median_us", "stat", "algbw",
-              "busbw", "sent_per_rank", "sent_max", "model_bytes", "bytes_ratio", "bytes_exact",
-              "check_error", "skipped"]
+CSV_FIELDS = [
+    "backend",
+    "op",
+    "world_size",
+    "dtype",
+    "inplace",
+    "algorithm",
+    "nbytes",
+    "count",
+    "iters",
+    "nsets",
+    "time_avg_us",
+    "time_max_us",
+    "time_median_us",
+    "stat",
+    "algbw",
+    "busbw",
+    "sent_per_rank",
+    "sent_max",
+    "model_bytes",
+    "bytes_ratio",
+    "bytes_exact",
+    "check_error",
+    "skipped",
+]
 
 
 def write_csv(rows: list[dict], path: str) -> None:

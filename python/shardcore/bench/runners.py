@@ -50,8 +50,12 @@ def peer_missing(peer: str) -> str | None:
     """None when ``peer`` can run here, else what is missing and how to install it."""
     if peer not in PEERS:
         raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
-    need = {"gloo": ["torch"], "mpi": ["mpi4py"], "deepspeed": ["torch", "deepspeed"],
-            "torch-shardcore": ["torch", "shardcore.torch"]}[peer]
+    need = {
+        "gloo": ["torch"],
+        "mpi": ["mpi4py"],
+        "deepspeed": ["torch", "deepspeed"],
+        "torch-shardcore": ["torch", "shardcore.torch"],
+    }[peer]
     missing = [m for m in need if not _has_module(m)]
     if peer == "mpi" and not missing and mpirun_path() is None:
         missing.append("mpirun")
@@ -61,6 +65,7 @@ def peer_missing(peer: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- shardcore
+
 
 def _shardcore_rank(comm, cfg_dict: dict, symmetric: bool) -> dict:
     from .backends import ShardcoreBackend
@@ -72,11 +77,13 @@ def run_shardcore(cfg: SweepConfig, world_size: int, symmetric: bool = False) ->
     """Every rank's raw results of ``cfg`` on shardcore's communicator."""
     import shardcore
 
-    return shardcore.launch(_shardcore_rank, world_size, args=(cfg.to_dict(), symmetric),
-                            timeout=_RANK_TIMEOUT_S)
+    return shardcore.launch(
+        _shardcore_rank, world_size, args=(cfg.to_dict(), symmetric), timeout=_RANK_TIMEOUT_S
+    )
 
 
 # --------------------------------------------------------------------------- spawned peers
+
 
 def _spawned_rank(peer: str, rank: int, world_size: int, rendezvous: str, cfg_dict: dict, queue):
     try:
@@ -86,9 +93,15 @@ def _spawned_rank(peer: str, rank: int, world_size: int, rendezvous: str, cfg_di
         import torch.distributed as dist
 
         if peer == "deepspeed":
-            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                              LOCAL_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=rendezvous, DS_ACCELERATOR="cpu")
+            os.environ.update(
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(world_size),
+                LOCAL_SIZE=str(world_size),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=rendezvous,
+                DS_ACCELERATOR="cpu",
+            )
             import deepspeed
 
             deepspeed.init_distributed("gloo", verbose=False)
@@ -101,8 +114,9 @@ def _spawned_rank(peer: str, rank: int, world_size: int, rendezvous: str, cfg_di
                 import shardcore.torch  # noqa: F401  (registers the "shardcore" backend)
 
                 name = "shardcore"
-            dist.init_process_group(name, init_method=f"file://{rendezvous}", rank=rank,
-                                    world_size=world_size)
+            dist.init_process_group(
+                name, init_method=f"file://{rendezvous}", rank=rank, world_size=world_size
+            )
             from .backends import TorchBackend
 
             backend = TorchBackend(peer)
@@ -134,9 +148,12 @@ def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
         env_backup = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
         try:
-            procs = [ctx.Process(target=_spawned_rank,
-                                 args=(peer, r, world_size, rendezvous, cfg.to_dict(), q))
-                     for r in range(world_size)]
+            procs = [
+                ctx.Process(
+                    target=_spawned_rank, args=(peer, r, world_size, rendezvous, cfg.to_dict(), q)
+                )
+                for r in range(world_size)
+            ]
             for p in procs:
                 p.start()
         finally:
@@ -151,14 +168,21 @@ def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
                     rank, status, payload = q.get(timeout=1.0)
                 except queue_mod.Empty:
                     # a rank that returns (result or error) exits 0; anything else crashed
-                    dead = [r for r, p in enumerate(procs)
-                            if p.exitcode not in (None, 0) and r not in results]
+                    dead = [
+                        r
+                        for r, p in enumerate(procs)
+                        if p.exitcode not in (None, 0) and r not in results
+                    ]
                     if dead:
-                        raise RuntimeError(f"{peer}: rank {dead[0]} exited with code "
-                                           f"{procs[dead[0]].exitcode} and no result") from None
+                        raise RuntimeError(
+                            f"{peer}: rank {dead[0]} exited with code "
+                            f"{procs[dead[0]].exitcode} and no result"
+                        ) from None
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{peer}: no result from {world_size - len(results)} "
-                                           f"rank(s) within {_RANK_TIMEOUT_S:.0f} s") from None
+                        raise RuntimeError(
+                            f"{peer}: no result from {world_size - len(results)} "
+                            f"rank(s) within {_RANK_TIMEOUT_S:.0f} s"
+                        ) from None
                     continue
                 if status == "error":
                     raise RuntimeError(f"{peer} rank {rank} failed:\n{payload}")
@@ -188,6 +212,7 @@ def _remove_deepspeed_segments(port: str) -> None:
 
 # --------------------------------------------------------------------------- MPI
 
+
 def mpirun_command(world_size: int) -> list[str]:
     """The mpirun prefix: oversubscription allowed (more ranks than cores is a case we measure)."""
     cmd = [mpirun_path() or "mpirun", "-n", str(world_size), "--oversubscribe"]
@@ -203,23 +228,36 @@ def run_mpi(cfg: SweepConfig, world_size: int) -> list[dict]:
         cfg_path, out_path = os.path.join(tmp, "cfg.json"), os.path.join(tmp, "out.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg.to_dict(), f)
-        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            OMPI_ALLOW_RUN_AS_ROOT="1",
+            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+            OMP_NUM_THREADS="1",
+        )
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        cmd = mpirun_command(world_size) + [sys.executable, "-m", "shardcore.bench._mpi_worker",
-                                            cfg_path, out_path]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
-                              timeout=_RANK_TIMEOUT_S)
+        cmd = mpirun_command(world_size) + [
+            sys.executable,
+            "-m",
+            "shardcore.bench._mpi_worker",
+            cfg_path,
+            out_path,
+        ]
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, check=False, timeout=_RANK_TIMEOUT_S
+        )
         if proc.returncode != 0 or not os.path.exists(out_path):
-            raise RuntimeError(f"mpi: {' '.join(cmd)} exited {proc.returncode}:\n"
-                               f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"mpi: {' '.join(cmd)} exited {proc.returncode}:\n"
+                f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+            )
         with open(out_path) as f:
             return json.load(f)
 
 
-def run_backend(backend: str, cfg: SweepConfig, world_size: int,
-                symmetric: bool = False) -> list[dict]:
+def run_backend(
+    backend: str, cfg: SweepConfig, world_size: int, symmetric: bool = False
+) -> list[dict]:
     """Raw per-rank results of ``cfg`` on ``backend`` (shardcore or a peer)."""
     if backend == "shardcore":
         return run_shardcore(cfg, world_size, symmetric)

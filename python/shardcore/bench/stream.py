@@ -37,23 +37,32 @@ def copy_bandwidth(processes: int, nbytes: int = 256 << 20, reps: int = 5) -> di
         raise ValueError("need processes >= 1, nbytes >= 8 and reps >= 1")
     ctx = mp.get_context("fork")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_copier, args=(nbytes, reps, barrier, queue))
-             for _ in range(processes)]
+    procs = [
+        ctx.Process(target=_copier, args=(nbytes, reps, barrier, queue)) for _ in range(processes)
+    ]
     for p in procs:
         p.start()
     times = [queue.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
     moved = 2 * (nbytes // 8) * 8 * reps
-    return {"processes": processes, "bytes_per_process": nbytes, "reps": reps,
-            "aggregate_GBps": sum(moved / t for t in times) / 1e9,
-            "slowest_process_GBps": moved / max(times) / 1e9}
+    return {
+        "processes": processes,
+        "bytes_per_process": nbytes,
+        "reps": reps,
+        "aggregate_GBps": sum(moved / t for t in times) / 1e9,
+        "slowest_process_GBps": moved / max(times) / 1e9,
+    }
 
 
 def register(sub) -> None:
     """Add ``stream`` to the ``bench`` sub-parsers."""
-    p = sub.add_parser("stream", help="memory copy bandwidth with p processes (the ceiling)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "stream",
+        help="memory copy bandwidth with p processes (the ceiling)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-p", "--processes", default="1,2", help="process counts (default 1,2)")
     p.add_argument("--size", default="256M", help="buffer per process (default 256M)")
     p.add_argument("--reps", type=int, default=5, help="copies per process (default 5)")
@@ -68,9 +77,13 @@ def main(args) -> int:
     if args.json:
         write_json({"results": results}, args.json)
     if args.json != "-":
-        sys.stdout.write("# copy bandwidth, bytes read + written, GB = 1e9\n"
-                         f"{'procs':>5} {'aggregate GB/s':>14} {'per process':>11}\n")
+        sys.stdout.write(
+            "# copy bandwidth, bytes read + written, GB = 1e9\n"
+            f"{'procs':>5} {'aggregate GB/s':>14} {'per process':>11}\n"
+        )
         for r in results:
-            sys.stdout.write(f"{r['processes']:>5} {r['aggregate_GBps']:>14.2f} "
-                             f"{r['aggregate_GBps'] / r['processes']:>11.2f}\n")
+            sys.stdout.write(
+                f"{r['processes']:>5} {r['aggregate_GBps']:>14.2f} "
+                f"{r['aggregate_GBps'] / r['processes']:>11.2f}\n"
+            )
     return 0

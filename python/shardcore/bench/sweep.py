@@ -66,7 +66,7 @@ def fill(x: np.ndarray, rank: int, salt: int) -> None:
     flat = x.reshape(-1)
     for start in range(0, flat.size, block.size):
         n = min(block.size, flat.size - start)
-        flat[start:start + n] = block[:n]
+        flat[start : start + n] = block[:n]
 
 
 @dataclass
@@ -112,7 +112,10 @@ def _tolerance(dtype: np.dtype, world_size: int) -> float:
 def _expected(op: str, rank: int, n: int, send_elems: int, dtype: np.dtype):
     """What rank ``rank`` must hold after ``op`` when every rank r sent rank_data(r, -1, ...);
     returns (expected float64 values, magnitude scale for the tolerance)."""
-    inputs = lambda r: rank_data(r, -1, send_elems, dtype).astype(np.float64)
+
+    def inputs(r):
+        return rank_data(r, -1, send_elems, dtype).astype(np.float64)
+
     if op in ("all_reduce", "reduce_scatter"):
         total = np.zeros(send_elems)
         scale = np.zeros(send_elems)
@@ -122,13 +125,13 @@ def _expected(op: str, rank: int, n: int, send_elems: int, dtype: np.dtype):
             scale += np.abs(x)
         if op == "reduce_scatter":
             m = send_elems // n
-            total, scale = total[rank * m:(rank + 1) * m], scale[rank * m:(rank + 1) * m]
+            total, scale = total[rank * m : (rank + 1) * m], scale[rank * m : (rank + 1) * m]
         return total, scale
     if op == "all_gather":
         exp = np.concatenate([inputs(r) for r in range(n)])
     elif op == "all_to_all":
         m = send_elems // n
-        exp = np.concatenate([inputs(r)[rank * m:(rank + 1) * m] for r in range(n)])
+        exp = np.concatenate([inputs(r)[rank * m : (rank + 1) * m] for r in range(n)])
     elif op == "broadcast":
         exp = inputs(0)
     else:  # sendrecv
@@ -154,7 +157,8 @@ def check_result(backend: Backend, cfg: SweepConfig, count: int, dtype: np.dtype
     if not err <= _tolerance(dtype, n):  # NaN (an element never written) fails too
         raise AssertionError(
             f"{backend.name} {cfg.op} {dtype.name} count={count} on rank {rank}: relative error "
-            f"{err:.3g} exceeds {_tolerance(dtype, n):.3g}")
+            f"{err:.3g} exceeds {_tolerance(dtype, n):.3g}"
+        )
     return err
 
 
@@ -176,8 +180,9 @@ class _Progress:
             self.bar.set_postfix_str(metrics.format_bytes(nbytes))
             self.bar.update(1)
         else:
-            sys.stderr.write(f"\r{self.label} {self.done}/{self.total} "
-                             f"{metrics.format_bytes(nbytes):>10}")
+            sys.stderr.write(
+                f"\r{self.label} {self.done}/{self.total} {metrics.format_bytes(nbytes):>10}"
+            )
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -271,9 +276,14 @@ def merge_ranks(per_rank: list[dict], cfg: SweepConfig, stat: str = "mean") -> l
     rows = []
     for i, first in enumerate(per_rank[0]["records"]):
         row = {
-            "backend": per_rank[0]["backend"], "op": cfg.op, "world_size": n, "dtype": cfg.dtype,
-            "inplace": cfg.inplace or cfg.op == "broadcast", "nbytes": first["nbytes"],
-            "count": first["count"], "nominal_bytes": first["nominal_bytes"],
+            "backend": per_rank[0]["backend"],
+            "op": cfg.op,
+            "world_size": n,
+            "dtype": cfg.dtype,
+            "inplace": cfg.inplace or cfg.op == "broadcast",
+            "nbytes": first["nbytes"],
+            "count": first["count"],
+            "nominal_bytes": first["nominal_bytes"],
         }
         if "skipped" in first:
             row["skipped"] = first["skipped"]
@@ -284,7 +294,8 @@ def merge_ranks(per_rank: list[dict], cfg: SweepConfig, stat: str = "mean") -> l
         rank_means = times.mean(axis=1)
         slowest_per_iter = times.max(axis=0)
         row.update(
-            iters=first["iters"], nsets=first["nsets"],
+            iters=first["iters"],
+            nsets=first["nsets"],
             time_avg_us=float(rank_means.mean() * 1e6),
             time_max_us=float(rank_means.max() * 1e6),
             time_median_us=float(np.median(slowest_per_iter) * 1e6),
@@ -313,11 +324,12 @@ def _traffic_columns(op: str, n: int, nbytes: int, traffic: list) -> dict:
     sent = [t["sent"] / calls[0] for t in traffic]
     per_rank = float(np.mean(sent))
     cols.update(
-        sent_per_rank=per_rank, sent_max=float(max(sent)),
+        sent_per_rank=per_rank,
+        sent_max=float(max(sent)),
         bytes_ratio=per_rank / model if model else None,
         # Exact for the ring: every rank's counter summed is the model's integer total.
-        bytes_exact=sum(t["sent"] for t in traffic) == metrics.model_sent_total(op, n, nbytes)
-        * calls[0],
+        bytes_exact=sum(t["sent"] for t in traffic)
+        == metrics.model_sent_total(op, n, nbytes) * calls[0],
     )
     algorithms = {a for t in traffic for a in t.get("algorithms", {})}
     if algorithms:

@@ -56,8 +56,11 @@ def tp_rank(comm, cfg: dict) -> dict:
 def pp_rank(comm, cfg: dict) -> dict:
     """One stage of the pipeline: receive the hidden state, (run its blocks), send it on."""
     dtype = metrics.numpy_dtype(cfg["dtype"])
-    x = np.random.default_rng(comm.rank).standard_normal(
-        (cfg["tokens"], cfg["hidden"])).astype(dtype)
+    x = (
+        np.random.default_rng(comm.rank)
+        .standard_normal((cfg["tokens"], cfg["hidden"]))
+        .astype(dtype)
+    )
     spent = [0.0]
     last = comm.size - 1
 
@@ -113,9 +116,14 @@ def _measure(comm, step, spent: list, cfg: dict, kind: str) -> dict:
         step()
     wall = time.perf_counter() - start
     entry = comm.traffic().get(kind, {"calls": 0, "sent": 0, "recv": 0})
-    return {"rank": comm.rank, "sent": entry["sent"], "calls": entry["calls"],
-            "algorithms": sorted(entry.get("algorithms", {})), "comm_s": spent[0],
-            "wall_s": wall}
+    return {
+        "rank": comm.rank,
+        "sent": entry["sent"],
+        "calls": entry["calls"],
+        "algorithms": sorted(entry.get("algorithms", {})),
+        "comm_s": spent[0],
+        "wall_s": wall,
+    }
 
 
 def run_mode(mode: str, degree: int, cfg: dict) -> dict:
@@ -137,15 +145,23 @@ def model_bytes_per_token(mode: str, degree: int, cfg: dict) -> dict:
     b = metrics.numpy_dtype(cfg["dtype"]).itemsize
     if mode == "tp":  # per rank: 2 all-reduces per block, 2(n-1)/n*h*b each
         seed = 2 * k * 2 * (n - 1) * h * b / n
-        return {"seed": seed, "exact": seed, "formula": "8k(n-1)h/n" if b == 2 else
-                f"2k*2(n-1)h*{b}/n", "per": "rank"}
+        return {
+            "seed": seed,
+            "exact": seed,
+            "formula": "8k(n-1)h/n" if b == 2 else f"2k*2(n-1)h*{b}/n",
+            "per": "rank",
+        }
     if mode == "pp":  # whole pipeline: one (T, h) send per stage boundary
         seed = (n - 1) * h * b
         return {"seed": seed, "exact": seed, "formula": f"(m-1)h*{b}", "per": "pipeline"}
     top_k, T = cfg["top_k"], cfg["tokens"]  # per rank and all-to-all, per global token
     remote = sum(remote_copies(r, n, T, top_k) for r in range(n)) / n  # (l-1)/l*T*top_k if even
-    return {"seed": top_k * h * b / n, "exact": remote * h * b / (n * T),
-            "formula": f"top_k*h*{b}/l", "per": "rank, all-to-all"}
+    return {
+        "seed": top_k * h * b / n,
+        "exact": remote * h * b / (n * T),
+        "formula": f"top_k*h*{b}/l",
+        "per": "rank, all-to-all",
+    }
 
 
 def summarize(mode: str, degree: int, cfg: dict, per_rank: list[dict]) -> dict:
@@ -164,9 +180,13 @@ def summarize(mode: str, degree: int, cfg: dict, per_rank: list[dict]) -> dict:
     model = model_bytes_per_token(mode, degree, cfg)
     comm_s = [r["comm_s"] for r in per_rank]
     return {
-        "mode": mode, "degree": degree, "per": model["per"], "formula": model["formula"],
+        "mode": mode,
+        "degree": degree,
+        "per": model["per"],
+        "formula": model["formula"],
         "algorithms": sorted({a for r in per_rank for a in r.get("algorithms", [])}),
-        "measured_bytes_per_token": measured, "seed_bytes_per_token": model["seed"],
+        "measured_bytes_per_token": measured,
+        "seed_bytes_per_token": model["seed"],
         "exact_bytes_per_token": model["exact"],
         "ratio_to_seed": measured / model["seed"] if model["seed"] else None,
         "ratio_to_exact": measured / model["exact"] if model["exact"] else None,
@@ -179,19 +199,26 @@ def summarize(mode: str, degree: int, cfg: dict, per_rank: list[dict]) -> dict:
 
 def format_results(results: list[dict], cfg: dict) -> str:
     """The comparison as a table."""
-    lines = [(f"# synthetic stack: k={cfg['blocks']} blocks, h={cfg['hidden']}, {cfg['dtype']}, "
-              f"{cfg['tokens']} tokens/step, {cfg['steps']} steps; EP top_k={cfg['top_k']}, "
-              f"E={cfg['experts']}; TP all-reduce {cfg['algorithm']}; communication only"),
-             (f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'seed model':>11} "
-              f"{'formula':>14} {'meas/seed':>9} {'meas/exact':>10} {'comm us/token':>13} "
-              f"{'comm ms/step':>12}  algorithm")]
+    lines = [
+        (
+            f"# synthetic stack: k={cfg['blocks']} blocks, h={cfg['hidden']}, {cfg['dtype']}, "
+            f"{cfg['tokens']} tokens/step, {cfg['steps']} steps; EP top_k={cfg['top_k']}, "
+            f"E={cfg['experts']}; TP all-reduce {cfg['algorithm']}; communication only"
+        ),
+        (
+            f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'seed model':>11} "
+            f"{'formula':>14} {'meas/seed':>9} {'meas/exact':>10} {'comm us/token':>13} "
+            f"{'comm ms/step':>12}  algorithm"
+        ),
+    ]
     for r in results:
         lines.append(
             f"{r['mode']:>4} {r['degree']:>3} {r['measured_bytes_per_token']:>12.1f} "
             f"{r['per']:>16} {r['seed_bytes_per_token']:>11.1f} {r['formula']:>14} "
             f"{r['ratio_to_seed']:>9.4f} {r['ratio_to_exact']:>10.4f} "
             f"{r['comm_us_per_token_max']:>13.3f} {r['comm_ms_per_step_max']:>12.3f}  "
-            f"{','.join(r['algorithms']) or '-'}")
+            f"{','.join(r['algorithms']) or '-'}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -206,8 +233,12 @@ def _degrees(text: str, name: str) -> list[int]:
 
 def register(sub) -> None:
     """Add ``tp-vs-pp`` to the ``bench`` sub-parsers."""
-    p = sub.add_parser("tp-vs-pp", help="bytes per token under TP, PP and EP vs the seed's model",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "tp-vs-pp",
+        help="bytes per token under TP, PP and EP vs the seed's model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--hidden", type=int, default=4096, help="hidden size h (default 4096)")
     p.add_argument("--blocks", type=int, default=8, help="blocks k (default 8)")
     p.add_argument("--tokens", type=int, default=16, help="tokens per step and rank (default 16)")
@@ -219,9 +250,12 @@ def register(sub) -> None:
     p.add_argument("--ep", default="2", help="EP degrees, comma-separated (default 2)")
     p.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
     p.add_argument("--experts", type=int, default=8, help="experts E (default 8)")
-    p.add_argument("--algorithm", default="ring",
-                   help="TP's all-reduce algorithm: ring (the model's, default), auto (the "
-                        "core's choice by size) or another the core knows")
+    p.add_argument(
+        "--algorithm",
+        default="ring",
+        help="TP's all-reduce algorithm: ring (the model's, default), auto (the "
+        "core's choice by size) or another the core knows",
+    )
     p.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
     p.set_defaults(func=main)
 
@@ -235,15 +269,34 @@ def main(args) -> int:
         raise ValueError("--warmup must be >= 0")
     if args.top_k > args.experts:
         raise ValueError(f"--top-k {args.top_k} exceeds --experts {args.experts}")
-    cfg = {k: getattr(args, k) for k in ("hidden", "blocks", "tokens", "steps", "warmup",
-                                         "dtype", "top_k", "experts", "algorithm")}
+    cfg = {
+        k: getattr(args, k)
+        for k in (
+            "hidden",
+            "blocks",
+            "tokens",
+            "steps",
+            "warmup",
+            "dtype",
+            "top_k",
+            "experts",
+            "algorithm",
+        )
+    }
     results = []
     for mode in ("tp", "pp", "ep"):
         for degree in _degrees(getattr(args, mode), mode):
             results.append(run_mode(mode, degree, cfg))
     if args.json:
-        write_json({"command": command_line(), "machine": machine_info(), "config": cfg,
-                    "results": results}, args.json)
+        write_json(
+            {
+                "command": command_line(),
+                "machine": machine_info(),
+                "config": cfg,
+                "results": results,
+            },
+            args.json,
+        )
     if args.json != "-":
         sys.stdout.write(format_results(results, cfg))
     return 0
