@@ -15,8 +15,18 @@ namespace py = pybind11;
 namespace shardcore {
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t a) { return reinterpret_cast<T*>(a); }
+// A buffer argument: a NumPy array (its data pointer, read without building
+// __array_interface__) or an integer address (the torch backend passes tensors' addresses).
+// Called with the GIL held; the caller keeps the object alive for the call.
+char* addr(py::handle h) {
+  if (PyLong_Check(h.ptr())) {
+    void* p = PyLong_AsVoidPtr(h.ptr());
+    if (!p && PyErr_Occurred()) throw py::error_already_set();
+    return static_cast<char*>(p);
+  }
+  if (py::isinstance<py::array>(h)) return static_cast<char*>(py::detail::array_proxy(h.ptr())->data);
+  throw py::type_error("expected a numpy array or an address");
+}
 
 // numpy type numbers of the reducible dtypes, in DType order, registered from Python
 // (set_type_nums): bfloat16's is assigned at run time by ml_dtypes, int64's differs by platform.
@@ -63,6 +73,7 @@ void register_comm(py::module_& m) {
         return reinterpret_cast<uintptr_t>(s.mine());
       })
       .def_property_readonly("nbytes", &SymmetricSegment::bytes)
+      .def_readwrite("tag", &SymmetricSegment::tag)
       .def_buffer([](SymmetricSegment& s) {
         return py::buffer_info(s.mine(), 1, py::format_descriptor<uint8_t>::format(), 1,
                                {py::ssize_t(s.bytes())}, {py::ssize_t(1)});
@@ -104,13 +115,15 @@ void register_comm(py::module_& m) {
       .def("barrier", &Communicator::barrier, py::call_guard<py::gil_scoped_release>())
       .def(
           "all_reduce",
-          [](Communicator& c, uintptr_t in, uintptr_t out, size_t count, uint32_t dt, uint32_t op,
+          [](Communicator& c, py::handle in, py::handle out, size_t count, uint32_t dt, uint32_t op,
              uint32_t algo, int64_t sym_stride, uint32_t sym_tag, int32_t sym_offset) {
             Algo used;
+            const char* src = addr(in);
+            char* dst = addr(out);
             {
               py::gil_scoped_release nogil;
-              used = c.all_reduce(ptr<const void>(in), ptr<void>(out), count, DType(dt), RedOp(op),
-                                  Algo(algo), sym_stride, sym_tag, sym_offset);
+              used = c.all_reduce(src, dst, count, DType(dt), RedOp(op), Algo(algo), sym_stride,
+                                  sym_tag, sym_offset);
             }
             return algo_name(used);
           },
@@ -127,32 +140,52 @@ void register_comm(py::module_& m) {
             auto* a = py::detail::array_proxy(obj.ptr());
             const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
                              py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-            if ((a->flags & need) != need || a->base != nullptr) return py::none();
+            if ((a->flags & need) != need) return py::none();
             int code = reducible_code(py::detail::array_descriptor_proxy(a->descr)->type_num);
             if (code < 0) return py::none();
             size_t count = 1;
             for (int i = 0; i < a->nd; ++i) count *= size_t(a->dimensions[i]);
+            // A view of a symmetric buffer (Communicator.empty) takes the symmetric path: follow
+            // the bases to the exporter (numpy.frombuffer keeps a memoryview of it).
+            int64_t stride = 0;
+            uint32_t tag = 0;
+            int32_t offset = 0;
+            PyObject* base = a->base;
+            while (base && py::isinstance<py::array>(base))
+              base = py::detail::array_proxy(base)->base;
+            if (base && PyMemoryView_Check(base)) base = PyMemoryView_GET_BASE(base);
+            if (base && py::isinstance<SymmetricSegment>(base)) {
+              auto& seg = py::handle(base).cast<SymmetricSegment&>();
+              stride = int64_t(seg.stride());
+              tag = seg.tag;
+              offset = int32_t((a->data - seg.mine()) / int64_t(dtype_size(DType(code))));
+            }
             Algo used;
             {
               py::gil_scoped_release nogil;
-              used = c.all_reduce(a->data, a->data, count, DType(code), RedOp(op), Algo::kAuto);
+              used = c.all_reduce(a->data, a->data, count, DType(code), RedOp(op), Algo::kAuto,
+                                  stride, tag, offset);
             }
             return py::str(algo_name(used));
           })
       .def(
           "reduce_scatter",
-          [](Communicator& c, uintptr_t in, uintptr_t out, size_t m, uint32_t dt, uint32_t op) {
-            c.reduce_scatter(ptr<const void>(in), ptr<void>(out), m, DType(dt), RedOp(op));
-          },
-          py::call_guard<py::gil_scoped_release>())
+          [](Communicator& c, py::handle in, py::handle out, size_t m, uint32_t dt, uint32_t op) {
+            const char* src = addr(in);
+            char* dst = addr(out);
+            py::gil_scoped_release nogil;
+            c.reduce_scatter(src, dst, m, DType(dt), RedOp(op));
+          })
       .def(
           "all_gather",
-          [](Communicator& c, uintptr_t in, uintptr_t out, size_t m, uint32_t dt, size_t esz,
+          [](Communicator& c, py::handle in, py::handle out, size_t m, uint32_t dt, size_t esz,
              bool internal, uint32_t algo) {
             Algo used;
+            const char* src = addr(in);
+            char* dst = addr(out);
             {
               py::gil_scoped_release nogil;
-              used = c.all_gather(ptr<const void>(in), ptr<void>(out), m, DType(dt), esz,
+              used = c.all_gather(src, dst, m, DType(dt), esz,
                                   internal ? Kind::kInternal : Kind::kAllGather, Algo(algo));
             }
             return algo_name(used);
@@ -161,10 +194,12 @@ void register_comm(py::module_& m) {
           py::arg("internal") = false, py::arg("algorithm") = 0)
       .def(
           "all_to_all",
-          [](Communicator& c, uintptr_t in, uintptr_t out, size_t m, uint32_t dt, size_t esz) {
-            c.all_to_all(ptr<const void>(in), ptr<void>(out), m, DType(dt), esz);
-          },
-          py::call_guard<py::gil_scoped_release>())
+          [](Communicator& c, py::handle in, py::handle out, size_t m, uint32_t dt, size_t esz) {
+            const char* src = addr(in);
+            char* dst = addr(out);
+            py::gil_scoped_release nogil;
+            c.all_to_all(src, dst, m, DType(dt), esz);
+          })
       .def(
           "all_to_allv_counts",
           [](Communicator& c, const std::vector<int64_t>& counts, size_t row, uint32_t dt, size_t esz) {
@@ -173,26 +208,35 @@ void register_comm(py::module_& m) {
           py::call_guard<py::gil_scoped_release>())
       .def(
           "all_to_allv_data",
-          [](Communicator& c, uintptr_t in, uintptr_t out) {
-            c.all_to_allv_data(ptr<const void>(in), ptr<void>(out));
-          },
-          py::call_guard<py::gil_scoped_release>())
+          [](Communicator& c, py::handle in, py::handle out) {
+            const char* src = addr(in);
+            char* dst = addr(out);
+            py::gil_scoped_release nogil;
+            c.all_to_allv_data(src, dst);
+          })
       .def(
           "broadcast",
-          [](Communicator& c, uintptr_t buf, size_t count, uint32_t dt, size_t esz, int root) {
-            c.broadcast(ptr<void>(buf), count, DType(dt), esz, root);
-          },
-          py::call_guard<py::gil_scoped_release>())
+          [](Communicator& c, py::handle buf, size_t count, uint32_t dt, size_t esz, int root) {
+            char* p = addr(buf);
+            py::gil_scoped_release nogil;
+            c.broadcast(p, count, DType(dt), esz, root);
+          })
       .def(
           "send",
-          [](Communicator& c, uintptr_t buf, size_t count, uint32_t dt, size_t esz, int dst,
-             int64_t tag) { c.send(ptr<const void>(buf), count, DType(dt), esz, dst, tag); },
-          py::call_guard<py::gil_scoped_release>())
+          [](Communicator& c, py::handle buf, size_t count, uint32_t dt, size_t esz, int dst,
+             int64_t tag) {
+            const char* p = addr(buf);
+            py::gil_scoped_release nogil;
+            c.send(p, count, DType(dt), esz, dst, tag);
+          })
       .def(
           "recv",
-          [](Communicator& c, uintptr_t buf, size_t count, uint32_t dt, size_t esz, int src,
-             int64_t tag) { c.recv(ptr<void>(buf), count, DType(dt), esz, src, tag); },
-          py::call_guard<py::gil_scoped_release>())
+          [](Communicator& c, py::handle buf, size_t count, uint32_t dt, size_t esz, int src,
+             int64_t tag) {
+            char* p = addr(buf);
+            py::gil_scoped_release nogil;
+            c.recv(p, count, DType(dt), esz, src, tag);
+          })
       .def("abort", &Communicator::abort)
       .def("close", &Communicator::close)
       .def("reset_traffic", &Communicator::reset_traffic)

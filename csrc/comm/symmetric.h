@@ -5,6 +5,7 @@
 // rank 0 creates, a barrier, the others attach, a barrier, rank 0 unlinks.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace shardcore {
@@ -23,6 +24,8 @@ class SymmetricSegment {
   size_t bytes() const { return bytes_; }
   size_t stride() const { return stride_; }
   int rank() const { return rank_; }
+
+  uint32_t tag = 0;  // which allocation of its communicator (equal on every rank; set by Python)
 
  private:
   std::string name_;

@@ -94,7 +94,6 @@ class Communicator:
         self.group_ranks = list(group_ranks) if group_ranks is not None else list(range(core.size))
         self.last_algorithm: str | None = None
         self._nsymmetric = 0
-        self._symmetric_ids: dict[int, int] = {}
 
     @classmethod
     def connect(
@@ -200,22 +199,13 @@ class Communicator:
             _check_out(out, x.dtype, x.shape, "all_reduce: out")
             if out is not x and not (_addr(out) == _addr(x)):
                 _check_disjoint(x, out, "all_reduce")
-        xa = _addr(x)
         seg = _symmetric_owner(x) if x.base is not None else None
         if seg is None:
-            self.last_algorithm = self._core.all_reduce(xa, _addr(out), x.size, code, opc, algo)
+            self.last_algorithm = self._core.all_reduce(x, out, x.size, code, opc, algo)
         else:
-            offset = (xa - seg.address) // x.dtype.itemsize
+            offset = (_addr(x) - seg.address) // x.dtype.itemsize
             self.last_algorithm = self._core.all_reduce(
-                xa,
-                _addr(out),
-                x.size,
-                code,
-                opc,
-                algo,
-                seg.stride,
-                self._symmetric_ids.get(id(seg), 0),
-                offset,
+                x, out, x.size, code, opc, algo, seg.stride, seg.tag, offset
             )
         return out
 
@@ -239,7 +229,7 @@ class Communicator:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         mine = np.array([nbytes], np.int64)
         sizes = np.empty(self.size, np.int64)
-        self._core.all_gather(_addr(mine), _addr(sizes), 1, 5, 8, True)
+        self._core.all_gather(mine, sizes, 1, 5, 8, True)
         if len(set(sizes.tolist())) != 1:
             raise ValueError(f"empty: ranks asked for different sizes in bytes: {sizes.tolist()}")
         index = self._nsymmetric
@@ -256,7 +246,7 @@ class Communicator:
         self._core.barrier()
         if self.rank == 0:
             seg.unlink()
-        self._symmetric_ids[id(seg)] = index + 1
+        seg.tag = index + 1
         return np.frombuffer(seg, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape)
 
     def zeros(self, shape, dtype=np.float32) -> np.ndarray:
@@ -280,7 +270,7 @@ class Communicator:
             out = np.empty(shape, x.dtype)
         else:
             _check_out(out, x.dtype, shape, "reduce_scatter: out")
-        self._core.reduce_scatter(_addr(x), _addr(out), out.size, code, opc)
+        self._core.reduce_scatter(x, out, out.size, code, opc)
         return out
 
     def all_gather(
@@ -303,7 +293,7 @@ class Communicator:
             if not in_place:
                 _check_disjoint(x, out, "all_gather")
         self.last_algorithm = self._core.all_gather(
-            _addr(x), _addr(out), x.size, code, x.dtype.itemsize, False, algo
+            x, out, x.size, code, x.dtype.itemsize, False, algo
         )
         return out
 
@@ -331,7 +321,7 @@ class Communicator:
         else:
             _check_out(out, x.dtype, x.shape, "all_to_all: out")
             _check_disjoint(x, out, "all_to_all")
-        self._core.all_to_all(_addr(x), _addr(out), x.size // self.size, code, x.dtype.itemsize)
+        self._core.all_to_all(x, out, x.size // self.size, code, x.dtype.itemsize)
         return out
 
     def all_to_allv(
@@ -370,7 +360,7 @@ class Communicator:
             msg = f"all_to_allv: out has shape {out.shape}, the received rows need {shape}"
             self._core.abort(msg)  # the peers are already committed to the data phase
             raise ValueError(msg)
-        self._core.all_to_allv_data(_addr(x), _addr(out))
+        self._core.all_to_allv_data(x, out)
         return out, recv
 
     def broadcast(self, x: np.ndarray, root: int = 0) -> np.ndarray:
@@ -382,16 +372,14 @@ class Communicator:
             raise ValueError(f"broadcast: root {root} is outside [0, {self.size})")
         if self.rank != root:
             _require_writeable(x, "broadcast: x")
-        self._core.broadcast(_addr(x), x.size, code, x.dtype.itemsize, root)
+        self._core.broadcast(x, x.size, code, x.dtype.itemsize, root)
         return x
 
     def send(self, x: np.ndarray, dst: int, tag: int = 0) -> None:
         """Send ``x`` to rank ``dst``; returns once x may be reused (small messages: at once)."""
         _require_array(x, "send: x")
         code = dtype_code(x.dtype, "send")
-        self._core.send(
-            _addr(x), x.size, code, x.dtype.itemsize, self._peer(dst, "send: dst"), int(tag)
-        )
+        self._core.send(x, x.size, code, x.dtype.itemsize, self._peer(dst, "send: dst"), int(tag))
 
     def recv(self, out: np.ndarray, src: int, tag: int = 0) -> np.ndarray:
         """Receive the next message from ``src`` into ``out``; its tag, size and dtype must match."""
@@ -399,7 +387,7 @@ class Communicator:
         _require_writeable(out, "recv: out")
         code = dtype_code(out.dtype, "recv")
         self._core.recv(
-            _addr(out), out.size, code, out.dtype.itemsize, self._peer(src, "recv: src"), int(tag)
+            out, out.size, code, out.dtype.itemsize, self._peer(src, "recv: src"), int(tag)
         )
         return out
 
@@ -425,7 +413,7 @@ class Communicator:
                 raise ValueError(f"split: color must be >= 0 or None, got {color}")
         mine = np.array([-1 if color is None else color, int(key), self.rank], np.int64)
         table = np.empty(3 * self.size, np.int64)
-        self._core.all_gather(_addr(mine), _addr(table), 3, 5, 8, True)
+        self._core.all_gather(mine, table, 3, 5, 8, True)
         index = self._nsplits
         self._nsplits += 1
         if color is None:
