@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -103,7 +104,10 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     throw std::invalid_argument("p2p_bytes must be a multiple of 64 and >= 64");
   if (opt.timeout_s <= 0) throw std::invalid_argument("timeout must be > 0 seconds");
   timeout_ns_ = uint64_t(opt.timeout_s * 1e9);
+  // The cores this process may run on (taskset/cgroup affinity), not the machine's.
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) cores = std::max(1, CPU_COUNT(&allowed));
   double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 2.0);
   spin_ns_ = uint64_t(spin_us * 1e3);
   // Fault injection for the tests of the error model: die in the middle of a collective.
