@@ -176,9 +176,12 @@ def _movement_cases(comm):
                 res = comm.all_gather(x, algorithm=algo)
                 out["ag", di, rows, algo] = (res, comm.traffic()["all_gather"]["sent"])
             x = make_input(("a2a", di, rows), r, (n * rows, 2), dtype)
-            comm.reset_traffic()
-            res = comm.all_to_all(x, out=np.empty_like(x))
-            out["a2a", di, rows] = (res, comm.traffic()["all_to_all"]["sent"])
+            for algo in ("pairwise", "flat", None):
+                if algo == "flat" and x.nbytes > SMALL_SLOT:
+                    continue
+                comm.reset_traffic()
+                res = comm.all_to_all(x, out=np.empty_like(x), algorithm=algo)
+                out["a2a", di, rows, algo] = (res, comm.traffic()["all_to_all"]["sent"])
             counts = make_input(("cnt", di, rows), r, (n,), np.dtype(np.int64), "prod") % (rows + 2)
             counts = np.abs(counts)
             x = make_input(("a2av", di, rows), r, (int(counts.sum()), 3), dtype)
@@ -229,10 +232,13 @@ def test_data_movement_collectives(n):
                     res, sent = results[r]["ag", di, rows, algo]
                     np.testing.assert_array_equal(res, np.concatenate(xs))
                     assert sent == (n - 1) * xs[r].nbytes
-                res, sent = results[r]["a2a", di, rows]
                 expect = np.concatenate([a2a[src][r * rows : (r + 1) * rows] for src in range(n)])
-                np.testing.assert_array_equal(res, expect)
-                assert sent == (n - 1) * rows * 2 * dtype.itemsize
+                for algo in ("pairwise", "flat", None):
+                    if algo == "flat" and a2a[r].nbytes > SMALL_SLOT:
+                        continue
+                    res, sent = results[r]["a2a", di, rows, algo]
+                    np.testing.assert_array_equal(res, expect)
+                    assert sent == (n - 1) * rows * 2 * dtype.itemsize
                 res, recv, sent = results[r]["a2av", di, rows]
                 offsets = [np.concatenate([[0], np.cumsum(c)]) for c in counts]
                 expect = np.concatenate(

@@ -15,7 +15,26 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
   if (algo != Algo::kRing && algo != Algo::kFlat)
     throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_gather (ring or flat)");
-  enter(make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz));
+  const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz);
+  const size_t block = m * esz;
+  if (algo == Algo::kFlat && size_ > 1 && block && block <= slot_bytes_) {
+    // One chunk: write it before entering, so the entry doubles as "my block is posted".
+    const char* src = static_cast<const char*>(in);
+    char* dst = static_cast<char*>(out);
+    const uint64_t t = round_ + 1;
+    acquire_slot(t, all_peers_);
+    std::memcpy(slot(rank_, t), src, block);
+    enter(d);
+    char* own = dst + size_t(rank_) * block;
+    if (own != src) std::memmove(own, src, block);
+    for (int p : all_peers_) std::memcpy(dst + size_t(p) * block, slot(p, t), block);
+    publish_consumed(t);
+    round_ += 1;
+    const uint64_t moved = uint64_t(size_ - 1) * block;
+    account(account_as, Algo::kFlat, moved, moved);
+    return algo;
+  }
+  enter(d);
   if (algo == Algo::kRing)  // moved as bytes: an element may be wider than a slot
     ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m * esz, 1, account_as);
   else

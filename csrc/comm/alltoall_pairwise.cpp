@@ -9,10 +9,45 @@
 
 namespace shardcore {
 
-void Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz) {
-  enter(make_desc(Kind::kAllToAll, dt, RedOp::kNone, Algo::kPairwise,
-             0, m, esz));
-  pairwise_all_to_all(static_cast<const char*>(in), static_cast<char*>(out), m, esz);
+Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz, Algo algo) {
+  const size_t block = m * esz;
+  const bool fits = size_t(size_) * block <= slot_bytes_;
+  if (algo == Algo::kAuto) algo = fits ? Algo::kFlat : Algo::kPairwise;
+  if (algo != Algo::kPairwise && algo != Algo::kFlat)
+    throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
+                                "' does not apply to all_to_all (pairwise or flat)");
+  if (algo == Algo::kFlat && !fits)
+    throw std::invalid_argument("all_to_all: flat needs size * block (" +
+                                std::to_string(size_t(size_) * block) + " bytes) to fit in one slot (" +
+                                std::to_string(slot_bytes_) + " bytes)");
+  const Desc d = make_desc(Kind::kAllToAll, dt, RedOp::kNone, algo, 0, m, esz);
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  if (algo == Algo::kPairwise) {
+    enter(d);
+    pairwise_all_to_all(src, dst, m, esz);
+    return algo;
+  }
+  // Flat: every block for every peer in one slot, written before entering; each rank then
+  // copies its own block out of every peer's slot. One synchronisation in all.
+  const int n = size_, r = rank_;
+  uint64_t moved = 0;
+  if (n > 1 && block) {
+    const uint64_t t = round_ + 1;
+    acquire_slot(t, all_peers_);
+    std::memcpy(slot(r, t), src, size_t(n) * block);
+    enter(d);
+    for (int p : all_peers_) std::memcpy(dst + size_t(p) * block, slot(p, t) + size_t(r) * block, block);
+    std::memcpy(dst + size_t(r) * block, src + size_t(r) * block, block);
+    publish_consumed(t);
+    round_ += 1;
+    moved = uint64_t(n - 1) * block;
+  } else {
+    enter(d);
+    if (block) std::memcpy(dst + size_t(r) * block, src + size_t(r) * block, block);
+  }
+  account(Kind::kAllToAll, Algo::kFlat, moved, moved);
+  return algo;
 }
 
 void Communicator::pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz) {

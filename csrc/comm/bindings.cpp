@@ -194,12 +194,19 @@ void register_comm(py::module_& m) {
           py::arg("internal") = false, py::arg("algorithm") = 0)
       .def(
           "all_to_all",
-          [](Communicator& c, py::handle in, py::handle out, size_t m, uint32_t dt, size_t esz) {
+          [](Communicator& c, py::handle in, py::handle out, size_t m, uint32_t dt, size_t esz,
+             uint32_t algo) {
             const char* src = addr(in);
             char* dst = addr(out);
-            py::gil_scoped_release nogil;
-            c.all_to_all(src, dst, m, DType(dt), esz);
-          })
+            Algo used;
+            {
+              py::gil_scoped_release nogil;
+              used = c.all_to_all(src, dst, m, DType(dt), esz, Algo(algo));
+            }
+            return algo_name(used);
+          },
+          py::arg("inp"), py::arg("out"), py::arg("m"), py::arg("dtype"), py::arg("esz"),
+          py::arg("algorithm") = 0)
       .def(
           "all_to_allv_counts",
           [](Communicator& c, const std::vector<int64_t>& counts, size_t row, uint32_t dt, size_t esz) {

@@ -114,7 +114,10 @@ class Communicator {
   // default); kAuto picks kFlat.
   Algo all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
                   Kind account = Kind::kAllGather, Algo algo = Algo::kAuto);
-  void all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz);
+  // algo: kPairwise (n-1 steps, any size) or kFlat (one slot holds every peer's block; one
+  // synchronisation); kAuto picks kFlat when size * block fits in a slot.
+  Algo all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
+                  Algo algo = Algo::kAuto);
   // all_to_allv in two collectives: the counts exchange (returns what this rank receives from
   // each peer, in rows), then the data, which uses the count matrix the first call gathered.
   std::vector<int64_t> all_to_allv_counts(const std::vector<int64_t>& send_counts,

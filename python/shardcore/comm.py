@@ -74,7 +74,8 @@ def _symmetric_owner(a: np.ndarray):
 
 
 def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str) -> None:
-    if a.size and b.size and np.shares_memory(a, b):
+    # Both are C-contiguous, so overlapping bounds mean shared memory (and this is cheap).
+    if a.size and b.size and np.may_share_memory(a, b):
         raise ValueError(f"{what}: out must not overlap the input")
 
 
@@ -289,9 +290,10 @@ class Communicator:
             out = np.empty(shape, x.dtype)
         else:
             _check_out(out, x.dtype, shape, "all_gather: out")
-            in_place = _addr(x) == _addr(out) + self.rank * x.nbytes
-            if not in_place:
-                _check_disjoint(x, out, "all_gather")
+            if x.size and np.may_share_memory(x, out):
+                # in place: x is this rank's block of out
+                if _addr(x) != _addr(out) + self.rank * x.nbytes:
+                    raise ValueError("all_gather: out must not overlap the input")
         self.last_algorithm = self._core.all_gather(
             x, out, x.size, code, x.dtype.itemsize, False, algo
         )
@@ -307,8 +309,15 @@ class Communicator:
             )
         return ALGORITHMS[algorithm]
 
-    def all_to_all(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i."""
+    def all_to_all(
+        self, x: np.ndarray, out: np.ndarray | None = None, algorithm: str | None = None
+    ) -> np.ndarray:
+        """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i.
+
+        ``algorithm``: "pairwise" (n-1 steps, one peer at a time) or "flat" (every block in one
+        slot, one synchronisation; messages up to the slot size). None: flat when it fits.
+        """
+        algo = self._algorithm_code(algorithm, ("pairwise", "flat"), "all_to_all")
         _require_array(x, "all_to_all: x")
         code = dtype_code(x.dtype, "all_to_all")
         if x.ndim == 0 or x.shape[0] % self.size:
@@ -321,7 +330,9 @@ class Communicator:
         else:
             _check_out(out, x.dtype, x.shape, "all_to_all: out")
             _check_disjoint(x, out, "all_to_all")
-        self._core.all_to_all(x, out, x.size // self.size, code, x.dtype.itemsize)
+        self.last_algorithm = self._core.all_to_all(
+            x, out, x.size // self.size, code, x.dtype.itemsize, algo
+        )
         return out
 
     def all_to_allv(
