@@ -26,6 +26,9 @@ constexpr size_t kAbortMsgBytes = 1024;
 // peer is checked every kLivenessPeriodNs, well inside the 10 s the error model promises.
 constexpr long kSleepSliceNs = 10'000'000;
 constexpr uint64_t kLivenessPeriodNs = 100'000'000;
+// How long an oversubscribed waiter yields its core before it sleeps on the futex: a few
+// scheduler hand-offs, short enough that an idle rank stops burning its core almost at once.
+constexpr uint64_t kYieldPhaseNs = 200'000;
 
 enum AbortReason : int { kReasonUser = 1, kReasonMismatch = 2, kReasonTimeout = 3, kReasonPeer = 4 };
 
@@ -110,6 +113,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
   if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) cores = std::max(1, CPU_COUNT(&allowed));
   double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 2.0);
   spin_ns_ = uint64_t(spin_us * 1e3);
+  oversubscribed_ = unsigned(size) > cores;
   // Fault injection for the tests of the error model: die in the middle of a collective.
   if (const char* k = getenv("SHARDCORE_FAULT_KILL_AT_ROUND")) fault_kill_round_ = strtoull(k, nullptr, 10);
   uint64_t deadline = now_ns() + timeout_ns_;
@@ -396,6 +400,17 @@ void Communicator::wait_geq(SyncWord& c, uint64_t target, int peer) {
     }
     check_abort();
     if (now_ns() - start >= spin_ns_) break;
+  }
+  // Oversubscribed (more ranks than cores): the rank we wait for is likely runnable but not
+  // running; yielding hands it this core at once, where a futex sleep would cost a wake-up
+  // (tens of microseconds) on both sides. Only for a bounded time, then sleep.
+  if (oversubscribed_) {
+    const uint64_t yield_until = now_ns() + kYieldPhaseNs;
+    while (now_ns() < yield_until) {
+      sched_yield();
+      if (c.value.load(std::memory_order_acquire) >= target) return;
+      check_abort();
+    }
   }
   uint64_t next_check = start + kLivenessPeriodNs;
   for (;;) {

@@ -189,6 +189,7 @@ class Communicator {
   uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
   size_t one_shot_max_ = 0, two_shot_max_ = 0;
   uint64_t timeout_ns_ = 0, spin_ns_ = 0;
+  bool oversubscribed_ = false;  // more ranks than cores in our affinity mask
   uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
 
   uint64_t coll_seq_ = 0;  // collectives entered
