@@ -69,6 +69,23 @@ def ring_all_reduce_recv(elements: int, n: int, member: int) -> int:
     return ring_all_reduce_sent(elements, n, (member - 1) % n) if n > 1 else 0
 
 
+def symmetric_all_reduce_sent(elements: int, n: int, member: int) -> int:
+    """Elements member ``member`` sends (= receives) in the core's in-place all-reduce on a
+    symmetric buffer: the other members' blocks of its array, and its reduced block to each of
+    them. Equal to the ring's 2(n-1)/n * elements when n divides elements."""
+    if n <= 1:
+        return 0
+    mine = split_sizes(elements, n)[member]
+    return (elements - mine) + (n - 1) * mine
+
+
+# all_reduce algorithm -> (sent, received) elements of member i of n
+ALL_REDUCE_RULES = {
+    "ring": (ring_all_reduce_sent, ring_all_reduce_recv),
+    "symmetric": (symmetric_all_reduce_sent, symmetric_all_reduce_sent),
+}
+
+
 def collective_sent(kind: str, elements: int, n: int, member: int = 0) -> float:
     """Elements a member sends: ``elements`` is the all-reduce buffer, the all-gather block of
     one rank, the full reduce-scatter buffer, the rank's all-to-all buffer, or the message."""
@@ -157,14 +174,17 @@ class TrafficPrediction:
         return sum(v["sent"] for r in self.ranks for k, v in r.items() if kind is None or k == kind)
 
 
-def _all_reduce(what: str, group: tuple, elements: int, b: float, times: int) -> _Op:
+def _all_reduce(
+    what: str, group: tuple, elements: int, b: float, times: int, algorithm: str = "ring"
+) -> _Op:
     n = len(group)
+    sent, recv = ALL_REDUCE_RULES[algorithm]
     return _Op(
         "all_reduce",
         what,
         group,
-        tuple(ring_all_reduce_sent(elements, n, i) * b for i in range(n)),
-        tuple(ring_all_reduce_recv(elements, n, i) * b for i in range(n)),
+        tuple(sent(elements, n, i) * b for i in range(n)),
+        tuple(recv(elements, n, i) * b for i in range(n)),
         times,
     )
 
@@ -177,6 +197,7 @@ def _forward_ops(
     pass_index: int,
     expert_ids: Callable | None,
     with_ids_return: bool,
+    all_reduce_algorithm: str = "ring",
 ) -> Iterator[_Op]:
     """Every collective of one forward pass (all replicas, all chunks)."""
     m, c = plan.model, plan.config
@@ -192,9 +213,13 @@ def _forward_ops(
                 group = tuple(c.rank(d, s, t) for t in range(c.tp))
                 if c.tp > 1:
                     if s == 0:
-                        yield _all_reduce("embedding", group, tokens * h, b, 1)
-                    yield _all_reduce("attention", group, tokens * h, b, hi - lo)
-                    yield _all_reduce("mlp", group, tokens * h, b, hi - lo)
+                        yield _all_reduce(
+                            "embedding", group, tokens * h, b, 1, all_reduce_algorithm
+                        )
+                    yield _all_reduce(
+                        "attention", group, tokens * h, b, hi - lo, all_reduce_algorithm
+                    )
+                    yield _all_reduce("mlp", group, tokens * h, b, hi - lo, all_reduce_algorithm)
                     if s == c.pp - 1 and last_chunk:
                         block = batches[d] * vocab_block * b
                         yield _Op(
@@ -285,6 +310,7 @@ def _run_ops(
     b: float,
     micro_batches: int,
     expert_ids,
+    all_reduce_algorithm: str = "ring",
 ) -> Iterator[_Op]:
     c = plan.config
     if batch < c.dp:
@@ -293,9 +319,13 @@ def _run_ops(
         raise ValueError("need prefill_tokens >= 1, decode_steps >= 0, micro_batches >= 1")
     batches = split_sizes(batch, c.dp)
     chunks = split_sizes(prefill_tokens, min(micro_batches, prefill_tokens))
-    yield from _forward_ops(plan, chunks, batches, b, 0, expert_ids, decode_steps > 0)
+    yield from _forward_ops(
+        plan, chunks, batches, b, 0, expert_ids, decode_steps > 0, all_reduce_algorithm
+    )
     for step in range(1, decode_steps + 1):
-        yield from _forward_ops(plan, [1], batches, b, step, expert_ids, step < decode_steps)
+        yield from _forward_ops(
+            plan, [1], batches, b, step, expert_ids, step < decode_steps, all_reduce_algorithm
+        )
 
 
 def predict_traffic(
@@ -306,8 +336,13 @@ def predict_traffic(
     dtype: str | None = None,
     micro_batches: int = 1,
     expert_ids: Callable[[int, int, int, int], Any] | None = None,
+    all_reduce_algorithm: str = "ring",
 ) -> TrafficPrediction:
     """Bytes and calls per rank and collective kind for a run (see the module docstring).
+
+    ``all_reduce_algorithm``: "ring" (the seed's model) or "symmetric" (the core's in-place
+    all-reduce on symmetric buffers, which the runtime uses); they differ only when the buffer
+    does not split evenly over the group.
 
     ``dtype`` is the activation dtype (default: the model's). ``expert_ids(pass_index, chunk,
     layer, dp)`` returns, for EP runs, the chosen expert ids ``[tokens, top_k]`` of that replica's
@@ -322,7 +357,22 @@ def predict_traffic(
         entry["sent"] += sent * times
         entry["recv"] += recv * times
 
-    for op in _run_ops(plan, prefill_tokens, decode_steps, batch, b, micro_batches, expert_ids):
+    if all_reduce_algorithm not in ALL_REDUCE_RULES:
+        raise ValueError(
+            f"all_reduce_algorithm must be one of {sorted(ALL_REDUCE_RULES)}, "
+            f"got {all_reduce_algorithm!r}"
+        )
+    ops = _run_ops(
+        plan,
+        prefill_tokens,
+        decode_steps,
+        batch,
+        b,
+        micro_batches,
+        expert_ids,
+        all_reduce_algorithm,
+    )
+    for op in ops:
         if op.kind == "p2p":
             add(op.group[0], "send", op.sent[0], 0, op.times)
             add(op.group[1], "recv", 0, op.recv[0], op.times)

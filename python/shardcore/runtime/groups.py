@@ -13,9 +13,10 @@ import numpy as np
 
 from .ops import Precision
 
-# The ring is the algorithm the traffic model (and so the plan's prediction) describes; the
-# core's size-based choice of one-shot or two-shot would move different byte counts.
-ALL_REDUCE_ALGORITHM = "ring"
+# Activations are reduced in place in a symmetric workspace (Communicator.empty): the core reads
+# the peers' partial sums where they live, with no copy through its slots. The algorithm is
+# fixed (not the size-based choice) so that the plan's prediction knows the bytes it moves.
+ALL_REDUCE_ALGORITHM = "symmetric"
 
 
 class AxisGroup:
@@ -26,12 +27,32 @@ class AxisGroup:
         self.precision = precision
         self.size = 1 if comm is None else comm.size
         self.rank = 0 if comm is None else comm.rank
+        self._workspace: np.ndarray | None = None
+
+    def reserve(self, n: int) -> None:
+        """Allocate the symmetric workspace for reductions of up to n elements now (collective):
+        done before the traffic counters are reset, its bookkeeping stays out of the run's."""
+        if self.size > 1 and n > 0:
+            self._symmetric(n)
+
+    def _symmetric(self, n: int) -> np.ndarray:
+        """n elements of the group's symmetric workspace, grown (collectively) when too small.
+
+        Every rank of the group reduces the same sizes in the same order, so every rank grows
+        it at the same call, as Communicator.empty requires.
+        """
+        ws = self._workspace
+        if ws is None or ws.size < n:
+            grown = max(n, 0 if ws is None else 2 * ws.size)
+            ws = self._workspace = self.comm.empty(grown, self.precision.dtype)
+        return ws[:n]
 
     def all_reduce(self, x: np.ndarray) -> np.ndarray:
         """Sum of x (float32) over the group, in the model dtype's values."""
         if self.size == 1:
             return x
-        buf = np.ascontiguousarray(x, dtype=self.precision.dtype)
+        buf = self._symmetric(x.size).reshape(x.shape)
+        buf[...] = x  # the one copy: into shared memory, in the model dtype
         self.comm.all_reduce(buf, algorithm=ALL_REDUCE_ALGORITHM)
         return buf.astype(np.float32)
 

@@ -78,6 +78,9 @@ def _rank_main(
         record_routing=record_routing,
         backend=backend,
     )
+    # The largest reduction: one prefill chunk of this replica's prompts, hidden-wide.
+    longest_chunk = -(-prompts.shape[1] // max(1, min(micro_batches, prompts.shape[1])))
+    model.tp_group.reserve(mine.shape[0] * longest_chunk * model.cfg.hidden_size)
     for c in comms:
         c.reset_traffic()
     out = run_requests(

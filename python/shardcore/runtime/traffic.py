@@ -80,6 +80,7 @@ def predict_run(
 ) -> list[Traffic]:
     """Per-rank traffic of a run of ``generate``: the plan's prediction plus the extras above."""
     from ..plan import predict_traffic
+    from .groups import ALL_REDUCE_ALGORITHM
 
     n_chunks = min(micro_batches, prompt_len)
     expert_ids = None
@@ -93,6 +94,7 @@ def predict_run(
         dtype=dtype,
         micro_batches=micro_batches,
         expert_ids=expert_ids,
+        all_reduce_algorithm=ALL_REDUCE_ALGORITHM,
     )
     if not prediction.exact:
         raise ValueError("an EP run's traffic prediction needs the routing the ranks report")
