@@ -171,13 +171,17 @@ def _movement_cases(comm):
     for di, dtype in enumerate(MOVABLE):
         for rows in (0, 1, 7, 300):
             x = make_input(("ag", di, rows), r, (rows, 2), dtype)
-            for algo in ("ring", "flat", None):
+            for algo in ("ring", "flat", "cma", None):
+                if algo == "cma" and not comm._core.cma:
+                    continue
                 comm.reset_traffic()
                 res = comm.all_gather(x, algorithm=algo)
                 out["ag", di, rows, algo] = (res, comm.traffic()["all_gather"]["sent"])
             x = make_input(("a2a", di, rows), r, (n * rows, 2), dtype)
-            for algo in ("pairwise", "flat", None):
-                if algo == "flat" and x.nbytes > SMALL_SLOT:
+            for algo in ("pairwise", "flat", "cma", None):
+                if (algo == "flat" and x.nbytes > SMALL_SLOT) or (
+                    algo == "cma" and not comm._core.cma
+                ):
                     continue
                 comm.reset_traffic()
                 res = comm.all_to_all(x, out=np.empty_like(x), algorithm=algo)
@@ -228,13 +232,15 @@ def test_data_movement_collectives(n):
                 for r in range(n)
             ]
             for r in range(n):
-                for algo in ("ring", "flat", None):
+                for algo in ("ring", "flat", "cma", None):
+                    if ("ag", di, rows, algo) not in results[r]:
+                        continue
                     res, sent = results[r]["ag", di, rows, algo]
                     np.testing.assert_array_equal(res, np.concatenate(xs))
                     assert sent == (n - 1) * xs[r].nbytes
                 expect = np.concatenate([a2a[src][r * rows : (r + 1) * rows] for src in range(n)])
-                for algo in ("pairwise", "flat", None):
-                    if algo == "flat" and a2a[r].nbytes > SMALL_SLOT:
+                for algo in ("pairwise", "flat", "cma", None):
+                    if ("a2a", di, rows, algo) not in results[r]:
                         continue
                     res, sent = results[r]["a2a", di, rows, algo]
                     np.testing.assert_array_equal(res, expect)
@@ -370,3 +376,40 @@ def _mixed_stress(comm, iters):
 def test_many_mixed_collectives_oversubscribed(n):
     results = shardcore.launch(_mixed_stress, n, args=(150,), slot_bytes=1024)
     assert len(set(results)) == 1
+
+
+def _cma_cases(comm):
+    x = np.arange(50_000, dtype=np.float64) + comm.rank  # 400 KB blocks: above the CMA threshold
+    y = np.arange(comm.size * 200_000, dtype=np.int32) + 7 * comm.rank
+    out = {"available": comm._core.cma}
+    out["ag"] = comm.all_gather(x)
+    out["ag_algo"] = comm.last_algorithm
+    out["a2a"] = comm.all_to_all(y)
+    out["a2a_algo"] = comm.last_algorithm
+    try:
+        comm.all_gather(x, algorithm="cma")
+        out["forced"] = "ok"
+    except ValueError as exc:
+        out["forced"] = str(exc)
+    return out
+
+
+@pytest.mark.parametrize("disable", [False, True])
+def test_single_copy_cma_path_and_its_switch(disable, monkeypatch):
+    if disable:
+        monkeypatch.setenv("SHARDCORE_CMA", "0")
+    n = 2
+    results = shardcore.launch(_cma_cases, n)
+    for r, out in enumerate(results):
+        xs = [np.arange(50_000, dtype=np.float64) + q for q in range(n)]
+        np.testing.assert_array_equal(out["ag"], np.concatenate(xs))
+        ys = [np.arange(n * 200_000, dtype=np.int32) + 7 * q for q in range(n)]
+        expect = np.concatenate([ys[q][r * 200_000 : (r + 1) * 200_000] for q in range(n)])
+        np.testing.assert_array_equal(out["a2a"], expect)
+        if disable:
+            assert not out["available"]
+            assert out["ag_algo"] == "flat" and out["a2a_algo"] == "pairwise"
+            assert "not available" in out["forced"]
+        elif out["available"]:  # the kernel lets the ranks read each other
+            assert out["ag_algo"] == "cma" and out["a2a_algo"] == "cma"
+            assert out["forced"] == "ok"

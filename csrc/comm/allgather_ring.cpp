@@ -11,12 +11,17 @@ namespace shardcore {
 
 Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, size_t esz,
                               Kind account_as, Algo algo) {
-  if (algo == Algo::kAuto) algo = Algo::kFlat;
-  if (algo != Algo::kRing && algo != Algo::kFlat)
-    throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
-                                "' does not apply to all_gather (ring or flat)");
-  const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz);
   const size_t block = m * esz;
+  if (algo == Algo::kAuto)
+    algo = cma_ && !oversubscribed_ && block >= kCmaMinBytes ? Algo::kCma : Algo::kFlat;
+  if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma)
+    throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
+                                "' does not apply to all_gather (ring, flat or cma)");
+  const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz);
+  if (algo == Algo::kCma) {
+    cma_gather(d, static_cast<const char*>(in), static_cast<char*>(out), block, false, account_as);
+    return algo;
+  }
   if (algo == Algo::kFlat && size_ > 1 && block && block <= slot_bytes_) {
     // One chunk: write it before entering, so the entry doubles as "my block is posted".
     const char* src = static_cast<const char*>(in);

@@ -12,10 +12,13 @@ namespace shardcore {
 Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz, Algo algo) {
   const size_t block = m * esz;
   const bool fits = size_t(size_) * block <= slot_bytes_;
-  if (algo == Algo::kAuto) algo = fits ? Algo::kFlat : Algo::kPairwise;
-  if (algo != Algo::kPairwise && algo != Algo::kFlat)
+  if (algo == Algo::kAuto)
+    algo = fits                                                 ? Algo::kFlat
+           : cma_ && !oversubscribed_ && block >= kCmaMinBytes ? Algo::kCma
+                                                                : Algo::kPairwise;
+  if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma)
     throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
-                                "' does not apply to all_to_all (pairwise or flat)");
+                                "' does not apply to all_to_all (pairwise, flat or cma)");
   if (algo == Algo::kFlat && !fits)
     throw std::invalid_argument("all_to_all: flat needs size * block (" +
                                 std::to_string(size_t(size_) * block) + " bytes) to fit in one slot (" +
@@ -23,6 +26,10 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
   const Desc d = make_desc(Kind::kAllToAll, dt, RedOp::kNone, algo, 0, m, esz);
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
+  if (algo == Algo::kCma) {
+    cma_gather(d, src, dst, block, true, Kind::kAllToAll);
+    return algo;
+  }
   if (algo == Algo::kPairwise) {
     enter(d);
     pairwise_all_to_all(src, dst, m, esz);

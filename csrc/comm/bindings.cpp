@@ -109,6 +109,7 @@ void register_comm(py::module_& m) {
       .def_property_readonly("name", &Communicator::name)
       .def_property_readonly("slot_bytes", &Communicator::slot_bytes)
       .def_property_readonly("one_shot_max", &Communicator::one_shot_max)
+      .def_property_readonly("cma", &Communicator::cma)
       .def_property_readonly("two_shot_max", &Communicator::two_shot_max)
       .def_property_readonly("closed", &Communicator::closed)
       .def_property("timeout", &Communicator::timeout, &Communicator::set_timeout)

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -46,6 +47,7 @@ struct Header {
   uint32_t nbuf, p2p_nbuf;
   uint64_t one_shot_max, two_shot_max;
   alignas(kLineBytes) Counter attached;
+  alignas(kLineBytes) Counter probed;
   alignas(kLineBytes) std::atomic<uint64_t> abort_word;  // (reason << 32) | (rank + 1)
   alignas(kLineBytes) std::atomic<uint64_t> magic;
 };
@@ -61,6 +63,8 @@ static_assert(sizeof(EntryLine) == kLineBytes, "an entry line is one line pair")
 struct RankBlock {
   alignas(kLineBytes) std::atomic<int32_t> pid;
   std::atomic<uint32_t> state;  // 0 not attached, 1 attached, 2 closed
+  uint64_t base_addr;               // where this rank mapped the segment (for the CMA probe)
+  std::atomic<uint32_t> cma_ok;     // 0 not probed, 1 cannot read every peer, 2 can
   char abort_msg[kAbortMsgBytes];
   EntryLine entry[2];
   Counter posted;
@@ -82,8 +86,8 @@ const char* kind_name(Kind k) {
 }
 
 const char* algo_name(Algo a) {
-  static const char* names[] = {"auto",     "ring",     "pairwise", "flat",
-                                "one_shot", "two_shot", "symmetric"};
+  static const char* names[] = {"auto",     "ring",     "pairwise",  "flat",
+                                "one_shot", "two_shot", "symmetric", "cma"};
   return size_t(a) < size_t(Algo::kCount) ? names[size_t(a)] : "?";
 }
 
@@ -229,6 +233,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     header_->magic.store(kMagic, std::memory_order_release);
   }
   rb(rank_).pid.store(int32_t(getpid()), std::memory_order_relaxed);
+  rb(rank_).base_addr = reinterpret_cast<uint64_t>(base_);
   rb(rank_).state.store(1, std::memory_order_release);
   uint64_t attached = header_->attached.value.fetch_add(1, std::memory_order_acq_rel) + 1;
   if (attached == uint64_t(size)) {
@@ -246,6 +251,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     }
   }
 
+  cma_ = probe_cma();
   slot_use_.resize(nbuf_);
   succ_only_ = {(rank_ + 1) % size_};
   for (int q = 0; q < size_; ++q)
@@ -254,6 +260,47 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
 }
 
 Communicator::~Communicator() { close(); }
+
+// Cross-memory attach (process_vm_readv) lets a rank copy a peer's private buffer in one copy,
+// if the kernel allows it (same user, no seccomp or ptrace policy against it). Every rank reads
+// a word of each peer's mapping, publishes the result, and all use CMA only if all can.
+bool Communicator::probe_cma() {
+  const char* env = std::getenv("SHARDCORE_CMA");
+  bool ok = !(env && std::string(env) == "0");
+  for (int p = 0; p < size_ && ok; ++p) {
+    if (p == rank_) continue;
+    const RankBlock& peer = rb(p);
+    int32_t word = 0;
+    const char* remote = reinterpret_cast<const char*>(peer.base_addr) +
+                         (reinterpret_cast<const char*>(&peer.pid) - base_);
+    iovec local_iov{&word, sizeof(word)}, remote_iov{const_cast<char*>(remote), sizeof(word)};
+    ok = process_vm_readv(peer.pid.load(), &local_iov, 1, &remote_iov, 1, 0) == ssize_t(sizeof(word)) &&
+         word == peer.pid.load();
+  }
+  rb(rank_).cma_ok.store(ok ? 2 : 1, std::memory_order_release);
+  header_->probed.value.fetch_add(1, std::memory_order_acq_rel);
+  if (header_->probed.waiters.load()) futex_wake_all(&header_->probed.value);
+  wait_geq(header_->probed, uint64_t(size_), -1);
+  bool all = true;
+  for (int p = 0; p < size_; ++p) all = all && rb(p).cma_ok.load(std::memory_order_acquire) == 2;
+  return all;
+}
+
+void Communicator::cma_read(int peer, char* local, uint64_t remote, size_t bytes) {
+  const pid_t pid = rb(peer).pid.load();
+  while (bytes) {
+    iovec l{local, bytes}, r{reinterpret_cast<void*>(remote), bytes};
+    ssize_t got = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    if (got <= 0) {
+      std::string why = got < 0 ? strerror(errno) : "no progress";
+      fail(kReasonPeer, "rank " + std::to_string(rank_) + " could not read rank " +
+                            std::to_string(peer) + "'s buffer (process_vm_readv: " + why + ")");
+    }
+    local += got;
+    remote += uint64_t(got);
+    bytes -= size_t(got);
+  }
+}
 
 void Communicator::close() {
   if (!base_) return;

@@ -42,7 +42,9 @@ enum class Kind : uint32_t {
 };
 const char* kind_name(Kind k);
 
-enum class Algo : uint32_t { kAuto = 0, kRing, kPairwise, kFlat, kOneShot, kTwoShot, kSymmetric, kCount };
+enum class Algo : uint32_t {
+  kAuto = 0, kRing, kPairwise, kFlat, kOneShot, kTwoShot, kSymmetric, kCma, kCount
+};
 const char* algo_name(Algo a);
 
 struct Options {
@@ -73,6 +75,10 @@ inline Desc make_desc(Kind k, DType dt, RedOp op, Algo algo, int64_t root, uint6
               uint32_t(esz), flags};
 }
 
+// Blocks from this size up go through cross-memory attach when it is available and ranks do not
+// outnumber cores: below it the syscall per peer costs more than the second copy it saves.
+constexpr size_t kCmaMinBytes = size_t(64) << 10;
+
 // Bytes of payload that ride in a rank's entry line next to its sequence word and descriptor.
 constexpr size_t kInlineBytes = kLineBytes - sizeof(SyncWord) - sizeof(Desc);
 
@@ -99,6 +105,7 @@ class Communicator {
   const std::string& name() const { return name_; }
   size_t slot_bytes() const { return slot_bytes_; }
   size_t one_shot_max() const { return one_shot_max_; }
+  bool cma() const { return cma_; }
   size_t two_shot_max() const { return two_shot_max_; }
   void set_timeout(double seconds) { timeout_ns_ = uint64_t(seconds * 1e9); }
   double timeout() const { return double(timeout_ns_) / 1e9; }
@@ -152,6 +159,12 @@ class Communicator {
 
   // --- synchronisation ---
   void wait_geq(SyncWord& c, uint64_t target, int peer);
+  bool probe_cma();
+  // Copies `bytes` from address `remote` of rank `peer`'s process (process_vm_readv).
+  void cma_read(int peer, char* local, uint64_t remote, size_t bytes);
+  // The single-copy path: every rank publishes its input address in its entry, reads what it
+  // needs straight from the peers' processes, and waits until no peer still reads its input.
+  void cma_gather(const Desc& d, const char* in, char* out, size_t block, bool all_to_all, Kind kind);
   void check_usable();
   void check_abort();
   [[noreturn]] void fail_from_abort(uint64_t word);
@@ -189,7 +202,8 @@ class Communicator {
   uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
   size_t one_shot_max_ = 0, two_shot_max_ = 0;
   uint64_t timeout_ns_ = 0, spin_ns_ = 0;
-  bool oversubscribed_ = false;  // more ranks than cores in our affinity mask
+  bool oversubscribed_ = false;
+  bool cma_ = false;  // every rank can read every peer's memory (probed at connect)  // more ranks than cores in our affinity mask
   uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
 
   uint64_t coll_seq_ = 0;  // collectives entered

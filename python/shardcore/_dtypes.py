@@ -22,7 +22,15 @@ _CODES = {
 OTHER = 9
 REDUCIBLE = ("float32", "float64", "float16", "bfloat16", "int32", "int64")
 OPS = {"sum": 0, "max": 1, "min": 2, "prod": 3}
-ALGORITHMS = {"ring": 1, "pairwise": 2, "flat": 3, "one_shot": 4, "two_shot": 5, "symmetric": 6}
+ALGORITHMS = {
+    "ring": 1,
+    "pairwise": 2,
+    "flat": 3,
+    "one_shot": 4,
+    "two_shot": 5,
+    "symmetric": 6,
+    "cma": 7,
+}
 
 
 def dtype_code(dtype: np.dtype, what: str, reducible: bool = False) -> int:

@@ -282,7 +282,7 @@ class Communicator:
         ``algorithm``: "flat" (the default: each block is written once and read by every rank)
         or "ring" (the traffic model's reference).
         """
-        algo = self._algorithm_code(algorithm, ("ring", "flat"), "all_gather")
+        algo = self._algorithm_code(algorithm, ("ring", "flat", "cma"), "all_gather")
         _require_array(x, "all_gather: x")
         code = dtype_code(x.dtype, "all_gather")
         shape = (self.size * x.shape[0],) + x.shape[1:] if x.ndim else (self.size,)
@@ -317,7 +317,7 @@ class Communicator:
         ``algorithm``: "pairwise" (n-1 steps, one peer at a time) or "flat" (every block in one
         slot, one synchronisation; messages up to the slot size). None: flat when it fits.
         """
-        algo = self._algorithm_code(algorithm, ("pairwise", "flat"), "all_to_all")
+        algo = self._algorithm_code(algorithm, ("pairwise", "flat", "cma"), "all_to_all")
         _require_array(x, "all_to_all: x")
         code = dtype_code(x.dtype, "all_to_all")
         if x.ndim == 0 or x.shape[0] % self.size:
