@@ -13,7 +13,7 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
                               Kind account_as, Algo algo) {
   const size_t block = m * esz;
   if (algo == Algo::kAuto)
-    algo = cma_ && !oversubscribed_ && block >= kCmaMinBytes ? Algo::kCma : Algo::kFlat;
+    algo = cma_auto() && block >= kCmaMinBytes ? Algo::kCma : Algo::kFlat;
   if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma)
     throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_gather (ring, flat or cma)");

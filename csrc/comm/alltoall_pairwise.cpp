@@ -14,7 +14,7 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
   const bool fits = size_t(size_) * block <= slot_bytes_;
   if (algo == Algo::kAuto)
     algo = fits                                                 ? Algo::kFlat
-           : cma_ && !oversubscribed_ && block >= kCmaMinBytes ? Algo::kCma
+           : cma_auto() && block >= kCmaMinBytes ? Algo::kCma
                                                                 : Algo::kPairwise;
   if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma)
     throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
