@@ -38,6 +38,31 @@ int reducible_code(int type_num) {
   return -1;
 }
 
+// Where an array lives in a symmetric buffer (Communicator.empty): follows the bases to the
+// exporter (numpy.frombuffer keeps a memoryview of it). Leaves the outputs at 0 otherwise,
+// e.g. for an address passed as an integer.
+struct SymmetricPlace {
+  int64_t stride = 0;
+  uint32_t tag = 0;
+  int32_t offset = 0;  // in elements from the start of this rank's region
+};
+
+SymmetricPlace symmetric_place(py::handle obj, size_t esz) {
+  SymmetricPlace place;
+  if (!py::isinstance<py::array>(obj)) return place;
+  auto* a = py::detail::array_proxy(obj.ptr());
+  PyObject* base = a->base;
+  while (base && py::isinstance<py::array>(base)) base = py::detail::array_proxy(base)->base;
+  if (base && PyMemoryView_Check(base)) base = PyMemoryView_GET_BASE(base);
+  if (base && py::isinstance<SymmetricSegment>(base)) {
+    auto& seg = py::handle(base).cast<SymmetricSegment&>();
+    place.stride = int64_t(seg.stride());
+    place.tag = seg.tag;
+    place.offset = int32_t((a->data - seg.mine()) / int64_t(esz ? esz : 1));
+  }
+  return place;
+}
+
 void raise_as(const char* cls, const char* msg) {
   py::object errors = py::module_::import("shardcore.errors");
   PyErr_SetString(errors.attr(cls).ptr(), msg);
@@ -117,20 +142,20 @@ void register_comm(py::module_& m) {
       .def(
           "all_reduce",
           [](Communicator& c, py::handle in, py::handle out, size_t count, uint32_t dt, uint32_t op,
-             uint32_t algo, int64_t sym_stride, uint32_t sym_tag, int32_t sym_offset) {
+             uint32_t algo) {
             Algo used;
             const char* src = addr(in);
             char* dst = addr(out);
+            const SymmetricPlace sym = symmetric_place(in, dtype_size(DType(dt)));
             {
               py::gil_scoped_release nogil;
-              used = c.all_reduce(src, dst, count, DType(dt), RedOp(op), Algo(algo), sym_stride,
-                                  sym_tag, sym_offset);
+              used = c.all_reduce(src, dst, count, DType(dt), RedOp(op), Algo(algo), sym.stride,
+                                  sym.tag, sym.offset);
             }
             return algo_name(used);
           },
           py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"),
-          py::arg("algorithm"), py::arg("sym_stride") = 0, py::arg("sym_tag") = 0,
-          py::arg("sym_offset") = 0)
+          py::arg("algorithm"))
       .def(
           "all_reduce_fast",
           // The common case without Python-level checks: a fresh (base-less), C-contiguous,
@@ -146,26 +171,14 @@ void register_comm(py::module_& m) {
             if (code < 0) return py::none();
             size_t count = 1;
             for (int i = 0; i < a->nd; ++i) count *= size_t(a->dimensions[i]);
-            // A view of a symmetric buffer (Communicator.empty) takes the symmetric path: follow
-            // the bases to the exporter (numpy.frombuffer keeps a memoryview of it).
-            int64_t stride = 0;
-            uint32_t tag = 0;
-            int32_t offset = 0;
-            PyObject* base = a->base;
-            while (base && py::isinstance<py::array>(base))
-              base = py::detail::array_proxy(base)->base;
-            if (base && PyMemoryView_Check(base)) base = PyMemoryView_GET_BASE(base);
-            if (base && py::isinstance<SymmetricSegment>(base)) {
-              auto& seg = py::handle(base).cast<SymmetricSegment&>();
-              stride = int64_t(seg.stride());
-              tag = seg.tag;
-              offset = int32_t((a->data - seg.mine()) / int64_t(dtype_size(DType(code))));
-            }
+            // A view of a symmetric buffer takes the symmetric path.
+            const SymmetricPlace sym =
+                a->base ? symmetric_place(obj, dtype_size(DType(code))) : SymmetricPlace{};
             Algo used;
             {
               py::gil_scoped_release nogil;
               used = c.all_reduce(a->data, a->data, count, DType(code), RedOp(op), Algo::kAuto,
-                                  stride, tag, offset);
+                                  sym.stride, sym.tag, sym.offset);
             }
             return py::str(algo_name(used));
           })

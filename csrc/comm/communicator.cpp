@@ -220,8 +220,8 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     header_->total_bytes = total_bytes_;
     header_->nbuf = nbuf_;
     header_->p2p_nbuf = p2p_nbuf_;
-    // Defaults from the crossovers measured on a 16-core Xeon (tools/ar_sweep.py, see
-    // docs/performance.md): one-shot reads n-1 whole inputs, so it pays off only below a size
+    // Defaults from crossovers measured on a 16-core Xeon (each algorithm timed per size, as
+    // `shardcore tune` does): one-shot reads n-1 whole inputs, so it pays off only below a size
     // that shrinks with n; two-shot beats the ring's 2(n-1) steps in a middle band that widens
     // with n. `shardcore tune` measures this host's own.
     const size_t one_default = size <= 2 ? 16 << 10 : size <= 4 ? 2 << 10 : size <= 8 ? 512 : 256;

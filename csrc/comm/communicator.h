@@ -147,7 +147,6 @@ class Communicator {
   void set_interrupt_check(std::function<void()> f) { interrupt_check_ = std::move(f); }
 
  private:
-  friend struct RingAllReduce;
   // --- segment layout ---
   RankBlock& rb(int r) const;
   EntryLine& entry(int r, uint64_t k) const;

@@ -63,16 +63,6 @@ def _check_out(out: Any, dtype: np.dtype, shape: tuple, what: str) -> np.ndarray
     return out
 
 
-def _symmetric_owner(a: np.ndarray):
-    """The SymmetricSegment an array lives in (Communicator.empty), or None."""
-    base = a.base
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):  # numpy.frombuffer keeps a memoryview of the exporter
-        base = base.obj
-    return base if isinstance(base, _core.SymmetricSegment) else None
-
-
 def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str) -> None:
     # Both are C-contiguous, so overlapping bounds mean shared memory (and this is cheap).
     if a.size and b.size and np.may_share_memory(a, b):
@@ -200,14 +190,8 @@ class Communicator:
             _check_out(out, x.dtype, x.shape, "all_reduce: out")
             if out is not x and not (_addr(out) == _addr(x)):
                 _check_disjoint(x, out, "all_reduce")
-        seg = _symmetric_owner(x) if x.base is not None else None
-        if seg is None:
-            self.last_algorithm = self._core.all_reduce(x, out, x.size, code, opc, algo)
-        else:
-            offset = (_addr(x) - seg.address) // x.dtype.itemsize
-            self.last_algorithm = self._core.all_reduce(
-                x, out, x.size, code, opc, algo, seg.stride, seg.tag, offset
-            )
+        # (the core recognises an x that lives in a symmetric buffer by itself)
+        self.last_algorithm = self._core.all_reduce(x, out, x.size, code, opc, algo)
         return out
 
     # --- symmetric buffers ------------------------------------------------------------------

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..plan.specs import ModelSpec
+
 # model_type -> whether its attention has per-head q/k RMSNorm (Qwen3) or not (Llama-style).
 SUPPORTED_MODEL_TYPES = {"qwen3": True, "qwen3_moe": True, "llama": False, "mistral": False}
 
@@ -105,33 +107,27 @@ class ModelConfig:
         if rope_type != "default":
             raise ValueError(f"unsupported rope_type {rope_type!r}; only the default RoPE is")
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        hidden = int(cfg["hidden_size"])
-        heads = int(cfg["num_attention_heads"])
-        head_dim = cfg.get("head_dim") or hidden // heads
-        layers = int(cfg["num_hidden_layers"])
-        experts = int(cfg.get("num_experts", cfg.get("num_local_experts", 0)) or 0)
+        # The shapes and the MoE layer rule are the planner's reading of the same file, so the
+        # plan and the model it runs cannot disagree about them.
+        spec = ModelSpec.from_hf_config(cfg)
         moe_layers: tuple[int, ...] = ()
-        if model_type == "qwen3_moe" and experts > 0:
-            step = int(cfg.get("decoder_sparse_step", 1))
-            dense_only = set(cfg.get("mlp_only_layers", []) or [])
-            moe_layers = tuple(
-                i for i in range(layers) if i not in dense_only and (i + 1) % step == 0
-            )
+        if model_type == "qwen3_moe":
+            moe_layers = tuple(i for i in range(spec.num_layers) if spec.is_moe_layer(i))
         return cls(
             model_type=model_type,
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
+            vocab_size=spec.vocab_size,
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            num_heads=spec.num_heads,
+            num_kv_heads=spec.num_kv_heads,
+            head_dim=spec.head_dim,
             intermediate_size=int(cfg["intermediate_size"]),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tie_word_embeddings=spec.tie_embeddings,
             qk_norm=SUPPORTED_MODEL_TYPES[model_type],
-            num_experts=experts if moe_layers else 0,
-            experts_per_token=int(cfg.get("num_experts_per_tok", 0)) if moe_layers else 0,
+            num_experts=spec.num_experts if moe_layers else 0,
+            experts_per_token=spec.experts_per_token if moe_layers else 0,
             expert_intermediate_size=int(cfg.get("moe_intermediate_size", 0)) if moe_layers else 0,
             norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
             moe_layers=moe_layers,
