@@ -5,6 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstddef>
+#include <cstring>
+#include <vector>
+
 #include "comm/communicator.h"
 #include "comm/reduce.h"
 #include "comm/symmetric.h"
@@ -68,9 +72,225 @@ void raise_as(const char* cls, const char* msg) {
   PyErr_SetString(errors.attr(cls).ptr(), msg);
 }
 
+
+// --- the all-reduce fast path ------------------------------------------------------------------
+// Communicator.all_reduce is the hot call of tensor parallelism (one or two per layer per token),
+// and a Python method plus a pybind11 dispatch cost more than the 8-byte collective itself. Each
+// Python Communicator therefore gets, as an instance attribute that shadows the documented
+// method, a callable written against the CPython vectorcall protocol: it takes the common cases
+// (an array reduced in place or into a matching, disjoint `out`, op given by name, automatic
+// algorithm) straight to the core, and hands every other call — other argument forms, anything
+// that needs an error message — to the Python method, which validates and raises.
+struct FastAllReduce {
+  PyObject_HEAD
+  vectorcallfunc vectorcall;
+  Communicator* comm;  // owned by `core`
+  PyObject* core;      // the pybind11 Comm object: keeps `comm` alive
+  PyObject* owner;     // weak reference to the Python Communicator
+  PyObject* slow;      // the Python method (an unbound function): slow(owner, *args, **kwargs)
+  unsigned long long hits;  // calls the fast path completed (tests check that it is taken)
+};
+
+PyObject* g_op_names[4];  // interned "sum", "max", "min", "prod", in RedOp order
+PyObject* g_kw_x;
+PyObject* g_kw_op;
+PyObject* g_kw_out;
+PyObject* g_kw_algorithm;
+
+// RedOp code of an op name, -1 when `o` is not one of them.
+int op_from_name(PyObject* o) {
+  for (int i = 0; i < 4; ++i)
+    if (o == g_op_names[i]) return i;
+  if (!PyUnicode_Check(o)) return -1;
+  for (int i = 0; i < 4; ++i)
+    if (PyUnicode_Compare(o, g_op_names[i]) == 0) return i;
+  return -1;
+}
+
+PyObject* fast_all_reduce_slow(FastAllReduce* self, PyObject* const* args, size_t nargsf,
+                               PyObject* kwnames) {
+#if PY_VERSION_HEX >= 0x030D0000
+  PyObject* owner = nullptr;  // a new reference
+  if (PyWeakref_GetRef(self->owner, &owner) < 0) return nullptr;
+#else
+  PyObject* owner = PyWeakref_GetObject(self->owner);  // borrowed
+  if (owner == nullptr) return nullptr;
+  if (owner == Py_None) owner = nullptr;
+  Py_XINCREF(owner);
+#endif
+  if (owner == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "all_reduce: the communicator no longer exists");
+    return nullptr;
+  }
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  std::vector<PyObject*> full(size_t(1 + nargs + nkw));
+  full[0] = owner;
+  for (Py_ssize_t i = 0; i < nargs + nkw; ++i) full[size_t(1 + i)] = args[i];
+  PyObject* r = PyObject_Vectorcall(self->slow, full.data(), size_t(1 + nargs), kwnames);
+  Py_DECREF(owner);
+  return r;
+}
+
+PyObject* fast_all_reduce_call(PyObject* callable, PyObject* const* args, size_t nargsf,
+                               PyObject* kwnames) {
+  auto* self = reinterpret_cast<FastAllReduce*>(callable);
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  // all_reduce(x, op="sum", out=None, algorithm=None)
+  PyObject* slots[4] = {nullptr, nullptr, nullptr, nullptr};
+  if (nargs > 4) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+  for (Py_ssize_t i = 0; i < nargs; ++i) slots[i] = args[i];
+  if (kwnames) {
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); ++k) {
+      PyObject* name = PyTuple_GET_ITEM(kwnames, k);
+      int idx = name == g_kw_x ? 0 : name == g_kw_op ? 1 : name == g_kw_out ? 2 : name == g_kw_algorithm ? 3 : -1;
+      if (idx < 0 || slots[idx]) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+      slots[idx] = args[nargs + k];
+    }
+  }
+  PyObject* x = slots[0];
+  if (x == nullptr) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+  PyObject* out = slots[2] == Py_None ? nullptr : slots[2];
+  if (slots[3] && slots[3] != Py_None) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+  const int op = slots[1] ? op_from_name(slots[1]) : int(RedOp::kSum);
+  auto& api = py::detail::npy_api::get();
+  if (op < 0 || !api.PyArray_Check_(x)) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+  auto* a = py::detail::array_proxy(x);
+  const int contiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+  const int writeable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  const int type_num = py::detail::array_descriptor_proxy(a->descr)->type_num;
+  const int code = reducible_code(type_num);
+  if (code < 0 || (a->flags & contiguous) == 0)
+    return fast_all_reduce_slow(self, args, nargsf, kwnames);
+  size_t count = 1;
+  for (int i = 0; i < a->nd; ++i) count *= size_t(a->dimensions[i]);
+  const size_t esz = dtype_size(DType(code));
+  char* dst = a->data;
+  SymmetricPlace sym;
+  if (out == nullptr || out == x) {
+    if ((a->flags & writeable) == 0) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+    out = x;
+    if (a->base) sym = symmetric_place(x, esz);
+  } else {
+    // A separate output: an array of the same dtype and shape, writeable, C-contiguous, and
+    // not overlapping x (both are contiguous, so their byte ranges say it).
+    if (!api.PyArray_Check_(out)) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+    auto* o = py::detail::array_proxy(out);
+    if ((o->flags & (contiguous | writeable)) != (contiguous | writeable) || o->nd != a->nd ||
+        py::detail::array_descriptor_proxy(o->descr)->type_num != type_num)
+      return fast_all_reduce_slow(self, args, nargsf, kwnames);
+    for (int i = 0; i < a->nd; ++i)
+      if (o->dimensions[i] != a->dimensions[i]) return fast_all_reduce_slow(self, args, nargsf, kwnames);
+    const size_t bytes = count * esz;
+    if (bytes && o->data < a->data + bytes && a->data < o->data + bytes)
+      return fast_all_reduce_slow(self, args, nargsf, kwnames);
+    dst = o->data;
+  }
+  Communicator* c = self->comm;
+  PyThreadState* ts = PyEval_SaveThread();
+  try {
+    c->all_reduce(a->data, dst, count, DType(code), RedOp(op), Algo::kAuto, sym.stride, sym.tag,
+                  sym.offset);
+  } catch (...) {
+    PyEval_RestoreThread(ts);
+    try {
+      throw;
+    } catch (py::error_already_set& e) {  // the interrupt check's KeyboardInterrupt
+      e.restore();
+    } catch (...) {
+      py::detail::try_translate_exceptions();
+    }
+    return nullptr;
+  }
+  PyEval_RestoreThread(ts);
+  self->hits += 1;
+  Py_INCREF(out);
+  return out;
+}
+
+void fast_all_reduce_dealloc(PyObject* o) {
+  auto* self = reinterpret_cast<FastAllReduce*>(o);
+  Py_XDECREF(self->core);
+  Py_XDECREF(self->owner);
+  Py_XDECREF(self->slow);
+  Py_TYPE(o)->tp_free(o);
+}
+
+// The Python method's name, docstring and signature (less `self`), for help() and inspect.
+PyObject* fast_all_reduce_get(PyObject* o, void* what) {
+  auto* self = reinterpret_cast<FastAllReduce*>(o);
+  const char* attr = static_cast<const char*>(what);
+  if (std::strcmp(attr, "hits") == 0) return PyLong_FromUnsignedLongLong(self->hits);
+  if (std::strcmp(attr, "__signature__") != 0) return PyObject_GetAttrString(self->slow, attr);
+  try {
+    py::object sig = py::module_::import("inspect").attr("signature")(py::handle(self->slow));
+    py::list params(sig.attr("parameters").attr("values")());
+    py::list bound;
+    for (size_t i = 1; i < params.size(); ++i) bound.append(params[i]);
+    return sig.attr("replace")(py::arg("parameters") = bound).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+    return nullptr;
+  }
+}
+
+char k_name[] = "__name__", k_qualname[] = "__qualname__", k_doc[] = "__doc__",
+     k_signature[] = "__signature__", k_hits[] = "hits";
+PyGetSetDef g_fast_all_reduce_getset[] = {
+    {k_name, fast_all_reduce_get, nullptr, nullptr, k_name},
+    {k_qualname, fast_all_reduce_get, nullptr, nullptr, k_qualname},
+    {k_doc, fast_all_reduce_get, nullptr, nullptr, k_doc},
+    {k_signature, fast_all_reduce_get, nullptr, nullptr, k_signature},
+    {k_hits, fast_all_reduce_get, nullptr, nullptr, k_hits},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyTypeObject g_fast_all_reduce_type;  // filled in by register_fast_all_reduce
+
+PyObject* make_fast_all_reduce(py::handle core, py::handle owner, py::handle slow) {
+  auto* self = PyObject_New(FastAllReduce, &g_fast_all_reduce_type);
+  if (!self) throw py::error_already_set();
+  self->vectorcall = fast_all_reduce_call;
+  self->hits = 0;
+  self->comm = &core.cast<Communicator&>();
+  self->core = core.inc_ref().ptr();
+  self->slow = slow.inc_ref().ptr();
+  self->owner = PyWeakref_NewRef(owner.ptr(), nullptr);
+  if (!self->owner) {
+    Py_DECREF(reinterpret_cast<PyObject*>(self));
+    throw py::error_already_set();
+  }
+  return reinterpret_cast<PyObject*>(self);
+}
+
+void register_fast_all_reduce(py::module_& m) {
+  const char* names[4] = {"sum", "max", "min", "prod"};
+  for (int i = 0; i < 4; ++i) g_op_names[i] = PyUnicode_InternFromString(names[i]);
+  g_kw_x = PyUnicode_InternFromString("x");
+  g_kw_op = PyUnicode_InternFromString("op");
+  g_kw_out = PyUnicode_InternFromString("out");
+  g_kw_algorithm = PyUnicode_InternFromString("algorithm");
+  PyTypeObject& t = g_fast_all_reduce_type;
+  Py_SET_REFCNT(reinterpret_cast<PyObject*>(&t), 1);
+  t.tp_name = "shardcore._core.FastAllReduce";
+  t.tp_basicsize = sizeof(FastAllReduce);
+  t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
+  t.tp_vectorcall_offset = offsetof(FastAllReduce, vectorcall);
+  t.tp_call = PyVectorcall_Call;
+  t.tp_dealloc = fast_all_reduce_dealloc;
+  t.tp_getset = g_fast_all_reduce_getset;
+  if (PyType_Ready(&t) < 0) throw py::error_already_set();
+  m.def(
+      "fast_all_reduce",
+      [](py::handle core, py::handle owner, py::handle slow) {
+        return py::reinterpret_steal<py::object>(make_fast_all_reduce(core, owner, slow));
+      },
+      "The vectorcall all_reduce bound to one communicator (core, Python owner, slow method).");
+}
+
 }  // namespace
 
 void register_comm(py::module_& m) {
+  register_fast_all_reduce(m);
   m.def("reduce_kernel", [] { return std::string(reduce_kernel_name()); },
         "The reduction kernels chosen for this CPU (SHARDCORE_KERNEL=generic forces the portable ones).");
   m.def("set_type_nums", [](const std::vector<int>& nums) {
@@ -261,6 +481,11 @@ void register_comm(py::module_& m) {
       .def("abort", &Communicator::abort)
       .def("close", &Communicator::close)
       .def("reset_traffic", &Communicator::reset_traffic)
+      .def_property_readonly("last_algorithm",
+                             [](const Communicator& c) -> py::object {
+                               if (c.last_algorithm() == Algo::kAuto) return py::none();
+                               return py::str(algo_name(c.last_algorithm()));
+                             })
       .def("traffic", [](const Communicator& c) {
         py::dict out;
         for (size_t k = 0; k < size_t(Kind::kCount); ++k) {

@@ -562,6 +562,8 @@ void Communicator::account(Kind k, Algo a, uint64_t sent, uint64_t recv) {
   t.sent += sent;
   t.recv += recv;
   t.algo_calls[size_t(a)] += 1;
+  if (k != Kind::kSend && k != Kind::kRecv && k != Kind::kBarrier && k != Kind::kInternal)
+    last_algo_ = a;
 }
 
 void Communicator::reset_traffic() {

@@ -143,6 +143,9 @@ class Communicator {
 
   const TrafficCounts& traffic(Kind k) const { return traffic_[size_t(k)]; }
   void reset_traffic();
+  // The algorithm of the last user-visible collective (kAuto before the first); send, recv,
+  // barriers and shardcore's internal exchanges leave it alone.
+  Algo last_algorithm() const { return last_algo_; }
   // Called about every 100 ms while a rank sleeps; may throw (Python signal handling).
   void set_interrupt_check(std::function<void()> f) { interrupt_check_ = std::move(f); }
 
@@ -227,6 +230,7 @@ class Communicator {
   int broken_reason_ = 0;
   std::string broken_msg_;
   TrafficCounts traffic_[size_t(Kind::kCount)];
+  Algo last_algo_ = Algo::kAuto;
   std::function<void()> interrupt_check_;
 };
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._dtypes import ALGORITHMS, BFLOAT16, OPS, dtype_code, op_code
+from ._dtypes import ALGORITHMS, BFLOAT16, dtype_code, op_code
 
 _core.set_type_nums(
     [np.dtype(t).num for t in (np.float32, np.float64, np.float16, BFLOAT16, np.int32, np.int64)]
@@ -83,8 +83,11 @@ class Communicator:
         self._core = core
         self._nsplits = 0
         self.group_ranks = list(group_ranks) if group_ranks is not None else list(range(core.size))
-        self.last_algorithm: str | None = None
         self._nsymmetric = 0
+        if type(self).all_reduce is Communicator.all_reduce:
+            # The common cases of all_reduce in C (vectorcall), shadowing the method below,
+            # which takes every other call and is where argument errors are raised.
+            self.all_reduce = _core.fast_all_reduce(core, self, Communicator.all_reduce)
 
     @classmethod
     def connect(
@@ -129,6 +132,11 @@ class Communicator:
 
     # --- properties -----------------------------------------------------------------------
     @property
+    def last_algorithm(self) -> str | None:
+        """The algorithm the last collective on this communicator ran (None before the first)."""
+        return self._core.last_algorithm
+
+    @property
     def rank(self) -> int:
         """This process's rank in the communicator."""
         return self._core.rank
@@ -170,13 +178,6 @@ class Communicator:
         algorithm: str | None = None,
     ) -> np.ndarray:
         """Reduce ``x`` element-wise over all ranks; in place unless ``out`` is given."""
-        if out is None and algorithm is None:
-            opc = OPS.get(op) if isinstance(op, str) else None
-            if opc is not None:
-                used = self._core.all_reduce_fast(x, opc)
-                if used is not None:
-                    self.last_algorithm = used
-                    return x
         _require_array(x, "all_reduce: x")
         code = dtype_code(x.dtype, "all_reduce", reducible=True)
         opc = op_code(op, "all_reduce")
@@ -191,7 +192,7 @@ class Communicator:
             if out is not x and not (_addr(out) == _addr(x)):
                 _check_disjoint(x, out, "all_reduce")
         # (the core recognises an x that lives in a symmetric buffer by itself)
-        self.last_algorithm = self._core.all_reduce(x, out, x.size, code, opc, algo)
+        self._core.all_reduce(x, out, x.size, code, opc, algo)
         return out
 
     # --- symmetric buffers ------------------------------------------------------------------
@@ -278,7 +279,7 @@ class Communicator:
                 # in place: x is this rank's block of out
                 if _addr(x) != _addr(out) + self.rank * x.nbytes:
                     raise ValueError("all_gather: out must not overlap the input")
-        self.last_algorithm = self._core.all_gather(
+        self._core.all_gather(
             x, out, x.size, code, x.dtype.itemsize, False, algo
         )
         return out
@@ -314,7 +315,7 @@ class Communicator:
         else:
             _check_out(out, x.dtype, x.shape, "all_to_all: out")
             _check_disjoint(x, out, "all_to_all")
-        self.last_algorithm = self._core.all_to_all(
+        self._core.all_to_all(
             x, out, x.size // self.size, code, x.dtype.itemsize, algo
         )
         return out

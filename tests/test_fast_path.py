@@ -1,0 +1,206 @@
+"""Communicator.all_reduce's C fast path (a vectorcall object bound to each communicator).
+
+It must give exactly what the Python method gives, for every argument form it accepts, and hand
+everything else (errors included) to the method. Each case is run both ways on the same data:
+through ``comm.all_reduce`` (fast path where it applies) and through the unbound Python method
+``Communicator.all_reduce(comm, ...)``, which never takes the fast path.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import shardcore
+from shardcore import Communicator
+
+pytestmark = pytest.mark.timeout(120)
+
+DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16, np.int32, np.int64]
+OPS = ["sum", "max", "min", "prod"]
+
+
+def _data(rank, shape, dtype, salt):
+    rng = np.random.default_rng(1000 * salt + rank)
+    return rng.integers(-3, 4, size=shape).astype(dtype)
+
+
+def _forms(comm):
+    """(name, call(x, out) -> result) pairs: the argument forms a user writes."""
+    return {
+        "positional": lambda x, op, out: comm.all_reduce(x, op) if out is None else comm.all_reduce(x, op, out),
+        "keywords": lambda x, op, out: comm.all_reduce(x=x, op=op, out=out),
+        "op_keyword": lambda x, op, out: comm.all_reduce(x, op=op, out=out, algorithm=None),
+        # a str equal to "sum" etc. that is not the interned constant
+        "built_op": lambda x, op, out: comm.all_reduce(x, "".join(list(op)), out=out),
+    }
+
+
+def _cases(comm):
+    results = []
+    salt = 0
+    for dtype in DTYPES:
+        for op in OPS:
+            for shape in [(0,), (1,), (7,), (3, 5), (2, 0, 4), (131,)]:
+                for name, form in _forms(comm).items():
+                    for in_place in (True, False):
+                        salt += 1
+                        x = _data(comm.rank, shape, dtype, salt)
+                        x_ref = x.copy()
+                        ref = Communicator.all_reduce(comm, x_ref, op=op)
+                        hits = comm.all_reduce.hits
+                        if in_place:
+                            got = form(x, op, None)
+                            same = got is x
+                        else:
+                            out = np.full(shape, 99, dtype)
+                            got = form(x, op, out)
+                            same = got is out and np.array_equal(x, _data(comm.rank, shape, dtype, salt))
+                        fast = comm.all_reduce.hits == hits + 1
+                        results.append(
+                            (np.dtype(dtype).name, op, shape, name, in_place, same and fast,
+                             got.dtype == ref.dtype and got.shape == ref.shape
+                             and got.tobytes() == ref.tobytes())
+                        )
+    return results
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_fast_path_equals_python_method(n):
+    for rank_results in shardcore.launch(_cases, n):
+        bad = [r for r in rank_results if not (r[5] and r[6])]
+        assert not bad, bad[:5]
+        assert len(rank_results) == len(DTYPES) * len(OPS) * 6 * 4 * 2
+
+
+def _reference_values(comm):
+    # The fast path against NumPy float64 on random data, 2-D, every op.
+    out = {}
+    for op in OPS:
+        rng = np.random.default_rng(comm.rank + 17)
+        x = rng.standard_normal((5, 11)).astype(np.float32)
+        everyone = [np.random.default_rng(r + 17).standard_normal((5, 11)).astype(np.float64)
+                    for r in range(comm.size)]
+        ref = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[op](everyone, axis=0)
+        got = comm.all_reduce(x, op)
+        out[op] = float(np.max(np.abs(got - ref) / (np.abs(ref) + 1)))
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 4, 7])
+def test_fast_path_against_numpy(n):
+    for errors in shardcore.launch(_reference_values, n):
+        assert all(e < 1e-5 for e in errors.values()), errors
+
+
+def _catch(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the test inspects the type
+        return type(e).__name__, str(e)
+    return "ok", ""
+
+
+def _errors(comm):
+    x = np.ones(8, np.float32)
+    buf = np.ones(16, np.float32)
+    ro = np.ones(8, np.float32)
+    ro.flags.writeable = False
+    hits = comm.all_reduce.hits
+    out = {
+        "bad_op": _catch(lambda: comm.all_reduce(x, "mean")),
+        "op_not_str": _catch(lambda: comm.all_reduce(x, 3)),
+        "bad_kw": _catch(lambda: comm.all_reduce(x, colour="red")),
+        "twice": _catch(lambda: comm.all_reduce(x, "sum", op="sum")),
+        "no_args": _catch(lambda: comm.all_reduce()),
+        "too_many": _catch(lambda: comm.all_reduce(x, "sum", None, None, 1)),
+        "overlap": _catch(lambda: comm.all_reduce(buf[:8], out=buf[4:12])),
+        "out_shape": _catch(lambda: comm.all_reduce(x, out=np.ones(9, np.float32))),
+        "out_2d": _catch(lambda: comm.all_reduce(x, out=np.ones((2, 4), np.float32))),
+        "out_dtype": _catch(lambda: comm.all_reduce(x, out=np.ones(8, np.float64))),
+        "out_list": _catch(lambda: comm.all_reduce(x, out=[0.0] * 8)),
+        "readonly": _catch(lambda: comm.all_reduce(ro)),
+        "readonly_out": _catch(lambda: comm.all_reduce(x, out=ro)),
+        "noncontig": _catch(lambda: comm.all_reduce(buf[::2])),
+        "not_array": _catch(lambda: comm.all_reduce([1.0])),
+        "bool": _catch(lambda: comm.all_reduce(np.ones(3, bool))),
+        "algorithm": _catch(lambda: comm.all_reduce(x, algorithm="nope")),
+        "forced": _catch(lambda: comm.all_reduce(x, algorithm="ring")),
+    }
+    out["fast_hits_during_errors"] = comm.all_reduce.hits - hits
+    return out | {
+        "still_usable": ("ok", comm.all_reduce(np.arange(4.0)).tolist()),
+        # a read-only input with a separate output is fine
+        "ro_in_out": ("ok", comm.all_reduce(ro, out=np.empty(8, np.float32)).tolist()),
+    }
+
+
+def test_fast_path_hands_errors_to_the_python_method():
+    expected = {
+        "bad_op": "ValueError",
+        "op_not_str": "ValueError",
+        "bad_kw": "TypeError",
+        "twice": "TypeError",
+        "no_args": "TypeError",
+        "too_many": "TypeError",
+        "overlap": "ValueError",
+        "out_shape": "ValueError",
+        "out_2d": "ValueError",
+        "out_dtype": "TypeError",
+        "out_list": "TypeError",
+        "readonly": "ValueError",
+        "readonly_out": "ValueError",
+        "noncontig": "ValueError",
+        "not_array": "TypeError",
+        "bool": "TypeError",
+        "algorithm": "ValueError",
+    }
+    for res in shardcore.launch(_errors, 2):
+        for key, kind in expected.items():
+            assert res[key][0] == kind, (key, res[key])
+        assert res["still_usable"] == ("ok", [0.0, 2.0, 4.0, 6.0])
+        assert res["ro_in_out"] == ("ok", [2.0] * 8)
+        assert res["forced"][0] == "ok"
+        assert res["fast_hits_during_errors"] == 0
+
+
+def _introspection(comm):
+    class Mine(Communicator):
+        def all_reduce(self, x, op="sum", out=None, algorithm=None):
+            return "overridden"
+
+    sub = Mine(comm._core)
+    x = np.ones(3, np.float32)
+    comm.all_reduce(x)
+    after_fast = comm.last_algorithm
+    comm.all_gather(np.ones(1, np.float32))
+    after_gather = comm.last_algorithm
+    return {
+        "signature": list(inspect.signature(comm.all_reduce).parameters),
+        "name": comm.all_reduce.__name__,
+        "doc": comm.all_reduce.__doc__ == Communicator.all_reduce.__doc__,
+        "subclass": sub.all_reduce(x),
+        "algo": (after_fast, after_gather),
+    }
+
+
+def test_fast_path_introspection_and_subclasses():
+    for res in shardcore.launch(_introspection, 2):
+        assert res["signature"] == ["x", "op", "out", "algorithm"]
+        assert res["name"] == "all_reduce" and res["doc"]
+        assert res["subclass"] == "overridden"
+        assert res["algo"][0] == "one_shot" and res["algo"][1] is not None
+
+
+def _closed(comm):
+    f = comm.all_reduce
+    comm.close()
+    return _catch(lambda: f(np.ones(2, np.float32)))
+
+
+def test_fast_path_on_a_closed_communicator_raises():
+    for kind, msg in shardcore.launch(_closed, 2):
+        assert kind == "RuntimeError" and "closed" in msg
