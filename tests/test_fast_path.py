@@ -31,7 +31,9 @@ def _data(rank, shape, dtype, salt):
 def _forms(comm):
     """(name, call(x, out) -> result) pairs: the argument forms a user writes."""
     return {
-        "positional": lambda x, op, out: comm.all_reduce(x, op) if out is None else comm.all_reduce(x, op, out),
+        "positional": lambda x, op, out: (
+            comm.all_reduce(x, op) if out is None else comm.all_reduce(x, op, out)
+        ),
         "keywords": lambda x, op, out: comm.all_reduce(x=x, op=op, out=out),
         "op_keyword": lambda x, op, out: comm.all_reduce(x, op=op, out=out, algorithm=None),
         # a str equal to "sum" etc. that is not the interned constant
@@ -58,12 +60,22 @@ def _cases(comm):
                         else:
                             out = np.full(shape, 99, dtype)
                             got = form(x, op, out)
-                            same = got is out and np.array_equal(x, _data(comm.rank, shape, dtype, salt))
+                            same = got is out and np.array_equal(
+                                x, _data(comm.rank, shape, dtype, salt)
+                            )
                         fast = comm.all_reduce.hits == hits + 1
                         results.append(
-                            (np.dtype(dtype).name, op, shape, name, in_place, same and fast,
-                             got.dtype == ref.dtype and got.shape == ref.shape
-                             and got.tobytes() == ref.tobytes())
+                            (
+                                np.dtype(dtype).name,
+                                op,
+                                shape,
+                                name,
+                                in_place,
+                                same and fast,
+                                got.dtype == ref.dtype
+                                and got.shape == ref.shape
+                                and got.tobytes() == ref.tobytes(),
+                            )
                         )
     return results
 
@@ -82,8 +94,10 @@ def _reference_values(comm):
     for op in OPS:
         rng = np.random.default_rng(comm.rank + 17)
         x = rng.standard_normal((5, 11)).astype(np.float32)
-        everyone = [np.random.default_rng(r + 17).standard_normal((5, 11)).astype(np.float64)
-                    for r in range(comm.size)]
+        everyone = [
+            np.random.default_rng(r + 17).standard_normal((5, 11)).astype(np.float64)
+            for r in range(comm.size)
+        ]
         ref = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[op](everyone, axis=0)
         got = comm.all_reduce(x, op)
         out[op] = float(np.max(np.abs(got - ref) / (np.abs(ref) + 1)))

@@ -279,9 +279,7 @@ class Communicator:
                 # in place: x is this rank's block of out
                 if _addr(x) != _addr(out) + self.rank * x.nbytes:
                     raise ValueError("all_gather: out must not overlap the input")
-        self._core.all_gather(
-            x, out, x.size, code, x.dtype.itemsize, False, algo
-        )
+        self._core.all_gather(x, out, x.size, code, x.dtype.itemsize, False, algo)
         return out
 
     @staticmethod
@@ -315,9 +313,7 @@ class Communicator:
         else:
             _check_out(out, x.dtype, x.shape, "all_to_all: out")
             _check_disjoint(x, out, "all_to_all")
-        self._core.all_to_all(
-            x, out, x.size // self.size, code, x.dtype.itemsize, algo
-        )
+        self._core.all_to_all(x, out, x.size // self.size, code, x.dtype.itemsize, algo)
         return out
 
     def all_to_allv(
