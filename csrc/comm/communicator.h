@@ -205,7 +205,7 @@ class Communicator {
   size_t slot_bytes_ = 0, p2p_bytes_ = 0;
   uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
   size_t one_shot_max_ = 0, two_shot_max_ = 0;
-  uint64_t timeout_ns_ = 0, spin_ns_ = 0;
+  uint64_t timeout_ns_ = 0, spin_ns_ = 0, yield_ns_ = 0;
   bool oversubscribed_ = false;
   bool cma_ = false;       // every rank can read every peer's memory (probed at connect)
   bool cma_auto() const { return cma_ && size_ == 2 && !oversubscribed_; }  // more ranks than cores in our affinity mask
