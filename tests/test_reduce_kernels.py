@@ -35,18 +35,43 @@ def _run(kernel: str | None, monkeypatch):
     return shardcore.launch(_kernel_cases, 3, slot_bytes=1 << 16, start_method="spawn")
 
 
-def test_vectorised_and_generic_kernels_agree_bitwise(monkeypatch):
-    default = _run(None, monkeypatch)
+@pytest.mark.parametrize("kernel", ["avx512", "avx2"])
+def test_vectorised_and_generic_kernels_agree_bitwise(kernel, monkeypatch):
+    """Each vectorised unit the CPU runs (SHARDCORE_KERNEL caps the choice) equals the generic one."""
+    vectorised = _run(kernel, monkeypatch)
+    if vectorised[0]["kernel"] != kernel:
+        pytest.skip(f"this CPU has no {kernel} reduction kernels (got {vectorised[0]['kernel']})")
     generic = _run("generic", monkeypatch)
     assert generic[0]["kernel"] == "generic"
-    if default[0]["kernel"] == "generic":
-        pytest.skip("this CPU has no vectorised reduction kernels")
-    for key, value in default[0].items():
+    for key, value in vectorised[0].items():
         if key == "kernel":
             continue
         assert value.tobytes() == generic[0][key].tobytes(), key
         for r in range(1, 3):
-            assert default[r][key].tobytes() == value.tobytes()
+            assert vectorised[r][key].tobytes() == value.tobytes()
+
+
+def _reduce_kernel(comm):
+    from shardcore import _core
+
+    return _core.reduce_kernel()
+
+
+def test_default_kernel_is_the_widest_the_cpu_runs(monkeypatch):
+    monkeypatch.delenv("SHARDCORE_KERNEL", raising=False)
+    chosen = shardcore.launch(_reduce_kernel, 1, start_method="spawn")[0]
+    flags: set[str] = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if {"avx512f", "avx512bw", "avx2", "fma", "f16c"} <= flags:
+        assert chosen == "avx512"
+    elif {"avx2", "fma", "f16c"} <= flags:
+        assert chosen == "avx2"
+    else:
+        assert chosen == "generic"
 
 
 def test_float16_and_bfloat16_rounding_matches_numpy():

@@ -189,14 +189,20 @@ void reduce_generic(void* dst, const void* a, const void* b, size_t count, DType
 
 namespace {
 
+// The widest unit the CPU runs, capped by SHARDCORE_KERNEL ("generic", "avx2", "avx512",
+// "avx512bf16": the GEMM's names; the reductions have no bf16-instruction unit, see
+// reduce_avx512.cpp). An unknown name or one the CPU cannot run leaves the automatic choice.
 const ReduceIsa* choose_isa() {
-  const char* forced = std::getenv("SHARDCORE_KERNEL");
-  if (forced && std::string(forced) == "generic") return nullptr;
+  const char* env = std::getenv("SHARDCORE_KERNEL");
+  const std::string forced = env ? env : "";
+  if (forced == "generic") return nullptr;
 #if defined(SHARDCORE_X86)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    return reduce_isa_avx2();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (avx512 && forced != "avx2" && reduce_isa_avx512()) return reduce_isa_avx512();
+  if (avx2) return reduce_isa_avx2();
 #endif
   return nullptr;
 }
@@ -241,6 +247,7 @@ void reduce_many(void* dst, const void* const* srcs, int nsrc, size_t count, DTy
 
 #if !defined(SHARDCORE_X86)
 const ReduceIsa* reduce_isa_avx2() { return nullptr; }
+const ReduceIsa* reduce_isa_avx512() { return nullptr; }
 #endif
 
 }  // namespace shardcore

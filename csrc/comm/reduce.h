@@ -35,12 +35,13 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
 // The portable kernels; the dispatching reduce / reduce_many above use an ISA-specific unit
-// (reduce_avx2.cpp) for float32, bfloat16 and float16 where the CPU has one and
-// SHARDCORE_KERNEL is not "generic", and these for everything else and for tails.
+// (reduce_avx512.cpp, reduce_avx2.cpp) for float32, bfloat16 and float16 where the CPU has one,
+// and these for everything else and for tails. SHARDCORE_KERNEL (the variable the GEMM kernels
+// read too) caps the choice: "generic", "avx2", or "avx512"/"avx512bf16".
 void reduce_generic(void* dst, const void* a, const void* b, size_t count, DType dt, RedOp op);
 void reduce_many_generic(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt,
                          RedOp op);
-// Name of the reduction kernels in use ("avx2" or "generic").
+// Name of the reduction kernels in use ("avx512", "avx2" or "generic").
 const char* reduce_kernel_name();
 
 // An ISA unit's entry points: they handle float32/bfloat16/float16 and return the number of
@@ -51,6 +52,7 @@ struct ReduceIsa {
   size_t (*reduce_many)(void* dst, const void* const* srcs, int nsrc, size_t count, DType dt,
                         RedOp op);
 };
-const ReduceIsa* reduce_isa_avx2();  // nullptr where not built
+const ReduceIsa* reduce_isa_avx2();    // nullptr where not built
+const ReduceIsa* reduce_isa_avx512();  // nullptr where not built
 
 }  // namespace shardcore
