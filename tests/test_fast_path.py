@@ -218,3 +218,136 @@ def _closed(comm):
 def test_fast_path_on_a_closed_communicator_raises():
     for kind, msg in shardcore.launch(_closed, 2):
         assert kind == "RuntimeError" and "closed" in msg
+
+
+# --- the other fast methods: reduce_scatter, broadcast, send, recv ------------------------------
+
+
+def _other_methods(comm):
+    n, r = comm.size, comm.rank
+    res = []
+    salt = 0
+    for dtype in DTYPES + [np.int8, np.uint8, np.bool_]:
+        reducible = np.dtype(dtype) not in (
+            np.dtype(np.int8),
+            np.dtype(np.uint8),
+            np.dtype(np.bool_),
+        )
+        for rows in (0, 1, 3):
+            for tail in ((), (5,)):
+                shape = (rows * n,) + tail
+                salt += 1
+                if reducible:
+                    for op in OPS:
+                        x = _data(r, shape, dtype, salt)
+                        ref = Communicator.reduce_scatter(comm, x, op)
+                        hits = comm.reduce_scatter.hits
+                        got = comm.reduce_scatter(x, op)
+                        out = np.empty((rows,) + tail, dtype)
+                        got2 = comm.reduce_scatter(x, op=op, out=out)
+                        res.append(
+                            (
+                                "rs",
+                                np.dtype(dtype).name,
+                                shape,
+                                op,
+                                comm.reduce_scatter.hits == hits + 2 and got2 is out,
+                                got.tobytes() == ref.tobytes() == got2.tobytes()
+                                and got.shape == ref.shape
+                                and got.dtype == ref.dtype,
+                            )
+                        )
+                for root in range(n):
+                    x = _data(r, shape, dtype, salt + 7)
+                    ref = Communicator.broadcast(comm, x.copy(), root)
+                    hits = comm.broadcast.hits
+                    got = comm.broadcast(x, root=root) if root else comm.broadcast(x)
+                    res.append(
+                        (
+                            "bcast",
+                            np.dtype(dtype).name,
+                            shape,
+                            root,
+                            comm.broadcast.hits == hits + 1,
+                            got.tobytes() == ref.tobytes(),
+                        )
+                    )
+                if n > 1:
+                    nxt, prv = (r + 1) % n, (r - 1) % n
+                    x = _data(r, shape, dtype, salt + 11)
+                    out = np.empty(shape, dtype)
+                    hs, hr = comm.send.hits, comm.recv.hits
+                    if r % 2 == 0:
+                        comm.send(x, nxt, tag=salt)
+                        comm.recv(out, prv, salt)
+                    else:
+                        comm.recv(out, src=prv, tag=salt)
+                        comm.send(x, dst=nxt, tag=salt)
+                    expect = _data(prv, shape, dtype, salt + 11)
+                    res.append(
+                        (
+                            "p2p",
+                            np.dtype(dtype).name,
+                            shape,
+                            0,
+                            comm.send.hits == hs + 1 and comm.recv.hits == hr + 1,
+                            out.tobytes() == expect.tobytes(),
+                        )
+                    )
+    return res
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_other_fast_methods_equal_the_python_methods(n):
+    for rank_results in shardcore.launch(_other_methods, n):
+        bad = [x for x in rank_results if not (x[4] and x[5])]
+        assert not bad, bad[:5]
+
+
+def _other_errors(comm):
+    x = np.ones(4, np.float32)
+    big_endian = np.ones(4, ">f4")
+    ro = np.ones(4, np.float32)
+    ro.flags.writeable = False
+    hits = {m: getattr(comm, m).hits for m in ("reduce_scatter", "broadcast", "send", "recv")}
+    out = {
+        "ar_big_endian": _catch(lambda: comm.all_reduce(big_endian)),
+        "rs_rows": _catch(lambda: comm.reduce_scatter(np.ones(3, np.float32))),
+        "rs_out_shape": _catch(lambda: comm.reduce_scatter(x, out=np.ones(3, np.float32))),
+        "rs_int8": _catch(lambda: comm.reduce_scatter(np.ones(4, np.int8))),
+        "rs_op": _catch(lambda: comm.reduce_scatter(x, op="avg")),
+        "bcast_root": _catch(lambda: comm.broadcast(x, root=2)),
+        "bcast_root_neg": _catch(lambda: comm.broadcast(x, root=-1)),
+        "bcast_ro": _catch(lambda: comm.broadcast(ro, root=1 - comm.rank)),
+        "send_self": _catch(lambda: comm.send(x, comm.rank)),
+        "send_range": _catch(lambda: comm.send(x, 5)),
+        "recv_ro": _catch(lambda: comm.recv(ro, 1 - comm.rank)),
+        "recv_list": _catch(lambda: comm.recv([0.0], 1 - comm.rank)),
+    }
+    out["hits"] = {m: getattr(comm, m).hits - h for m, h in hits.items()}
+    # a root given as a numpy integer takes the Python path, and works
+    y = np.full(4, comm.rank, np.float32)
+    out["np_root"] = comm.broadcast(y, root=np.int64(1)).tolist()
+    return out
+
+
+def test_other_fast_methods_hand_errors_to_python():
+    expected = {
+        "ar_big_endian": "TypeError",
+        "rs_rows": "ValueError",
+        "rs_out_shape": "ValueError",
+        "rs_int8": "TypeError",
+        "rs_op": "ValueError",
+        "bcast_root": "ValueError",
+        "bcast_root_neg": "ValueError",
+        "bcast_ro": "ValueError",
+        "send_self": "ValueError",
+        "send_range": "ValueError",
+        "recv_ro": "ValueError",
+        "recv_list": "TypeError",
+    }
+    for res in shardcore.launch(_other_errors, 2):
+        for key, kind in expected.items():
+            assert res[key][0] == kind, (key, res[key])
+        assert res["hits"] == {"reduce_scatter": 0, "broadcast": 0, "send": 0, "recv": 0}
+        assert res["np_root"] == [1.0] * 4

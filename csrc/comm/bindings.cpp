@@ -34,10 +34,12 @@ char* addr(py::handle h) {
 
 // numpy type numbers of the reducible dtypes, in DType order, registered from Python
 // (set_type_nums): bfloat16's is assigned at run time by ml_dtypes, int64's differs by platform.
-int g_type_nums[6] = {-1, -1, -1, -1, -1, -1};
+// Also int8, uint8 and bool (codes 6-8), which move but do not reduce.
+constexpr int kTypeCodes = 9;
+int g_type_nums[kTypeCodes] = {-1, -1, -1, -1, -1, -1, -1, -1, -1};
 
-int reducible_code(int type_num) {
-  for (int i = 0; i < 6; ++i)
+int type_code(int type_num) {
+  for (int i = 0; i < kTypeCodes; ++i)
     if (g_type_nums[i] == type_num) return i;
   return -1;
 }
@@ -73,17 +75,20 @@ void raise_as(const char* cls, const char* msg) {
 }
 
 
-// --- the all-reduce fast path ------------------------------------------------------------------
-// Communicator.all_reduce is the hot call of tensor parallelism (one or two per layer per token),
-// and a Python method plus a pybind11 dispatch cost more than the 8-byte collective itself. Each
-// Python Communicator therefore gets, as an instance attribute that shadows the documented
-// method, a callable written against the CPython vectorcall protocol: it takes the common cases
-// (an array reduced in place or into a matching, disjoint `out`, op given by name, automatic
-// algorithm) straight to the core, and hands every other call — other argument forms, anything
-// that needs an error message — to the Python method, which validates and raises.
-struct FastAllReduce {
+// --- fast paths from Python --------------------------------------------------------------------
+// A Python method plus a pybind11 dispatch cost more than a small collective itself (several
+// hundred ns of checks for an 8-byte all-reduce that takes a few hundred ns). So each Python
+// Communicator gets, as instance attributes that shadow its documented methods, callables written
+// against the CPython vectorcall protocol: they take the common argument forms straight to the
+// core and hand every other call — unusual arguments, and anything that needs an error message —
+// to the Python method, which validates and raises. Both paths pass the core the same
+// arguments, so ranks may mix them freely.
+enum class FastKind : int { kAllReduce, kReduceScatter, kBroadcast, kSend, kRecv, kCount };
+
+struct FastCall {
   PyObject_HEAD
   vectorcallfunc vectorcall;
+  FastKind kind;
   Communicator* comm;  // owned by `core`
   PyObject* core;      // the pybind11 Comm object: keeps `comm` alive
   PyObject* owner;     // weak reference to the Python Communicator
@@ -91,11 +96,17 @@ struct FastAllReduce {
   unsigned long long hits;  // calls the fast path completed (tests check that it is taken)
 };
 
+constexpr int kMaxParams = 4;
+// Parameter names of each method, in order, interned at module init.
+const char* const k_param_names[int(FastKind::kCount)][kMaxParams] = {
+    {"x", "op", "out", "algorithm"},  // all_reduce
+    {"x", "op", "out", nullptr},      // reduce_scatter
+    {"x", "root", nullptr, nullptr},  // broadcast
+    {"x", "dst", "tag", nullptr},     // send
+    {"out", "src", "tag", nullptr},   // recv
+};
+PyObject* g_params[int(FastKind::kCount)][kMaxParams];
 PyObject* g_op_names[4];  // interned "sum", "max", "min", "prod", in RedOp order
-PyObject* g_kw_x;
-PyObject* g_kw_op;
-PyObject* g_kw_out;
-PyObject* g_kw_algorithm;
 
 // RedOp code of an op name, -1 when `o` is not one of them.
 int op_from_name(PyObject* o) {
@@ -107,8 +118,201 @@ int op_from_name(PyObject* o) {
   return -1;
 }
 
-PyObject* fast_all_reduce_slow(FastAllReduce* self, PyObject* const* args, size_t nargsf,
-                               PyObject* kwnames) {
+// An exact Python int (not bool) in [lo, hi), else false.
+bool small_int(PyObject* o, long lo, long hi, long* v) {
+  if (!PyLong_CheckExact(o)) return false;
+  int overflow = 0;
+  *v = PyLong_AsLongAndOverflow(o, &overflow);
+  if (overflow || (*v == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    return false;
+  }
+  return *v >= lo && *v < hi;
+}
+
+// A C-contiguous NumPy array of a dtype with a core code (0-8, native byte order): what the fast
+// paths take. Anything else goes to the Python method.
+struct Arr {
+  py::detail::PyArray_Proxy* a = nullptr;
+  int code = -1;
+  size_t count = 0, esz = 0;
+  size_t bytes() const { return count * esz; }
+  bool writeable() const { return a->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_; }
+};
+
+bool as_array(PyObject* o, Arr* arr, bool reducible) {
+  if (!py::detail::npy_api::get().PyArray_Check_(o)) return false;
+  auto* a = py::detail::array_proxy(o);
+  if (!(a->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return false;
+  auto* d = py::detail::array_descriptor_proxy(a->descr);
+  if (d->byteorder == '>') return false;  // non-native (x86-64 and aarch64 are little-endian)
+  const int code = type_code(d->type_num);
+  if (code < 0 || (reducible && code > 5)) return false;
+  arr->a = a;
+  arr->code = code;
+  arr->esz = dtype_size(DType(code));
+  arr->count = 1;
+  for (int i = 0; i < a->nd; ++i) arr->count *= size_t(a->dimensions[i]);
+  return true;
+}
+
+bool same_layout(const Arr& x, const Arr& y) {
+  if (x.code != y.code || x.a->nd != y.a->nd) return false;
+  for (int i = 0; i < x.a->nd; ++i)
+    if (x.a->dimensions[i] != y.a->dimensions[i]) return false;
+  return true;
+}
+
+bool disjoint(const Arr& x, const Arr& y) {
+  const size_t nx = x.bytes(), ny = y.bytes();
+  return nx == 0 || ny == 0 || y.a->data >= x.a->data + nx || x.a->data >= y.a->data + ny;
+}
+
+// A new, uninitialised C-contiguous array like `like` with first dimension `rows`.
+PyObject* new_array(const Arr& like, Py_intptr_t rows) {
+  auto& api = py::detail::npy_api::get();
+  std::vector<Py_intptr_t> dims(like.a->dimensions, like.a->dimensions + like.a->nd);
+  if (!dims.empty()) dims[0] = rows;
+  Py_INCREF(like.a->descr);  // NewFromDescr steals it
+  return api.PyArray_NewFromDescr_(api.PyArray_Type_, like.a->descr, int(dims.size()), dims.data(),
+                                   nullptr, nullptr, 0, nullptr);
+}
+
+// Runs `f` on the core with the GIL released; false (a Python error set) if it threw.
+template <typename F>
+bool run_released(F&& f) {
+  PyThreadState* ts = PyEval_SaveThread();
+  try {
+    f();
+  } catch (...) {
+    PyEval_RestoreThread(ts);
+    try {
+      throw;
+    } catch (py::error_already_set& e) {  // the interrupt check's KeyboardInterrupt
+      e.restore();
+    } catch (...) {
+      py::detail::try_translate_exceptions();
+    }
+    return false;
+  }
+  PyEval_RestoreThread(ts);
+  return true;
+}
+
+PyObject* const kFallback = Py_Ellipsis;  // sentinel: not a fast case (never returned to Python)
+
+PyObject* fast_all_reduce(Communicator& c, PyObject* const* v) {
+  // all_reduce(x, op="sum", out=None, algorithm=None)
+  if (v[3] && v[3] != Py_None) return kFallback;
+  const int op = v[1] ? op_from_name(v[1]) : int(RedOp::kSum);
+  Arr x, o;
+  if (op < 0 || !as_array(v[0], &x, true)) return kFallback;
+  PyObject* out = v[2] == Py_None ? nullptr : v[2];
+  char* dst = x.a->data;
+  SymmetricPlace sym;
+  if (out == nullptr || out == v[0]) {
+    if (!x.writeable()) return kFallback;
+    out = v[0];
+    if (x.a->base) sym = symmetric_place(v[0], x.esz);
+  } else {
+    if (!as_array(out, &o, true) || !o.writeable() || !same_layout(x, o) || !disjoint(x, o))
+      return kFallback;
+    dst = o.a->data;
+  }
+  if (!run_released([&] {
+        c.all_reduce(x.a->data, dst, x.count, DType(x.code), RedOp(op), Algo::kAuto, sym.stride,
+                     sym.tag, sym.offset);
+      }))
+    return nullptr;
+  Py_INCREF(out);
+  return out;
+}
+
+PyObject* fast_reduce_scatter(Communicator& c, PyObject* const* v) {
+  // reduce_scatter(x, op="sum", out=None)
+  const int op = v[1] ? op_from_name(v[1]) : int(RedOp::kSum);
+  Arr x, o;
+  if (op < 0 || !as_array(v[0], &x, true) || x.a->nd == 0 || x.a->dimensions[0] % c.size())
+    return kFallback;
+  const Py_intptr_t rows = x.a->dimensions[0] / c.size();
+  py::object owned;
+  PyObject* out = v[2] && v[2] != Py_None ? v[2] : nullptr;
+  if (out == nullptr) {
+    owned = py::reinterpret_steal<py::object>(new_array(x, rows));
+    if (!owned) return nullptr;
+    out = owned.ptr();
+    as_array(out, &o, true);
+  } else if (!as_array(out, &o, true) || !o.writeable() || o.code != x.code || o.a->nd != x.a->nd ||
+             o.a->dimensions[0] != rows || !disjoint(x, o)) {
+    return kFallback;
+  } else {
+    for (int i = 1; i < x.a->nd; ++i)
+      if (o.a->dimensions[i] != x.a->dimensions[i]) return kFallback;
+  }
+  if (!run_released([&] { c.reduce_scatter(x.a->data, o.a->data, o.count, DType(x.code), RedOp(op)); }))
+    return nullptr;
+  Py_INCREF(out);
+  return out;
+}
+
+PyObject* fast_broadcast(Communicator& c, PyObject* const* v) {
+  // broadcast(x, root=0)
+  Arr x;
+  long root = 0;
+  if (!as_array(v[0], &x, false) || (v[1] && !small_int(v[1], 0, c.size(), &root)) ||
+      (root != c.rank() && !x.writeable()))
+    return kFallback;
+  if (!run_released([&] { c.broadcast(x.a->data, x.count, DType(x.code), x.esz, int(root)); }))
+    return nullptr;
+  Py_INCREF(v[0]);
+  return v[0];
+}
+
+bool tag_of(PyObject* o, int64_t* tag) {
+  if (o == nullptr) return (*tag = 0, true);
+  if (!PyLong_CheckExact(o)) return false;
+  int overflow = 0;
+  const long long t = PyLong_AsLongLongAndOverflow(o, &overflow);
+  if (overflow || (t == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    return false;
+  }
+  *tag = int64_t(t);
+  return true;
+}
+
+PyObject* fast_send(Communicator& c, PyObject* const* v) {
+  // send(x, dst, tag=0)
+  Arr x;
+  long dst = 0;
+  int64_t tag = 0;
+  if (!v[1] || !as_array(v[0], &x, false) || !small_int(v[1], 0, c.size(), &dst) ||
+      dst == c.rank() || !tag_of(v[2], &tag))
+    return kFallback;
+  if (!run_released([&] { c.send(x.a->data, x.count, DType(x.code), x.esz, int(dst), tag); }))
+    return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* fast_recv(Communicator& c, PyObject* const* v) {
+  // recv(out, src, tag=0)
+  Arr o;
+  long src = 0;
+  int64_t tag = 0;
+  if (!v[1] || !as_array(v[0], &o, false) || !o.writeable() || !small_int(v[1], 0, c.size(), &src) ||
+      src == c.rank() || !tag_of(v[2], &tag))
+    return kFallback;
+  if (!run_released([&] { c.recv(o.a->data, o.count, DType(o.code), o.esz, int(src), tag); }))
+    return nullptr;
+  Py_INCREF(v[0]);
+  return v[0];
+}
+
+using FastFn = PyObject* (*)(Communicator&, PyObject* const*);
+const FastFn k_fast_fns[int(FastKind::kCount)] = {fast_all_reduce, fast_reduce_scatter,
+                                                   fast_broadcast, fast_send, fast_recv};
+
+PyObject* fast_call_slow(FastCall* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
 #if PY_VERSION_HEX >= 0x030D0000
   PyObject* owner = nullptr;  // a new reference
   if (PyWeakref_GetRef(self->owner, &owner) < 0) return nullptr;
@@ -119,7 +323,7 @@ PyObject* fast_all_reduce_slow(FastAllReduce* self, PyObject* const* args, size_
   Py_XINCREF(owner);
 #endif
   if (owner == nullptr) {
-    PyErr_SetString(PyExc_RuntimeError, "all_reduce: the communicator no longer exists");
+    PyErr_SetString(PyExc_RuntimeError, "the communicator of this method no longer exists");
     return nullptr;
   }
   const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
@@ -132,84 +336,35 @@ PyObject* fast_all_reduce_slow(FastAllReduce* self, PyObject* const* args, size_
   return r;
 }
 
-PyObject* fast_all_reduce_call(PyObject* callable, PyObject* const* args, size_t nargsf,
-                               PyObject* kwnames) {
-  auto* self = reinterpret_cast<FastAllReduce*>(callable);
+PyObject* fast_call(PyObject* callable, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  auto* self = reinterpret_cast<FastCall*>(callable);
+  const int kind = int(self->kind);
   const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-  // all_reduce(x, op="sum", out=None, algorithm=None)
-  PyObject* slots[4] = {nullptr, nullptr, nullptr, nullptr};
-  if (nargs > 4) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-  for (Py_ssize_t i = 0; i < nargs; ++i) slots[i] = args[i];
+  PyObject* v[kMaxParams] = {nullptr, nullptr, nullptr, nullptr};
+  if (nargs > kMaxParams) return fast_call_slow(self, args, nargsf, kwnames);
+  for (Py_ssize_t i = 0; i < nargs; ++i) {
+    if (g_params[kind][i] == nullptr) return fast_call_slow(self, args, nargsf, kwnames);
+    v[i] = args[i];
+  }
   if (kwnames) {
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); ++k) {
       PyObject* name = PyTuple_GET_ITEM(kwnames, k);
-      int idx = name == g_kw_x ? 0 : name == g_kw_op ? 1 : name == g_kw_out ? 2 : name == g_kw_algorithm ? 3 : -1;
-      if (idx < 0 || slots[idx]) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-      slots[idx] = args[nargs + k];
+      int idx = -1;
+      for (int i = 0; i < kMaxParams; ++i)
+        if (g_params[kind][i] && name == g_params[kind][i]) idx = i;
+      if (idx < 0 || v[idx]) return fast_call_slow(self, args, nargsf, kwnames);
+      v[idx] = args[nargs + k];
     }
   }
-  PyObject* x = slots[0];
-  if (x == nullptr) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-  PyObject* out = slots[2] == Py_None ? nullptr : slots[2];
-  if (slots[3] && slots[3] != Py_None) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-  const int op = slots[1] ? op_from_name(slots[1]) : int(RedOp::kSum);
-  auto& api = py::detail::npy_api::get();
-  if (op < 0 || !api.PyArray_Check_(x)) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-  auto* a = py::detail::array_proxy(x);
-  const int contiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
-  const int writeable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-  const int type_num = py::detail::array_descriptor_proxy(a->descr)->type_num;
-  const int code = reducible_code(type_num);
-  if (code < 0 || (a->flags & contiguous) == 0)
-    return fast_all_reduce_slow(self, args, nargsf, kwnames);
-  size_t count = 1;
-  for (int i = 0; i < a->nd; ++i) count *= size_t(a->dimensions[i]);
-  const size_t esz = dtype_size(DType(code));
-  char* dst = a->data;
-  SymmetricPlace sym;
-  if (out == nullptr || out == x) {
-    if ((a->flags & writeable) == 0) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-    out = x;
-    if (a->base) sym = symmetric_place(x, esz);
-  } else {
-    // A separate output: an array of the same dtype and shape, writeable, C-contiguous, and
-    // not overlapping x (both are contiguous, so their byte ranges say it).
-    if (!api.PyArray_Check_(out)) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-    auto* o = py::detail::array_proxy(out);
-    if ((o->flags & (contiguous | writeable)) != (contiguous | writeable) || o->nd != a->nd ||
-        py::detail::array_descriptor_proxy(o->descr)->type_num != type_num)
-      return fast_all_reduce_slow(self, args, nargsf, kwnames);
-    for (int i = 0; i < a->nd; ++i)
-      if (o->dimensions[i] != a->dimensions[i]) return fast_all_reduce_slow(self, args, nargsf, kwnames);
-    const size_t bytes = count * esz;
-    if (bytes && o->data < a->data + bytes && a->data < o->data + bytes)
-      return fast_all_reduce_slow(self, args, nargsf, kwnames);
-    dst = o->data;
-  }
-  Communicator* c = self->comm;
-  PyThreadState* ts = PyEval_SaveThread();
-  try {
-    c->all_reduce(a->data, dst, count, DType(code), RedOp(op), Algo::kAuto, sym.stride, sym.tag,
-                  sym.offset);
-  } catch (...) {
-    PyEval_RestoreThread(ts);
-    try {
-      throw;
-    } catch (py::error_already_set& e) {  // the interrupt check's KeyboardInterrupt
-      e.restore();
-    } catch (...) {
-      py::detail::try_translate_exceptions();
-    }
-    return nullptr;
-  }
-  PyEval_RestoreThread(ts);
-  self->hits += 1;
-  Py_INCREF(out);
-  return out;
+  if (v[0] == nullptr) return fast_call_slow(self, args, nargsf, kwnames);
+  PyObject* r = k_fast_fns[kind](*self->comm, v);
+  if (r == kFallback) return fast_call_slow(self, args, nargsf, kwnames);
+  if (r) self->hits += 1;
+  return r;
 }
 
-void fast_all_reduce_dealloc(PyObject* o) {
-  auto* self = reinterpret_cast<FastAllReduce*>(o);
+void fast_call_dealloc(PyObject* o) {
+  auto* self = reinterpret_cast<FastCall*>(o);
   Py_XDECREF(self->core);
   Py_XDECREF(self->owner);
   Py_XDECREF(self->slow);
@@ -217,8 +372,8 @@ void fast_all_reduce_dealloc(PyObject* o) {
 }
 
 // The Python method's name, docstring and signature (less `self`), for help() and inspect.
-PyObject* fast_all_reduce_get(PyObject* o, void* what) {
-  auto* self = reinterpret_cast<FastAllReduce*>(o);
+PyObject* fast_call_get(PyObject* o, void* what) {
+  auto* self = reinterpret_cast<FastCall*>(o);
   const char* attr = static_cast<const char*>(what);
   if (std::strcmp(attr, "hits") == 0) return PyLong_FromUnsignedLongLong(self->hits);
   if (std::strcmp(attr, "__signature__") != 0) return PyObject_GetAttrString(self->slow, attr);
@@ -236,65 +391,64 @@ PyObject* fast_all_reduce_get(PyObject* o, void* what) {
 
 char k_name[] = "__name__", k_qualname[] = "__qualname__", k_doc[] = "__doc__",
      k_signature[] = "__signature__", k_hits[] = "hits";
-PyGetSetDef g_fast_all_reduce_getset[] = {
-    {k_name, fast_all_reduce_get, nullptr, nullptr, k_name},
-    {k_qualname, fast_all_reduce_get, nullptr, nullptr, k_qualname},
-    {k_doc, fast_all_reduce_get, nullptr, nullptr, k_doc},
-    {k_signature, fast_all_reduce_get, nullptr, nullptr, k_signature},
-    {k_hits, fast_all_reduce_get, nullptr, nullptr, k_hits},
+PyGetSetDef g_fast_call_getset[] = {
+    {k_name, fast_call_get, nullptr, nullptr, k_name},
+    {k_qualname, fast_call_get, nullptr, nullptr, k_qualname},
+    {k_doc, fast_call_get, nullptr, nullptr, k_doc},
+    {k_signature, fast_call_get, nullptr, nullptr, k_signature},
+    {k_hits, fast_call_get, nullptr, nullptr, k_hits},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
-PyTypeObject g_fast_all_reduce_type;  // filled in by register_fast_all_reduce
+PyTypeObject g_fast_call_type;  // filled in by register_fast_calls
 
-PyObject* make_fast_all_reduce(py::handle core, py::handle owner, py::handle slow) {
-  auto* self = PyObject_New(FastAllReduce, &g_fast_all_reduce_type);
-  if (!self) throw py::error_already_set();
-  self->vectorcall = fast_all_reduce_call;
-  self->hits = 0;
-  self->comm = &core.cast<Communicator&>();
-  self->core = core.inc_ref().ptr();
-  self->slow = slow.inc_ref().ptr();
-  self->owner = PyWeakref_NewRef(owner.ptr(), nullptr);
-  if (!self->owner) {
-    Py_DECREF(reinterpret_cast<PyObject*>(self));
-    throw py::error_already_set();
-  }
-  return reinterpret_cast<PyObject*>(self);
-}
-
-void register_fast_all_reduce(py::module_& m) {
+void register_fast_calls(py::module_& m) {
   const char* names[4] = {"sum", "max", "min", "prod"};
   for (int i = 0; i < 4; ++i) g_op_names[i] = PyUnicode_InternFromString(names[i]);
-  g_kw_x = PyUnicode_InternFromString("x");
-  g_kw_op = PyUnicode_InternFromString("op");
-  g_kw_out = PyUnicode_InternFromString("out");
-  g_kw_algorithm = PyUnicode_InternFromString("algorithm");
-  PyTypeObject& t = g_fast_all_reduce_type;
+  for (int k = 0; k < int(FastKind::kCount); ++k)
+    for (int i = 0; i < kMaxParams; ++i)
+      g_params[k][i] = k_param_names[k][i] ? PyUnicode_InternFromString(k_param_names[k][i]) : nullptr;
+  PyTypeObject& t = g_fast_call_type;
   Py_SET_REFCNT(reinterpret_cast<PyObject*>(&t), 1);
-  t.tp_name = "shardcore._core.FastAllReduce";
-  t.tp_basicsize = sizeof(FastAllReduce);
+  t.tp_name = "shardcore._core.FastCall";
+  t.tp_basicsize = sizeof(FastCall);
   t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  t.tp_vectorcall_offset = offsetof(FastAllReduce, vectorcall);
+  t.tp_vectorcall_offset = offsetof(FastCall, vectorcall);
   t.tp_call = PyVectorcall_Call;
-  t.tp_dealloc = fast_all_reduce_dealloc;
-  t.tp_getset = g_fast_all_reduce_getset;
+  t.tp_dealloc = fast_call_dealloc;
+  t.tp_getset = g_fast_call_getset;
   if (PyType_Ready(&t) < 0) throw py::error_already_set();
   m.def(
-      "fast_all_reduce",
-      [](py::handle core, py::handle owner, py::handle slow) {
-        return py::reinterpret_steal<py::object>(make_fast_all_reduce(core, owner, slow));
+      "fast_call",
+      [](const std::string& method, py::handle core, py::handle owner, py::handle slow) {
+        static const char* methods[] = {"all_reduce", "reduce_scatter", "broadcast", "send", "recv"};
+        int kind = -1;
+        for (int k = 0; k < int(FastKind::kCount); ++k)
+          if (method == methods[k]) kind = k;
+        if (kind < 0) throw py::value_error("fast_call: no fast path for '" + method + "'");
+        auto* self = PyObject_New(FastCall, &g_fast_call_type);
+        if (!self) throw py::error_already_set();
+        self->vectorcall = fast_call;
+        self->kind = FastKind(kind);
+        self->hits = 0;
+        self->comm = &core.cast<Communicator&>();
+        self->core = core.inc_ref().ptr();
+        self->slow = slow.inc_ref().ptr();
+        self->owner = PyWeakref_NewRef(owner.ptr(), nullptr);
+        auto obj = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(self));
+        if (!self->owner) throw py::error_already_set();
+        return obj;
       },
-      "The vectorcall all_reduce bound to one communicator (core, Python owner, slow method).");
+      "The vectorcall fast path of one Communicator method (name, core, Python owner, method).");
 }
 
 }  // namespace
 
 void register_comm(py::module_& m) {
-  register_fast_all_reduce(m);
+  register_fast_calls(m);
   m.def("reduce_kernel", [] { return std::string(reduce_kernel_name()); },
         "The reduction kernels chosen for this CPU (SHARDCORE_KERNEL=generic forces the portable ones).");
   m.def("set_type_nums", [](const std::vector<int>& nums) {
-    for (size_t i = 0; i < 6 && i < nums.size(); ++i) g_type_nums[i] = nums[i];
+    for (size_t i = 0; i < size_t(kTypeCodes) && i < nums.size(); ++i) g_type_nums[i] = nums[i];
   });
   py::register_exception_translator([](std::exception_ptr p) {
     try {
@@ -376,32 +530,6 @@ void register_comm(py::module_& m) {
           },
           py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"),
           py::arg("algorithm"))
-      .def(
-          "all_reduce_fast",
-          // The common case without Python-level checks: a fresh (base-less), C-contiguous,
-          // writeable array of a reducible dtype, reduced in place with the automatic choice.
-          // Returns None when the array is anything else, and the Python path takes over.
-          [](Communicator& c, py::handle obj, uint32_t op) -> py::object {
-            if (!py::isinstance<py::array>(obj)) return py::none();
-            auto* a = py::detail::array_proxy(obj.ptr());
-            const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
-                             py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-            if ((a->flags & need) != need) return py::none();
-            int code = reducible_code(py::detail::array_descriptor_proxy(a->descr)->type_num);
-            if (code < 0) return py::none();
-            size_t count = 1;
-            for (int i = 0; i < a->nd; ++i) count *= size_t(a->dimensions[i]);
-            // A view of a symmetric buffer takes the symmetric path.
-            const SymmetricPlace sym =
-                a->base ? symmetric_place(obj, dtype_size(DType(code))) : SymmetricPlace{};
-            Algo used;
-            {
-              py::gil_scoped_release nogil;
-              used = c.all_reduce(a->data, a->data, count, DType(code), RedOp(op), Algo::kAuto,
-                                  sym.stride, sym.tag, sym.offset);
-            }
-            return py::str(algo_name(used));
-          })
       .def(
           "reduce_scatter",
           [](Communicator& c, py::handle in, py::handle out, size_t m, uint32_t dt, uint32_t op) {

@@ -13,8 +13,23 @@ from . import _core
 from ._dtypes import ALGORITHMS, BFLOAT16, dtype_code, op_code
 
 _core.set_type_nums(
-    [np.dtype(t).num for t in (np.float32, np.float64, np.float16, BFLOAT16, np.int32, np.int64)]
+    [
+        np.dtype(t).num
+        for t in (
+            np.float32,
+            np.float64,
+            np.float16,
+            BFLOAT16,
+            np.int32,
+            np.int64,
+            np.int8,
+            np.uint8,
+            np.bool_,
+        )
+    ]
 )
+# Methods whose common calls go to the core through a C fast path (see __init__).
+_FAST_METHODS = ("all_reduce", "reduce_scatter", "broadcast", "send", "recv")
 
 _DEFAULT_SLOT_BYTES = 1 << 19
 _DEFAULT_P2P_BYTES = 1 << 16
@@ -84,10 +99,13 @@ class Communicator:
         self._nsplits = 0
         self.group_ranks = list(group_ranks) if group_ranks is not None else list(range(core.size))
         self._nsymmetric = 0
-        if type(self).all_reduce is Communicator.all_reduce:
-            # The common cases of all_reduce in C (vectorcall), shadowing the method below,
-            # which takes every other call and is where argument errors are raised.
-            self.all_reduce = _core.fast_all_reduce(core, self, Communicator.all_reduce)
+        # The common calls of the hot methods go straight to the core through C (vectorcall)
+        # objects set on the instance, shadowing the methods below, which take every other call
+        # and are where argument errors are raised. A subclass's own override stays in charge.
+        for method in _FAST_METHODS:
+            impl = getattr(Communicator, method)
+            if getattr(type(self), method) is impl:
+                setattr(self, method, _core.fast_call(method, core, self, impl))
 
     @classmethod
     def connect(
