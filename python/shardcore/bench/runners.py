@@ -215,6 +215,10 @@ def _remove_deepspeed_segments(port: str) -> None:
 def mpirun_command(world_size: int) -> list[str]:
     """The mpirun prefix: oversubscription allowed (more ranks than cores is a case we measure)."""
     cmd = [mpirun_path() or "mpirun", "-n", str(world_size), "--oversubscribe"]
+    if len(os.sched_getaffinity(0)) < world_size:
+        # What Open MPI does by itself on a machine with fewer cores than ranks; under taskset on
+        # a larger machine it cannot tell (its ranks are pinned back to our cores by the worker).
+        cmd += ["--mca", "mpi_yield_when_idle", "1"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     cmd += os.environ.get("SHARDCORE_MPIRUN_ARGS", "").split()
@@ -263,6 +267,7 @@ def run_mpi(cfg: SweepConfig, world_size: int) -> list[dict]:
             "shardcore.bench._mpi_worker",
             cfg_path,
             out_path,
+            ",".join(str(c) for c in sorted(os.sched_getaffinity(0))),
         ]
         before = set(glob.glob(_MPI_SEGMENTS))
         try:
