@@ -120,7 +120,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) cores = std::max(1, CPU_COUNT(&allowed));
-  double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 2.0);
+  double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 0.0);
   spin_ns_ = uint64_t(spin_us * 1e3);
   oversubscribed_ = unsigned(size) > cores;
   yield_ns_ = kYieldPhaseNs;
@@ -447,7 +447,9 @@ bool Communicator::peer_gone(int p, std::string* why) const {
 void Communicator::wait_geq(SyncWord& c, uint64_t target, int peer) {
   if (c.value.load(std::memory_order_acquire) >= target) return;
   uint64_t start = now_ns();
-  for (;;) {
+  // Spin only when the awaited rank may be running on another core: 64 pauses alone take
+  // microseconds on some CPUs, a loss when the awaited rank needs this very core.
+  while (spin_ns_) {
     for (int i = 0; i < 64; ++i) {
       cpu_relax();
       if (c.value.load(std::memory_order_acquire) >= target) return;
