@@ -9,6 +9,7 @@
 
 #include "comm/blocks.h"
 #include "comm/communicator.h"
+#include "comm/copy.h"
 #include "comm/reduce.h"
 
 namespace shardcore {
@@ -80,6 +81,10 @@ void Communicator::ring_all_reduce(const char* in, char* out, size_t count, DTyp
   const int steps = 2 * n - 2;  // rounds posted per chunk; a final step only receives
   auto mod = [n](int x) { return ((x % n) + n) % n; };
   uint64_t sent = 0, received = 0;
+  // `out` is not read again in this call: past the caches' reach, and when enough ranks copy at
+  // once to fill the memory bus, write it with streaming stores (16-core Xeon, 256 MiB: 8 ranks
+  // 159 -> 110 ms; 2 ranks on 2 cores 64 -> 85 ms, so not there).
+  const bool stream_out = (n >= 4 || oversubscribed_) && should_stream(count * esz);
   for (size_t c = 0; c < nchunks; ++c) {
     for (int j = 0; j <= steps; ++j) {
       const uint64_t t = round_ + 1 + uint64_t(j);
@@ -104,9 +109,9 @@ void Communicator::ring_all_reduce(const char* in, char* out, size_t count, DTyp
         reduce(dst, src, in + off, len, dt, op);
       } else if (j == n - 1) {
         reduce(dst, src, in + off, len, dt, op);  // the block's final sum
-        std::memcpy(out + off, dst, bytes);
+        copy_bytes(out + off, dst, bytes, stream_out);
       } else {
-        std::memcpy(out + off, src, bytes);
+        copy_bytes(out + off, src, bytes, stream_out);
         if (dst) std::memcpy(dst, src, bytes);
       }
       if (j > 0) {
