@@ -323,6 +323,8 @@ def _other_errors(comm):
         "send_range": _catch(lambda: comm.send(x, 5)),
         "recv_ro": _catch(lambda: comm.recv(ro, 1 - comm.rank)),
         "recv_list": _catch(lambda: comm.recv([0.0], 1 - comm.rank)),
+        "allv_float_counts": _catch(lambda: comm.all_to_allv(x, [2.0, 2.0])),
+        "allv_float_array": _catch(lambda: comm.all_to_allv(x, np.array([2.0, 2.0]))),
     }
     out["hits"] = {m: getattr(comm, m).hits - h for m, h in hits.items()}
     # a root given as a numpy integer takes the Python path, and works
@@ -345,6 +347,8 @@ def test_other_fast_methods_hand_errors_to_python():
         "send_range": "ValueError",
         "recv_ro": "ValueError",
         "recv_list": "TypeError",
+        "allv_float_counts": "TypeError",
+        "allv_float_array": "TypeError",
     }
     for res in shardcore.launch(_other_errors, 2):
         for key, kind in expected.items():

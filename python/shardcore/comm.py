@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 import secrets
 from collections.abc import Sequence
@@ -346,10 +348,21 @@ class Communicator:
         code = dtype_code(x.dtype, "all_to_allv")
         if x.ndim == 0:
             raise ValueError("all_to_allv: x must have at least one dimension (rows)")
-        counts = [int(c) for c in np.asarray(send_counts).reshape(-1)]
+        if isinstance(send_counts, (list, tuple)):
+            try:
+                counts = [operator.index(c) for c in send_counts]
+            except TypeError:
+                raise TypeError(
+                    f"all_to_allv: send counts must be integers, got {send_counts!r}"
+                ) from None
+        else:
+            arr = np.asarray(send_counts)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"all_to_allv: send counts must be integers, got {send_counts!r}")
+            counts = arr.reshape(-1).tolist()
         if len(counts) != self.size:
             raise ValueError(f"all_to_allv: {len(counts)} send counts for {self.size} ranks")
-        if any(c < 0 for c in counts):
+        if min(counts) < 0:
             raise ValueError(f"all_to_allv: negative send count in {counts}")
         if sum(counts) != x.shape[0]:
             raise ValueError(
@@ -361,7 +374,7 @@ class Communicator:
             if out.dtype != x.dtype:
                 raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
             _check_disjoint(x, out, "all_to_allv")
-        row = int(np.prod(x.shape[1:], dtype=np.int64))
+        row = math.prod(x.shape[1:])
         recv = list(self._core.all_to_allv_counts(counts, row, code, x.dtype.itemsize))
         shape = (sum(recv),) + x.shape[1:]
         if out is None:
