@@ -1,12 +1,13 @@
 // All-reduce in place on a symmetric buffer (Communicator.empty): the two-shot algorithm with
 // the peers' arrays read where they live. Rank r reduces block r of every rank's array into its
-// own block r, then copies every other reduced block from its owner. About 2S bytes of memory
-// read and S written per rank, against ~5.5S for a copy-in/copy-out algorithm.
+// own block r, then copies every other reduced block from its owner.
 //
 // Pipelined: every block is cut into the same number of chunks, and a rank publishes each chunk
 // of its block as soon as it is reduced (one round per chunk on its `posted` counter), so the
 // peers copy it while it is still in the shared last-level cache instead of re-reading it from
-// memory once the whole block is done. Chunk c of block p is reduced from chunk c of every
+// memory once the whole block is done. Per rank that is S bytes read from memory and S written
+// for a message of S bytes (the copies read the cache), against 2S read and S written unpipelined
+// and ~5.5S moved by a copy-in/copy-out algorithm. Chunk c of block p is reduced from chunk c of every
 // rank's block p alone, so when p has posted chunk c nobody reads that part of any array any
 // more, and the copy may overwrite it; every element is reduced as before (rank order, one
 // reduce_many), so results do not depend on the chunking.
@@ -22,15 +23,21 @@
 namespace shardcore {
 namespace {
 
-// Bytes per pipelined chunk. A chunk is read by its owner's reduce and then by every peer's
-// copy; between the two, each of the other ranks reduces and copies a chunk of its own, so a few
-// n chunks must stay in the shared cache. 512 KiB: measured on a 2-core Zen 4 (32 MiB L3) ...
-constexpr size_t kDefaultChunkBytes = size_t(512) << 10;
+// Bytes per pipelined chunk. A chunk must still be in the shared last-level cache when the peers
+// copy it, after its owner posts it, so it must be small against that cache; each post is one
+// synchronisation (a cache-line transfer, a futex wake when someone sleeps), so it must be large
+// against that. 512 KiB measured best on a 2-core Zen 4 (32 MiB L3, 2 MiB L2): 2 ranks at 256 MiB
+// reach 10.2 GB/s busbw against 8.7 (128 KiB), 9.9 (256 KiB), 9.4 (1 MiB) and 8.3 (2 MiB).
+// SHARDCORE_SYM_CHUNK_BYTES overrides it (the tests use a few elements to make many chunks).
+constexpr size_t kChunkBytes = size_t(512) << 10;
 
 size_t chunk_bytes() {
   static const size_t v = [] {
     const char* s = std::getenv("SHARDCORE_SYM_CHUNK_BYTES");
-    return s && *s ? size_t(std::strtoull(s, nullptr, 10)) : kDefaultChunkBytes;
+    if (!s || !*s) return kChunkBytes;
+    char* end = nullptr;
+    const unsigned long long x = std::strtoull(s, &end, 10);
+    return end == s || *end || x == 0 ? kChunkBytes : size_t(x);
   }();
   return v;
 }
@@ -51,7 +58,13 @@ void Communicator::symmetric_all_reduce(char* x, size_t count, DType dt, RedOp o
   const size_t chunk = std::max<size_t>(1, chunk_bytes() / esz);
   const size_t nchunks = ceil_div(blocks.longest(), chunk);
   const uint64_t t0 = round_;
-  const bool stream = should_stream(count * esz);
+  // Streaming (non-temporal) stores for the copies only when ranks share cores: a rank then
+  // copies a chunk a scheduler slice or more after its owner reduced it, when the destination
+  // lines (which the owner read) have left the cache, and skipping their read-for-ownership pays
+  // (8 ranks on 2 cores, 256 MiB: 2.9 GB/s busbw against 2.4). With a core per rank the copy
+  // follows the reduce closely, the destination is still cached, and streaming it out to memory
+  // costs (2 ranks, 256 MiB: 9.6 against 10.7 GB/s).
+  const bool stream = oversubscribed_ && should_stream(count * esz);
 
   // Chunks of block p copied so far, per peer; copies the chunks p has posted, without waiting.
   std::vector<size_t> copied(size_t(n), 0);
