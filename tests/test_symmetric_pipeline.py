@@ -95,6 +95,19 @@ def test_tiny_chunks(n, monkeypatch):
     _check_digests(shardcore.launch(_cases, n, args=(cases,)))
 
 
+@pytest.mark.parametrize("n", [3, 8])
+def test_streamed_copies(n, monkeypatch):
+    """Chunks of 1000 bytes copied with streaming stores (where ranks outnumber the cores)."""
+    monkeypatch.setenv("SHARDCORE_SYM_CHUNK_BYTES", "1000")
+    monkeypatch.setenv("SHARDCORE_NT_MIN_BYTES", "1")
+    cases = []
+    for dtype in DTYPES:
+        chunk = 1000 // dtype.itemsize
+        sizes = sorted({1, 257, 4099, 65_537, *boundary_sizes(n, chunk)})
+        cases += [(("stream", n, dtype.name, s), dtype, "sum", s) for s in sizes]
+    _check_digests(shardcore.launch(_cases, n, args=(cases,)))
+
+
 def _after_broadcast(comm):
     # A broadcast posts rounds on its root alone, so the other ranks' counters lag behind the
     # round count when the all-reduce starts: nothing may be copied before it is posted.
