@@ -131,6 +131,24 @@ def test_after_broadcast(monkeypatch):
             assert b == root and lo == hi == want
 
 
+def _chunk_set_per_rank(comm):
+    # The chunks are counted as rounds, so every rank must cut them alike: rank 0's size wins.
+    os.environ["SHARDCORE_SYM_CHUNK_BYTES"] = str(40 + 24 * comm.rank)
+    inner = comm.split(0)
+    x = inner.empty(10_007, np.float64)
+    x[:] = make_input("per-rank", comm.rank, (10_007,), x.dtype)
+    inner.all_reduce(x, algorithm="symmetric")
+    return x
+
+
+def test_chunk_size_is_rank_zeros():
+    n = 3
+    results = shardcore.launch(_chunk_set_per_rank, n, timeout=60)
+    inputs = [make_input("per-rank", r, (10_007,), np.dtype(np.float64)) for r in range(n)]
+    assert results[0].tobytes() == in_rank_order(inputs, "sum", np.dtype(np.float64)).tobytes()
+    _check_digests([[hashlib.sha256(x.tobytes()).hexdigest()] for x in results])
+
+
 def _killed_mid_pipeline(comm, victim, report_dir):
     comm.barrier()
     if comm.rank == victim:

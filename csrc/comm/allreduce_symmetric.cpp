@@ -7,10 +7,12 @@
 // peers copy it while it is still in the shared last-level cache instead of re-reading it from
 // memory once the whole block is done. Per rank that is S bytes read from memory and S written
 // for a message of S bytes (the copies read the cache), against 2S read and S written unpipelined
-// and ~5.5S moved by a copy-in/copy-out algorithm. Chunk c of block p is reduced from chunk c of every
-// rank's block p alone, so when p has posted chunk c nobody reads that part of any array any
-// more, and the copy may overwrite it; every element is reduced as before (rank order, one
-// reduce_many), so results do not depend on the chunking.
+// and ~5.5S moved by a copy-in/copy-out algorithm.
+//
+// Chunk c of block p is reduced from chunk c of every rank's block p alone, so once p has posted
+// chunk c nobody reads that part of any array any more, and the copies may overwrite it. Every
+// element is reduced as before (rank order, one reduce_many), so results do not depend on the
+// chunking.
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
@@ -26,23 +28,20 @@ namespace {
 // Bytes per pipelined chunk. A chunk must still be in the shared last-level cache when the peers
 // copy it, after its owner posts it, so it must be small against that cache; each post is one
 // synchronisation (a cache-line transfer, a futex wake when someone sleeps), so it must be large
-// against that. 512 KiB measured best on a 2-core Zen 4 (32 MiB L3, 2 MiB L2): 2 ranks at 256 MiB
-// reach 10.2 GB/s busbw against 8.7 (128 KiB), 9.9 (256 KiB), 9.4 (1 MiB) and 8.3 (2 MiB).
-// SHARDCORE_SYM_CHUNK_BYTES overrides it (the tests use a few elements to make many chunks).
+// against that. 512 KiB measured best on a 2-core Zen 4 (32 MiB L3, 1 MiB L2 per core): 2 ranks
+// at 256 MiB reach 10.2 GB/s busbw against 8.7 (128 KiB), 9.9 (256 KiB), 9.4 (1 MiB) and 8.3
+// (2 MiB). SHARDCORE_SYM_CHUNK_BYTES overrides it (the tests make many chunks of small arrays).
 constexpr size_t kChunkBytes = size_t(512) << 10;
 
-size_t chunk_bytes() {
-  static const size_t v = [] {
-    const char* s = std::getenv("SHARDCORE_SYM_CHUNK_BYTES");
-    if (!s || !*s) return kChunkBytes;
-    char* end = nullptr;
-    const unsigned long long x = std::strtoull(s, &end, 10);
-    return end == s || *end || x == 0 ? kChunkBytes : size_t(x);
-  }();
-  return v;
-}
-
 }  // namespace
+
+size_t symmetric_chunk_bytes() {
+  const char* s = std::getenv("SHARDCORE_SYM_CHUNK_BYTES");
+  if (!s || !*s) return kChunkBytes;
+  char* end = nullptr;
+  const unsigned long long x = std::strtoull(s, &end, 10);
+  return end == s || *end || x == 0 ? kChunkBytes : size_t(x);
+}
 
 void Communicator::symmetric_all_reduce(char* x, size_t count, DType dt, RedOp op, size_t esz,
                                         int64_t stride) {
@@ -53,9 +52,9 @@ void Communicator::symmetric_all_reduce(char* x, size_t count, DType dt, RedOp o
   }
   auto peer = [&](int p) { return x + (int64_t(p) - r) * stride; };
   const BlockSplit blocks(count, n);
-  // Every rank counts the same chunks (from the longest block), so rounds agree; a shorter
-  // block's last chunk may be empty, and is posted all the same.
-  const size_t chunk = std::max<size_t>(1, chunk_bytes() / esz);
+  // Every rank counts the same chunks (rank 0's chunk size, the longest block), so rounds agree;
+  // a shorter block's last chunk may be empty, and is posted all the same.
+  const size_t chunk = std::max<size_t>(1, sym_chunk_bytes_ / esz);
   const size_t nchunks = ceil_div(blocks.longest(), chunk);
   const uint64_t t0 = round_;
   // Streaming (non-temporal) stores for the copies only when ranks share cores: a rank then
