@@ -51,6 +51,7 @@ struct Header {
   uint64_t slot_bytes, p2p_bytes, total_bytes;
   uint32_t nbuf, p2p_nbuf;
   uint64_t one_shot_max, two_shot_max;
+  uint64_t sym_chunk_bytes;
   alignas(kLineBytes) Counter attached;
   alignas(kLineBytes) Counter probed;
   alignas(kLineBytes) std::atomic<uint64_t> abort_word;  // (reason << 32) | (rank + 1)
@@ -207,6 +208,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     p2p_nbuf_ = hdr->p2p_nbuf;
     one_shot_max_ = hdr->one_shot_max;
     two_shot_max_ = hdr->two_shot_max;
+    sym_chunk_bytes_ = hdr->sym_chunk_bytes;
     layout(hdr->slot_bytes, hdr->p2p_bytes);
     munmap(h, sizeof(Header));
   }
@@ -237,6 +239,8 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     two_shot_max_ = opt.two_shot_max ? opt.two_shot_max : two_default;
     header_->one_shot_max = one_shot_max_;
     header_->two_shot_max = two_shot_max_;
+    sym_chunk_bytes_ = symmetric_chunk_bytes();
+    header_->sym_chunk_bytes = sym_chunk_bytes_;
     header_->magic.store(kMagic, std::memory_order_release);
   }
   rb(rank_).pid.store(int32_t(getpid()), std::memory_order_relaxed);

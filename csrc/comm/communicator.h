@@ -81,6 +81,10 @@ inline Desc make_desc(Kind k, DType dt, RedOp op, Algo algo, int64_t root, uint6
 // map is read by seven others at once (docs/performance.md). algorithm="cma" forces it.
 constexpr size_t kCmaMinBytes = size_t(64) << 10;
 
+// The symmetric all-reduce's pipeline chunk (allreduce_symmetric.cpp): its built-in size, or
+// SHARDCORE_SYM_CHUNK_BYTES. Every rank uses rank 0's, since the chunks are counted as rounds.
+size_t symmetric_chunk_bytes();
+
 // Bytes of payload that ride in a rank's entry line next to its sequence word and descriptor.
 constexpr size_t kInlineBytes = kLineBytes - sizeof(SyncWord) - sizeof(Desc);
 
@@ -205,6 +209,7 @@ class Communicator {
   size_t slot_bytes_ = 0, p2p_bytes_ = 0;
   uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
   size_t one_shot_max_ = 0, two_shot_max_ = 0;
+  size_t sym_chunk_bytes_ = 0;  // rank 0's symmetric_chunk_bytes()
   uint64_t timeout_ns_ = 0, spin_ns_ = 0, yield_ns_ = 0;
   bool oversubscribed_ = false;
   bool cma_ = false;       // every rank can read every peer's memory (probed at connect)
