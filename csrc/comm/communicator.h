@@ -81,6 +81,11 @@ inline Desc make_desc(Kind k, DType dt, RedOp op, Algo algo, int64_t root, uint6
 // map is read by seven others at once (docs/performance.md). algorithm="cma" forces it.
 constexpr size_t kCmaMinBytes = size_t(64) << 10;
 
+// The automatic choice reads the peers' blocks straight out of a symmetric input from this block
+// size up: below it the flat path's copy into a slot costs less than the extra wait for the
+// peers to finish reading (docs/performance.md).
+constexpr size_t kSymmetricGatherMinBytes = size_t(16) << 10;
+
 // Bytes of payload that ride in a rank's entry line next to its sequence word and descriptor.
 constexpr size_t kInlineBytes = kLineBytes - sizeof(SyncWord) - sizeof(Desc);
 
@@ -119,14 +124,20 @@ class Communicator {
   Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
                   int64_t sym_stride = 0, uint32_t sym_tag = 0, int32_t sym_offset = 0);
   void reduce_scatter(const void* in, void* out, size_t count_per_rank, DType dt, RedOp op);
-  // algo: kRing (the model's reference) or kFlat (each block written once, read by all: the
-  // default); kAuto picks kFlat.
+  // algo: kRing (the model's reference), kFlat (each block written once, read by all), kCma
+  // (read from the peers' private inputs) or kSymmetric (read where the inputs live); kAuto
+  // picks by size (all_gather in allgather_ring.cpp). `sym_stride` != 0 says that `in` lives in
+  // a symmetric buffer (stride and tag as for all_reduce), `sym_offset` bytes from the start of
+  // this rank's region; the ranks' inputs may sit at different offsets of the same buffer (an
+  // in-place all-gather into a symmetric output).
   Algo all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
-                  Kind account = Kind::kAllGather, Algo algo = Algo::kAuto);
-  // algo: kPairwise (n-1 steps, any size) or kFlat (one slot holds every peer's block; one
-  // synchronisation); kAuto picks kFlat when size * block fits in a slot.
+                  Kind account = Kind::kAllGather, Algo algo = Algo::kAuto,
+                  int64_t sym_stride = 0, uint32_t sym_tag = 0, int64_t sym_offset = 0);
+  // algo: kPairwise (n-1 steps, any size), kFlat (one slot holds every peer's block; one
+  // synchronisation), kCma or kSymmetric as for all_gather; kAuto picks by size.
   Algo all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
-                  Algo algo = Algo::kAuto);
+                  Algo algo = Algo::kAuto, int64_t sym_stride = 0, uint32_t sym_tag = 0,
+                  int64_t sym_offset = 0);
   // all_to_allv in two collectives: the counts exchange (returns what this rank receives from
   // each peer, in rows), then the data, which uses the count matrix the first call gathered.
   std::vector<int64_t> all_to_allv_counts(const std::vector<int64_t>& send_counts,
@@ -163,9 +174,12 @@ class Communicator {
   bool probe_cma();
   // Copies `bytes` from address `remote` of rank `peer`'s process (process_vm_readv).
   void cma_read(int peer, char* local, uint64_t remote, size_t bytes);
-  // The single-copy path: every rank publishes its input address in its entry, reads what it
-  // needs straight from the peers' processes, and waits until no peer still reads its input.
-  void cma_gather(const Desc& d, const char* in, char* out, size_t block, bool all_to_all, Kind kind);
+  // The single-copy paths (cma.cpp): every rank reads what it needs straight from the peers'
+  // inputs, through process_vm_readv (sym_stride == 0: the address rides in the entry) or where
+  // they live in a symmetric buffer (the offset rides in the entry), then waits until no peer
+  // still reads its input.
+  void single_copy_gather(const Desc& d, const char* in, char* out, size_t block, bool all_to_all,
+                          Kind kind, int64_t sym_stride, int64_t sym_offset);
   void check_usable();
   void check_abort();
   [[noreturn]] void fail_from_abort(uint64_t word);

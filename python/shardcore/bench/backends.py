@@ -106,7 +106,7 @@ class ShardcoreBackend(Backend):
         kwargs = {}
         if (
             algorithm is not None
-            and op in ("all_reduce", "all_gather")
+            and op in ("all_reduce", "all_gather", "all_to_all")
             and "algorithm" in inspect.signature(getattr(comm, op)).parameters
         ):
             kwargs["algorithm"] = algorithm
@@ -119,7 +119,7 @@ class ShardcoreBackend(Backend):
         if op == "reduce_scatter":
             return lambda: comm.reduce_scatter(send, out=recv)
         if op == "all_to_all":
-            return lambda: comm.all_to_all(send, out=recv)
+            return lambda: comm.all_to_all(send, out=recv, **kwargs)
         if op == "broadcast":
             return lambda: comm.broadcast(send, root=0)
         return _sendrecv_caller(comm.send, comm.recv, self.rank, self.size, send, recv)
