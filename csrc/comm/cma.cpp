@@ -24,12 +24,9 @@ void Communicator::single_copy_gather(const Desc& d, const char* in, char* out, 
                                 ": algorithm 'cma' is not available here (SHARDCORE_CMA=0, or the "
                                 "kernel does not let the ranks read each other's memory)");
   const int n = size_, r = rank_;
-  // Entry payload: where the peers find this rank's input (CMA: its address; symmetric: its
-  // offset in this rank's region of the buffer, whose tag the descriptor check compared).
-  const uint64_t mine = symmetric ? uint64_t(sym_offset) : reinterpret_cast<uint64_t>(in);
-  const uint64_t k = enter(d, &mine, sizeof(mine));
   const bool stream = should_stream(size_t(n) * block);
-  // Own block first (all-gather: x itself; all-to-all: block r of x).
+  // Own block first (all-gather: x itself; all-to-all: block r of x), before entering: it needs
+  // no peer, and it fills the time until the last peer arrives.
   char* own = out + size_t(r) * block;
   const char* own_src = all_to_all ? in + size_t(r) * block : in;
   if (block && own != own_src) {
@@ -37,6 +34,10 @@ void Communicator::single_copy_gather(const Desc& d, const char* in, char* out, 
     if (overlap) std::memmove(own, own_src, block);
     else copy_bytes(own, own_src, block, stream);
   }
+  // Entry payload: where the peers find this rank's input (CMA: its address; symmetric: its
+  // offset in this rank's region of the buffer, whose tag the descriptor check compared).
+  const uint64_t mine = symmetric ? uint64_t(sym_offset) : reinterpret_cast<uint64_t>(in);
+  const uint64_t k = enter(d, &mine, sizeof(mine));
   uint64_t moved = 0;
   if (n > 1) {
     if (block) {
