@@ -3,6 +3,8 @@ the non-temporal copies of large outputs, against NumPy on world sizes 1-8."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from collective_refs import BF16, REDUCIBLE, make_input
@@ -10,10 +12,20 @@ from collective_refs import BF16, REDUCIBLE, make_input
 import shardcore
 
 MOVABLE = REDUCIBLE + [np.dtype(np.int8), np.dtype(np.bool_), np.dtype(np.complex64)]
-# Rows of 3 elements: 0, 1 and 7 rows sit below the automatic symmetric threshold (16 KiB
-# blocks) for every dtype, 1500 rows above it for every dtype of 4 bytes and more.
+# Rows of 3 elements: 0, 1 and 7 rows sit below the automatic symmetric threshold (4 KiB blocks)
+# for every dtype, 1500 rows above it for every dtype.
 ROWS = [0, 1, 7, 1500]
-SYMMETRIC_MIN_BYTES = 16 << 10
+SLOT = 1 << 14  # all-to-alls of more than this many bytes do not fit the flat path
+BIG = 1 << 20  # block bytes from which oversubscribed ranks read a symmetric input directly
+
+
+def expect_symmetric(n: int, block: int, all_to_all: bool) -> bool:
+    """The automatic choice for a symmetric input (communicator.h, symmetric_gather_auto)."""
+    if n == 1 or block == 0:
+        return False
+    if n <= len(os.sched_getaffinity(0)):
+        return block >= 4096
+    return n * block > SLOT if all_to_all else block >= BIG
 
 
 def _symmetric_cases(comm):
@@ -37,6 +49,12 @@ def _symmetric_cases(comm):
                 res = comm.all_to_all(x, algorithm=algo)
                 t = comm.traffic()["all_to_all"]
                 out["a2a", di, rows, algo] = (res, comm.last_algorithm, t["sent"], t["recv"])
+    # Around the oversubscribed all-gather's threshold.
+    big = comm.empty(BIG + 1, np.uint8)
+    for block in (BIG - 1, BIG):
+        x = big[:block]
+        x[:] = make_input(("big", block), r, (block,), np.dtype(np.uint8))
+        out["big", block] = (comm.all_gather(x), comm.last_algorithm)
     # In place: x is this rank's block of a symmetric output.
     rows = 1500
     whole = comm.empty((n * rows, 3), BF16)
@@ -56,27 +74,30 @@ def _symmetric_cases(comm):
 
 @pytest.mark.parametrize("n", range(1, 9))
 def test_symmetric_all_gather_and_all_to_all(n):
-    results = shardcore.launch(_symmetric_cases, n)
+    results = shardcore.launch(_symmetric_cases, n, slot_bytes=SLOT)
     for di, dtype in enumerate(MOVABLE):
         for rows in ROWS:
             block = rows * 3 * dtype.itemsize
             xs = [make_input(("ag", di, rows), r, (rows, 3), dtype) for r in range(n)]
             a2a = [make_input(("a2a", di, rows), r, (n * rows, 3), dtype) for r in range(n)]
             for r in range(n):
-                expect_auto = "symmetric" if n > 1 and block >= SYMMETRIC_MIN_BYTES else None
                 for algo in ("symmetric", None):
                     res, used, sent, recv = results[r]["ag", di, rows, algo]
                     np.testing.assert_array_equal(res, np.concatenate(xs))
                     assert sent == recv == (n - 1) * block
-                    if algo or expect_auto:
-                        assert used == "symmetric"
-                    else:
-                        assert used != "symmetric"
+                    forced = algo is not None
+                    assert (used == "symmetric") == (forced or expect_symmetric(n, block, False))
                     res, used, sent, recv = results[r]["a2a", di, rows, algo]
                     expect = np.concatenate([a2a[s][r * rows : (r + 1) * rows] for s in range(n)])
                     np.testing.assert_array_equal(res, expect)
                     assert sent == recv == (n - 1) * block
-                    assert (used == "symmetric") == bool(algo or expect_auto)
+                    assert (used == "symmetric") == (forced or expect_symmetric(n, block, True))
+    for block in (BIG - 1, BIG):
+        xs = [make_input(("big", block), r, (block,), np.dtype(np.uint8)) for r in range(n)]
+        for r in range(n):
+            res, used = results[r]["big", block]
+            np.testing.assert_array_equal(res, np.concatenate(xs))
+            assert (used == "symmetric") == expect_symmetric(n, block, False)
     whole = np.concatenate([make_input("inplace", r, (1500, 3), BF16) for r in range(n)])
     ys = [make_input("places", r, (n * 1500,), np.dtype(np.float32)) for r in range(n)]
     for r in range(n):
@@ -98,7 +119,7 @@ def _misuse(comm):
         except ValueError as exc:
             errors[name] = str(exc)
     other = comm.split(0)  # a mismatch breaks a communicator: one for each case below
-    big = 1 << 16  # 256 KiB of float32: the automatic choice is symmetric on a symmetric input
+    big = 1 << 18  # 1 MiB of float32: the automatic choice is symmetric on a symmetric input
     first, second = comm.empty(big, np.float32), comm.empty(big, np.float32)
     try:
         comm.all_gather(first if comm.rank == 0 else second)

@@ -15,9 +15,9 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
                               int64_t sym_offset) {
   const size_t block = m * esz;
   if (algo == Algo::kAuto)
-    algo = size_ > 1 && sym_stride && block >= kSymmetricGatherMinBytes ? Algo::kSymmetric
-           : cma_auto() && block >= kCmaMinBytes                         ? Algo::kCma
-                                                                         : Algo::kFlat;
+    algo = symmetric_gather_auto(sym_stride, block, false) ? Algo::kSymmetric
+           : cma_auto() && block >= kCmaMinBytes            ? Algo::kCma
+                                                            : Algo::kFlat;
   if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma && algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_gather (ring, flat, cma or symmetric)");

@@ -15,10 +15,10 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
   const size_t block = m * esz;
   const bool fits = size_t(size_) * block <= slot_bytes_;
   if (algo == Algo::kAuto)
-    algo = size_ > 1 && sym_stride && block >= kSymmetricGatherMinBytes ? Algo::kSymmetric
-           : fits                                                       ? Algo::kFlat
-           : cma_auto() && block >= kCmaMinBytes                        ? Algo::kCma
-                                                                        : Algo::kPairwise;
+    algo = symmetric_gather_auto(sym_stride, block, true) ? Algo::kSymmetric
+           : fits                                          ? Algo::kFlat
+           : cma_auto() && block >= kCmaMinBytes           ? Algo::kCma
+                                                           : Algo::kPairwise;
   if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma &&
       algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +

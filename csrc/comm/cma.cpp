@@ -15,6 +15,13 @@
 
 namespace shardcore {
 
+bool Communicator::symmetric_gather_auto(int64_t sym_stride, size_t block, bool all_to_all) const {
+  if (size_ == 1 || !sym_stride || !block) return false;
+  if (!oversubscribed_) return block >= kSymmetricGatherMinBytes;
+  if (all_to_all) return size_t(size_) * block > slot_bytes_;
+  return block >= kSymmetricGatherMinBytesOversubscribed;
+}
+
 void Communicator::single_copy_gather(const Desc& d, const char* in, char* out, size_t block,
                                       bool all_to_all, Kind kind, int64_t sym_stride,
                                       int64_t sym_offset) {

@@ -82,9 +82,14 @@ inline Desc make_desc(Kind k, DType dt, RedOp op, Algo algo, int64_t root, uint6
 constexpr size_t kCmaMinBytes = size_t(64) << 10;
 
 // The automatic choice reads the peers' blocks straight out of a symmetric input from this block
-// size up: below it the flat path's copy into a slot costs less than the extra wait for the
-// peers to finish reading (docs/performance.md).
-constexpr size_t kSymmetricGatherMinBytes = size_t(16) << 10;
+// size up: below it the flat path's copy into a slot costs no more than the symmetric path's
+// second synchronisation (waiting until the peers have read). When ranks outnumber cores every
+// synchronisation is a round of sleeps and wake-ups, and a rank reads n-1 peers' cold regions
+// instead of slots that stay in cache: there the all-gather reads directly only from 1 MiB blocks,
+// and the all-to-all only where its flat path does not fit in a slot (measured at 8 ranks on 2
+// cores, docs/performance.md).
+constexpr size_t kSymmetricGatherMinBytes = size_t(4) << 10;
+constexpr size_t kSymmetricGatherMinBytesOversubscribed = size_t(1) << 20;
 
 // Bytes of payload that ride in a rank's entry line next to its sequence word and descriptor.
 constexpr size_t kInlineBytes = kLineBytes - sizeof(SyncWord) - sizeof(Desc);
@@ -220,6 +225,8 @@ class Communicator {
   bool oversubscribed_ = false;
   bool cma_ = false;       // every rank can read every peer's memory (probed at connect)
   bool cma_auto() const { return cma_ && size_ == 2 && !oversubscribed_; }  // more ranks than cores in our affinity mask
+  // Whether the automatic choice reads a symmetric input directly (all_gather / all_to_all).
+  bool symmetric_gather_auto(int64_t sym_stride, size_t block, bool all_to_all) const;
   uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
 
   uint64_t coll_seq_ = 0;  // collectives entered
