@@ -2,8 +2,9 @@
 // peer's input, so every byte is copied once instead of into a slot and out again.
 //   - cma: the input is the peer's private memory, read with Linux cross-memory attach
 //     (process_vm_readv), where the connect-time probe found that every rank may read every
-//     other (Communicator::probe_cma). The kernel pins and walks every 4 KiB page it copies,
-//     which makes the copy about half as fast as a memcpy on cold 4 KiB-page buffers.
+//     other (Communicator::probe_cma). The kernel pins and walks every 4 KiB page it copies:
+//     on the 2-core EPYC VM that made it half as fast as a memcpy of cold 4 KiB-page buffers
+//     (about 250 ns a page), and about as fast on 2 MiB pages (docs/performance.md).
 //   - symmetric: the input lives in a symmetric buffer (Communicator.empty), mapped at a fixed
 //     stride in every process, so the peer's block is read with an ordinary user-space copy.
 // Large outputs are written with non-temporal stores where the copy is ours (copy_bytes).
