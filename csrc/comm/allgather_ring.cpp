@@ -71,7 +71,7 @@ void Communicator::flat_all_gather(const char* in, char* out, size_t m, size_t e
     if (overlap) std::memmove(own, in, block);
     else copy_bytes(own, in, block, stream);
   }
-  const char* mine = overlap ? own : in;  // not the streamed copy: it has left the caches
+  const char* mine = stream && !overlap ? in : own;  // not a streamed copy: it left the caches
   uint64_t sent = 0, received = 0;
   if (n > 1 && block) {
     for (size_t lo = 0; lo < block; lo += slot_bytes_) {
