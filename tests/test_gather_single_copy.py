@@ -11,7 +11,13 @@ from collective_refs import BF16, REDUCIBLE, make_input
 
 import shardcore
 
-MOVABLE = REDUCIBLE + [np.dtype(np.int8), np.dtype(np.bool_), np.dtype(np.complex64)]
+MOVABLE = REDUCIBLE + [
+    np.dtype(np.int8),
+    np.dtype(np.uint8),
+    np.dtype(np.bool_),
+    np.dtype(np.complex64),
+    np.dtype("S3"),  # 3-byte elements: blocks at odd offsets
+]
 # Rows of 3 elements: 0, 1 and 7 rows sit below the automatic symmetric threshold (4 KiB blocks)
 # for every dtype, 1500 rows above it for every dtype.
 ROWS = [0, 1, 7, 1500]
