@@ -6,22 +6,32 @@
 
 #include "comm/blocks.h"
 #include "comm/communicator.h"
+#include "comm/copy.h"
 
 namespace shardcore {
 
 Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, size_t esz,
-                              Kind account_as, Algo algo) {
+                              Kind account_as, Algo algo, int64_t sym_stride, uint32_t sym_tag,
+                              int64_t sym_offset) {
   const size_t block = m * esz;
   if (algo == Algo::kAuto)
-    algo = cma_auto() && block >= kCmaMinBytes ? Algo::kCma : Algo::kFlat;
-  if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma)
+    algo = symmetric_gather_auto(sym_stride, block, false) ? Algo::kSymmetric
+           : cma_auto() && block >= kCmaMinBytes            ? Algo::kCma
+                                                            : Algo::kFlat;
+  if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma && algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
-                                "' does not apply to all_gather (ring, flat or cma)");
-  const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz);
-  if (algo == Algo::kCma) {
-    cma_gather(d, static_cast<const char*>(in), static_cast<char*>(out), block, false, account_as);
+                                "' does not apply to all_gather (ring, flat, cma or symmetric)");
+  if (algo == Algo::kSymmetric && !sym_stride)
+    throw std::invalid_argument("all_gather: the symmetric algorithm needs an input from "
+                                "Communicator.empty/zeros");
+  const bool sym = algo == Algo::kSymmetric;
+  const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz, sym ? sym_tag : 0);
+  if (algo == Algo::kCma || sym) {
+    single_copy_gather(d, static_cast<const char*>(in), static_cast<char*>(out), block, false,
+                       account_as, sym ? sym_stride : 0, sym_offset);
     return algo;
   }
+  const bool stream = should_stream(size_t(size_) * block);
   if (algo == Algo::kFlat && size_ > 1 && block && block <= slot_bytes_) {
     // One chunk: write it before entering, so the entry doubles as "my block is posted".
     const char* src = static_cast<const char*>(in);
@@ -32,7 +42,7 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
     enter(d);
     char* own = dst + size_t(rank_) * block;
     if (own != src) std::memmove(own, src, block);
-    for (int p : all_peers_) std::memcpy(dst + size_t(p) * block, slot(p, t), block);
+    for (int p : all_peers_) copy_bytes(dst + size_t(p) * block, slot(p, t), block, stream);
     publish_consumed(t);
     round_ += 1;
     const uint64_t moved = uint64_t(size_ - 1) * block;
@@ -48,23 +58,31 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
 }
 
 // Flat all-gather: every rank writes its chunk once into its slot and copies every peer's
-// chunk straight out of theirs; one synchronisation per chunk and no forwarding copies.
+// chunk straight out of theirs; one synchronisation per chunk and no forwarding copies. A large
+// output is written with non-temporal stores (nothing reads it before it leaves the caches); the
+// slots themselves are small and read at once, so they are written normally.
 void Communicator::flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account_as) {
   const int n = size_, r = rank_;
   const size_t block = m * esz;
+  const bool stream = should_stream(size_t(n) * block);
   char* own = out + size_t(r) * block;
-  if (block && own != in) std::memmove(own, in, block);
+  const bool overlap = own != in && own < in + block && in < own + block;
+  if (block && own != in) {
+    if (overlap) std::memmove(own, in, block);
+    else copy_bytes(own, in, block, stream);
+  }
+  const char* mine = stream && !overlap ? in : own;  // not a streamed copy: it left the caches
   uint64_t sent = 0, received = 0;
   if (n > 1 && block) {
     for (size_t lo = 0; lo < block; lo += slot_bytes_) {
       const size_t len = std::min(slot_bytes_, block - lo);
       const uint64_t t = round_ + 1;
       acquire_slot(t, all_peers_);
-      std::memcpy(slot(r, t), own + lo, len);
+      std::memcpy(slot(r, t), mine + lo, len);
       publish_posted(t);
       for (int p : all_peers_) {
         wait_geq(posted(p), t, p);
-        std::memcpy(out + size_t(p) * block + lo, slot(p, t), len);
+        copy_bytes(out + size_t(p) * block + lo, slot(p, t), len, stream);
       }
       publish_consumed(t);
       round_ += 1;

@@ -6,28 +6,36 @@
 
 #include "comm/blocks.h"
 #include "comm/communicator.h"
+#include "comm/copy.h"
 
 namespace shardcore {
 
-Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz, Algo algo) {
+Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz, Algo algo,
+                              int64_t sym_stride, uint32_t sym_tag, int64_t sym_offset) {
   const size_t block = m * esz;
   const bool fits = size_t(size_) * block <= slot_bytes_;
   if (algo == Algo::kAuto)
-    algo = fits                                                 ? Algo::kFlat
-           : cma_auto() && block >= kCmaMinBytes ? Algo::kCma
-                                                                : Algo::kPairwise;
-  if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma)
+    algo = symmetric_gather_auto(sym_stride, block, true) ? Algo::kSymmetric
+           : fits                                          ? Algo::kFlat
+           : cma_auto() && block >= kCmaMinBytes           ? Algo::kCma
+                                                           : Algo::kPairwise;
+  if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma &&
+      algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
-                                "' does not apply to all_to_all (pairwise, flat or cma)");
+                                "' does not apply to all_to_all (pairwise, flat, cma or symmetric)");
   if (algo == Algo::kFlat && !fits)
     throw std::invalid_argument("all_to_all: flat needs size * block (" +
                                 std::to_string(size_t(size_) * block) + " bytes) to fit in one slot (" +
                                 std::to_string(slot_bytes_) + " bytes)");
-  const Desc d = make_desc(Kind::kAllToAll, dt, RedOp::kNone, algo, 0, m, esz);
+  if (algo == Algo::kSymmetric && !sym_stride)
+    throw std::invalid_argument("all_to_all: the symmetric algorithm needs an input from "
+                                "Communicator.empty/zeros");
+  const bool sym = algo == Algo::kSymmetric;
+  const Desc d = make_desc(Kind::kAllToAll, dt, RedOp::kNone, algo, 0, m, esz, sym ? sym_tag : 0);
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
-  if (algo == Algo::kCma) {
-    cma_gather(d, src, dst, block, true, Kind::kAllToAll);
+  if (algo == Algo::kCma || sym) {
+    single_copy_gather(d, src, dst, block, true, Kind::kAllToAll, sym ? sym_stride : 0, sym_offset);
     return algo;
   }
   if (algo == Algo::kPairwise) {
@@ -57,10 +65,13 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
   return algo;
 }
 
+// Pairwise steps through the slots; a large output is written with non-temporal stores, as in
+// the flat all-gather.
 void Communicator::pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz) {
   const int n = size_, r = rank_;
   const size_t block = m * esz;
-  if (block) std::memcpy(out + size_t(r) * block, in + size_t(r) * block, block);
+  const bool stream = should_stream(size_t(n) * block);
+  if (block) copy_bytes(out + size_t(r) * block, in + size_t(r) * block, block, stream);
   uint64_t sent = 0, received = 0;
   if (n > 1 && m > 0) {
     const size_t nchunks = ceil_div(block, slot_bytes_);
@@ -75,7 +86,7 @@ void Communicator::pairwise_all_to_all(const char* in, char* out, size_t m, size
         std::memcpy(slot(r, t), in + size_t(to) * block + lo, bytes);
         publish_posted(t);
         wait_geq(posted(from), t, from);
-        std::memcpy(out + size_t(from) * block + lo, slot(from, t), bytes);
+        copy_bytes(out + size_t(from) * block + lo, slot(from, t), bytes, stream);
         publish_consumed(t);
         sent += bytes;
         received += bytes;

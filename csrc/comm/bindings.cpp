@@ -51,6 +51,7 @@ struct SymmetricPlace {
   int64_t stride = 0;
   uint32_t tag = 0;
   int32_t offset = 0;  // in elements from the start of this rank's region
+  int64_t byte_offset = 0;  // the same in bytes (all_gather / all_to_all)
 };
 
 SymmetricPlace symmetric_place(py::handle obj, size_t esz) {
@@ -65,6 +66,7 @@ SymmetricPlace symmetric_place(py::handle obj, size_t esz) {
     place.stride = int64_t(seg.stride());
     place.tag = seg.tag;
     place.offset = int32_t((a->data - seg.mine()) / int64_t(esz ? esz : 1));
+    place.byte_offset = a->data - seg.mine();
   }
   return place;
 }
@@ -545,10 +547,12 @@ void register_comm(py::module_& m) {
             Algo used;
             const char* src = addr(in);
             char* dst = addr(out);
+            const SymmetricPlace sym = symmetric_place(in, esz);
             {
               py::gil_scoped_release nogil;
               used = c.all_gather(src, dst, m, DType(dt), esz,
-                                  internal ? Kind::kInternal : Kind::kAllGather, Algo(algo));
+                                  internal ? Kind::kInternal : Kind::kAllGather, Algo(algo),
+                                  sym.stride, sym.tag, sym.byte_offset);
             }
             return algo_name(used);
           },
@@ -560,10 +564,12 @@ void register_comm(py::module_& m) {
              uint32_t algo) {
             const char* src = addr(in);
             char* dst = addr(out);
+            const SymmetricPlace sym = symmetric_place(in, esz);
             Algo used;
             {
               py::gil_scoped_release nogil;
-              used = c.all_to_all(src, dst, m, DType(dt), esz, Algo(algo));
+              used = c.all_to_all(src, dst, m, DType(dt), esz, Algo(algo), sym.stride, sym.tag,
+                                  sym.byte_offset);
             }
             return algo_name(used);
           },

@@ -527,6 +527,10 @@ std::string Communicator::describe(const Desc& d) const {
   if (RedOp(d.op) != RedOp::kNone) s += std::string(", op=") + op_name(RedOp(d.op));
   if (Kind(d.kind) == Kind::kBroadcast) s += ", root=" + std::to_string(d.root);
   if (Algo(d.algo) != Algo::kAuto) s += std::string(", algorithm=") + algo_name(Algo(d.algo));
+  if (Algo(d.algo) == Algo::kSymmetric) {  // which symmetric buffer (its tag), and where
+    s += ", buffer #" + std::to_string(d.flags);
+    if (Kind(d.kind) == Kind::kAllReduce) s += " at element " + std::to_string(d.root);
+  }
   return s + ")";
 }
 

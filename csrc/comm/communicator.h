@@ -85,6 +85,16 @@ constexpr size_t kCmaMinBytes = size_t(64) << 10;
 // SHARDCORE_SYM_CHUNK_BYTES. Every rank uses rank 0's, since the chunks are counted as rounds.
 size_t symmetric_chunk_bytes();
 
+// The automatic choice reads the peers' blocks straight out of a symmetric input from this block
+// size up: below it the flat path's copy into a slot costs no more than the symmetric path's
+// second synchronisation (waiting until the peers have read). When ranks outnumber cores every
+// synchronisation is a round of sleeps and wake-ups, and a rank reads n-1 peers' cold regions
+// instead of slots that stay in cache: there the all-gather reads directly only from 1 MiB blocks,
+// and the all-to-all only where its flat path does not fit in a slot (measured at 8 ranks on 2
+// cores, docs/performance.md).
+constexpr size_t kSymmetricGatherMinBytes = size_t(4) << 10;
+constexpr size_t kSymmetricGatherMinBytesOversubscribed = size_t(1) << 20;
+
 // Bytes of payload that ride in a rank's entry line next to its sequence word and descriptor.
 constexpr size_t kInlineBytes = kLineBytes - sizeof(SyncWord) - sizeof(Desc);
 
@@ -123,14 +133,20 @@ class Communicator {
   Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
                   int64_t sym_stride = 0, uint32_t sym_tag = 0, int32_t sym_offset = 0);
   void reduce_scatter(const void* in, void* out, size_t count_per_rank, DType dt, RedOp op);
-  // algo: kRing (the model's reference) or kFlat (each block written once, read by all: the
-  // default); kAuto picks kFlat.
+  // algo: kRing (the model's reference), kFlat (each block written once, read by all), kCma
+  // (read from the peers' private inputs) or kSymmetric (read where the inputs live); kAuto
+  // picks by size (all_gather in allgather_ring.cpp). `sym_stride` != 0 says that `in` lives in
+  // a symmetric buffer (stride and tag as for all_reduce), `sym_offset` bytes from the start of
+  // this rank's region; the ranks' inputs may sit at different offsets of the same buffer (an
+  // in-place all-gather into a symmetric output).
   Algo all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
-                  Kind account = Kind::kAllGather, Algo algo = Algo::kAuto);
-  // algo: kPairwise (n-1 steps, any size) or kFlat (one slot holds every peer's block; one
-  // synchronisation); kAuto picks kFlat when size * block fits in a slot.
+                  Kind account = Kind::kAllGather, Algo algo = Algo::kAuto,
+                  int64_t sym_stride = 0, uint32_t sym_tag = 0, int64_t sym_offset = 0);
+  // algo: kPairwise (n-1 steps, any size), kFlat (one slot holds every peer's block; one
+  // synchronisation), kCma or kSymmetric as for all_gather; kAuto picks by size.
   Algo all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
-                  Algo algo = Algo::kAuto);
+                  Algo algo = Algo::kAuto, int64_t sym_stride = 0, uint32_t sym_tag = 0,
+                  int64_t sym_offset = 0);
   // all_to_allv in two collectives: the counts exchange (returns what this rank receives from
   // each peer, in rows), then the data, which uses the count matrix the first call gathered.
   std::vector<int64_t> all_to_allv_counts(const std::vector<int64_t>& send_counts,
@@ -170,9 +186,12 @@ class Communicator {
   bool probe_cma();
   // Copies `bytes` from address `remote` of rank `peer`'s process (process_vm_readv).
   void cma_read(int peer, char* local, uint64_t remote, size_t bytes);
-  // The single-copy path: every rank publishes its input address in its entry, reads what it
-  // needs straight from the peers' processes, and waits until no peer still reads its input.
-  void cma_gather(const Desc& d, const char* in, char* out, size_t block, bool all_to_all, Kind kind);
+  // The single-copy paths (cma.cpp): every rank reads what it needs straight from the peers'
+  // inputs, through process_vm_readv (sym_stride == 0: the address rides in the entry) or where
+  // they live in a symmetric buffer (the offset rides in the entry), then waits until no peer
+  // still reads its input.
+  void single_copy_gather(const Desc& d, const char* in, char* out, size_t block, bool all_to_all,
+                          Kind kind, int64_t sym_stride, int64_t sym_offset);
   void check_usable();
   void check_abort();
   [[noreturn]] void fail_from_abort(uint64_t word);
@@ -214,6 +233,8 @@ class Communicator {
   bool oversubscribed_ = false;
   bool cma_ = false;       // every rank can read every peer's memory (probed at connect)
   bool cma_auto() const { return cma_ && size_ == 2 && !oversubscribed_; }  // more ranks than cores in our affinity mask
+  // Whether the automatic choice reads a symmetric input directly (all_gather / all_to_all).
+  bool symmetric_gather_auto(int64_t sym_stride, size_t block, bool all_to_all) const;
   uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
 
   uint64_t coll_seq_ = 0;  // collectives entered

@@ -284,10 +284,11 @@ class Communicator:
     ) -> np.ndarray:
         """Concatenate every rank's ``x`` along axis 0 (0-d arrays: a vector), in rank order.
 
-        ``algorithm``: "flat" (the default: each block is written once and read by every rank)
-        or "ring" (the traffic model's reference).
+        ``algorithm``: "flat" (each block is written once and read by every rank), "ring" (the
+        traffic model's reference), "cma" (read from the peers' memory with process_vm_readv) or
+        "symmetric" (``x`` from ``empty``/``zeros``: read where it lives). None: by size.
         """
-        algo = self._algorithm_code(algorithm, ("ring", "flat", "cma"), "all_gather")
+        algo = self._algorithm_code(algorithm, ("ring", "flat", "cma", "symmetric"), "all_gather")
         _require_array(x, "all_gather: x")
         code = dtype_code(x.dtype, "all_gather")
         shape = (self.size * x.shape[0],) + x.shape[1:] if x.ndim else (self.size,)
@@ -317,10 +318,13 @@ class Communicator:
     ) -> np.ndarray:
         """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i.
 
-        ``algorithm``: "pairwise" (n-1 steps, one peer at a time) or "flat" (every block in one
-        slot, one synchronisation; messages up to the slot size). None: flat when it fits.
+        ``algorithm``: "pairwise" (n-1 steps, one peer at a time), "flat" (every block in one
+        slot, one synchronisation; messages up to the slot size), "cma" or "symmetric" (as for
+        ``all_gather``). None: by size.
         """
-        algo = self._algorithm_code(algorithm, ("pairwise", "flat", "cma"), "all_to_all")
+        algo = self._algorithm_code(
+            algorithm, ("pairwise", "flat", "cma", "symmetric"), "all_to_all"
+        )
         _require_array(x, "all_to_all: x")
         code = dtype_code(x.dtype, "all_to_all")
         if x.ndim == 0 or x.shape[0] % self.size:

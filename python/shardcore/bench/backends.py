@@ -15,6 +15,7 @@ import numpy as np
 from .metrics import TRAFFIC_KIND
 
 _REDUCING = ("all_reduce", "reduce_scatter")
+_ALL_TO_ALL_ALGORITHMS = ("pairwise", "flat", "cma", "symmetric")
 
 
 def buffer_shapes(op: str, count: int, world_size: int, inplace: bool) -> tuple[int, int | None]:
@@ -102,11 +103,15 @@ class ShardcoreBackend(Backend):
 
     def caller(self, op, send, recv, algorithm):
         comm = self.comm
-        # Ops with a choice of algorithm take ``algorithm=``; the others run their only one.
+        # Ops with a choice of algorithm take ``algorithm=``; the others run their only one, and
+        # all_to_all runs its own choice when the name is not one of its algorithms (``ring``).
         kwargs = {}
         if (
             algorithm is not None
-            and op in ("all_reduce", "all_gather")
+            and (
+                op in ("all_reduce", "all_gather")
+                or (op == "all_to_all" and algorithm in _ALL_TO_ALL_ALGORITHMS)
+            )
             and "algorithm" in inspect.signature(getattr(comm, op)).parameters
         ):
             kwargs["algorithm"] = algorithm
@@ -119,7 +124,7 @@ class ShardcoreBackend(Backend):
         if op == "reduce_scatter":
             return lambda: comm.reduce_scatter(send, out=recv)
         if op == "all_to_all":
-            return lambda: comm.all_to_all(send, out=recv)
+            return lambda: comm.all_to_all(send, out=recv, **kwargs)
         if op == "broadcast":
             return lambda: comm.broadcast(send, root=0)
         return _sendrecv_caller(comm.send, comm.recv, self.rank, self.size, send, recv)

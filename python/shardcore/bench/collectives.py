@@ -43,9 +43,9 @@ def add_sweep_arguments(
     p.add_argument(
         "--algorithm",
         default=None,
-        help="force the core's algorithm for all_reduce and all_gather, e.g. ring "
-        "(default: the core's choice by size; other ops have one algorithm; "
-        "peers always run their own)",
+        help="force the core's algorithm for all_reduce, all_gather and all_to_all, e.g. ring "
+        "(default: the core's choice by size; an op without that algorithm and the other ops "
+        "run their own choice; peers always run their own)",
     )
     p.add_argument(
         "--mode",
