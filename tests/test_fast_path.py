@@ -355,3 +355,115 @@ def test_other_fast_methods_hand_errors_to_python():
             assert res[key][0] == kind, (key, res[key])
         assert res["hits"] == {"reduce_scatter": 0, "broadcast": 0, "send": 0, "recv": 0}
         assert res["np_root"] == [1.0] * 4
+
+
+# --- all_gather and all_to_all --------------------------------------------------------------
+
+
+def _gathers(comm):
+    n, r = comm.size, comm.rank
+    res = []
+    salt = 0
+    for dtype in DTYPES + [np.int8, np.uint8, np.bool_]:
+        for shape in [(), (0,), (1,), (3,), (2, 5), (7, 3)]:
+            salt += 1
+            x = _data(r, shape, dtype, salt)
+            rows = (shape[0] if shape else 1) * n
+            oshape = (rows,) + shape[1:]
+            ref = Communicator.all_gather(comm, x)
+            h = comm.all_gather.hits
+            got = comm.all_gather(x)
+            out = np.empty(oshape, dtype)
+            got2 = comm.all_gather(x, out=out)
+            # in place: x is this rank's block of out
+            buf = np.empty(oshape, dtype)
+            blk = shape[0] if shape else 1
+            mine = buf[r * blk : (r + 1) * blk]
+            if shape:
+                mine[...] = x
+                got3 = comm.all_gather(mine, out=buf)
+            else:
+                got3 = comm.all_gather(x, out=buf)  # 0-d: no view of out can be x
+            fast = comm.all_gather.hits == h + 3 and got2 is out and got3 is buf
+            same = ref.tobytes() == got.tobytes() == got2.tobytes() == got3.tobytes()
+            res.append(("ag", np.dtype(dtype).name, shape, fast, same and got.shape == ref.shape))
+            if shape:
+                xs = _data(r, (shape[0] * n,) + shape[1:], dtype, salt + 5)
+                ref = Communicator.all_to_all(comm, xs)
+                h = comm.all_to_all.hits
+                got = comm.all_to_all(xs)
+                out = np.empty_like(xs)
+                got2 = comm.all_to_all(xs, out=out)
+                fast = comm.all_to_all.hits == h + 2 and got2 is out
+                res.append(
+                    (
+                        "a2a",
+                        np.dtype(dtype).name,
+                        shape,
+                        fast,
+                        ref.tobytes() == got.tobytes() == got2.tobytes(),
+                    )
+                )
+    # inputs in symmetric buffers take the symmetric path through the fast call too
+    for count in (1, 5000, 40000):
+        sym = comm.empty((count * n,), np.float32)
+        sym[...] = np.arange(count * n, dtype=np.float32) + 1000 * r
+        h1, h2 = comm.all_gather.hits, comm.all_to_all.hits
+        g = comm.all_gather(sym)
+        a = comm.all_to_all(sym)
+        expect_g = np.concatenate(
+            [np.arange(count * n, dtype=np.float32) + 1000 * p for p in range(n)]
+        )
+        expect_a = np.concatenate(
+            [np.arange(r * count, (r + 1) * count, dtype=np.float32) + 1000 * p for p in range(n)]
+        )
+        res.append(
+            (
+                "sym",
+                "float32",
+                (count,),
+                comm.all_gather.hits == h1 + 1 and comm.all_to_all.hits == h2 + 1,
+                np.array_equal(g, expect_g) and np.array_equal(a, expect_a),
+            )
+        )
+    return res
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_gather_fast_paths_equal_the_python_methods(n):
+    for rank_results in shardcore.launch(_gathers, n):
+        bad = [x for x in rank_results if not (x[3] and x[4])]
+        assert not bad, bad[:5]
+
+
+def _gather_errors(comm):
+    x = np.ones(4, np.float32)
+    buf = np.ones(16, np.float32)
+    h = comm.all_gather.hits, comm.all_to_all.hits
+    out = {
+        "ag_out_shape": _catch(lambda: comm.all_gather(x, out=np.ones(9, np.float32))),
+        "ag_out_dtype": _catch(lambda: comm.all_gather(x, out=np.ones(8, np.float64))),
+        "ag_overlap": _catch(lambda: comm.all_gather(buf[1:5], out=buf[:8])),
+        "ag_algorithm": _catch(lambda: comm.all_gather(x, algorithm="nope")),
+        "a2a_rows": _catch(lambda: comm.all_to_all(np.ones(3, np.float32))),
+        "a2a_overlap": _catch(lambda: comm.all_to_all(buf[:4], out=buf[2:6])),
+        "a2a_0d": _catch(lambda: comm.all_to_all(np.ones((), np.float32))),
+    }
+    out["hits"] = (comm.all_gather.hits - h[0], comm.all_to_all.hits - h[1])
+    return out
+
+
+def test_gather_fast_paths_hand_errors_to_python():
+    expected = {
+        "ag_out_shape": "ValueError",
+        "ag_out_dtype": "TypeError",
+        "ag_overlap": "ValueError",
+        "ag_algorithm": "ValueError",
+        "a2a_rows": "ValueError",
+        "a2a_overlap": "ValueError",
+        "a2a_0d": "ValueError",
+    }
+    for res in shardcore.launch(_gather_errors, 2):
+        for key, kind in expected.items():
+            assert res[key][0] == kind, (key, res[key])
+        assert res["hits"] == (0, 0)

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <vector>
@@ -85,7 +86,9 @@ void raise_as(const char* cls, const char* msg) {
 // core and hand every other call — unusual arguments, and anything that needs an error message —
 // to the Python method, which validates and raises. Both paths pass the core the same
 // arguments, so ranks may mix them freely.
-enum class FastKind : int { kAllReduce, kReduceScatter, kBroadcast, kSend, kRecv, kCount };
+enum class FastKind : int {
+  kAllReduce, kReduceScatter, kBroadcast, kSend, kRecv, kAllGather, kAllToAll, kCount
+};
 
 struct FastCall {
   PyObject_HEAD
@@ -106,6 +109,8 @@ const char* const k_param_names[int(FastKind::kCount)][kMaxParams] = {
     {"x", "root", nullptr, nullptr},  // broadcast
     {"x", "dst", "tag", nullptr},     // send
     {"out", "src", "tag", nullptr},   // recv
+    {"x", "out", "algorithm", nullptr},  // all_gather
+    {"x", "out", "algorithm", nullptr},  // all_to_all
 };
 PyObject* g_params[int(FastKind::kCount)][kMaxParams];
 PyObject* g_op_names[4];  // interned "sum", "max", "min", "prod", in RedOp order
@@ -170,11 +175,13 @@ bool disjoint(const Arr& x, const Arr& y) {
   return nx == 0 || ny == 0 || y.a->data >= x.a->data + nx || x.a->data >= y.a->data + ny;
 }
 
-// A new, uninitialised C-contiguous array like `like` with first dimension `rows`.
+// A new, uninitialised C-contiguous array like `like` with first dimension `rows` (a 0-d `like`
+// gives a vector of `rows`).
 PyObject* new_array(const Arr& like, Py_intptr_t rows) {
   auto& api = py::detail::npy_api::get();
   std::vector<Py_intptr_t> dims(like.a->dimensions, like.a->dimensions + like.a->nd);
-  if (!dims.empty()) dims[0] = rows;
+  if (dims.empty()) dims.push_back(rows);
+  dims[0] = rows;
   Py_INCREF(like.a->descr);  // NewFromDescr steals it
   return api.PyArray_NewFromDescr_(api.PyArray_Type_, like.a->descr, int(dims.size()), dims.data(),
                                    nullptr, nullptr, 0, nullptr);
@@ -310,9 +317,54 @@ PyObject* fast_recv(Communicator& c, PyObject* const* v) {
   return v[0];
 }
 
+// all_gather(x, out=None, algorithm=None) and all_to_all(x, out=None, algorithm=None).
+PyObject* fast_gather(Communicator& c, PyObject* const* v, bool all_to_all) {
+  if (v[2] && v[2] != Py_None) return kFallback;
+  Arr x, o;
+  if (!as_array(v[0], &x, false)) return kFallback;
+  const int n = c.size();
+  if (all_to_all && (x.a->nd == 0 || x.a->dimensions[0] % n)) return kFallback;
+  const Py_intptr_t rows = all_to_all ? x.a->dimensions[0] : (x.a->nd ? x.a->dimensions[0] : 1) * n;
+  py::object owned;
+  PyObject* out = v[1] && v[1] != Py_None ? v[1] : nullptr;
+  if (out == nullptr) {
+    owned = py::reinterpret_steal<py::object>(new_array(x, rows));
+    if (!owned) return nullptr;
+    out = owned.ptr();
+    as_array(out, &o, false);
+  } else {
+    if (!as_array(out, &o, false) || !o.writeable() || o.code != x.code ||
+        o.a->nd != std::max(x.a->nd, 1) || o.a->dimensions[0] != rows)
+      return kFallback;
+    for (int i = 1; i < x.a->nd; ++i)
+      if (o.a->dimensions[i] != x.a->dimensions[i]) return kFallback;
+    // An all-gather may run in place (x is this rank's block of out); nothing else may overlap.
+    const bool in_place = !all_to_all && x.a->data == o.a->data + size_t(c.rank()) * x.bytes();
+    if (!disjoint(x, o) && !in_place) return kFallback;
+  }
+  const SymmetricPlace sym = x.a->base ? symmetric_place(v[0], x.esz) : SymmetricPlace{};
+  const size_t m = all_to_all ? x.count / size_t(n) : x.count;
+  if (!run_released([&] {
+        if (all_to_all)
+          c.all_to_all(x.a->data, o.a->data, m, DType(x.code), x.esz, Algo::kAuto, sym.stride,
+                       sym.tag, sym.byte_offset);
+        else
+          c.all_gather(x.a->data, o.a->data, m, DType(x.code), x.esz, Kind::kAllGather,
+                       Algo::kAuto, sym.stride, sym.tag, sym.byte_offset);
+      }))
+    return nullptr;
+  Py_INCREF(out);
+  return out;
+}
+
+PyObject* fast_all_gather(Communicator& c, PyObject* const* v) { return fast_gather(c, v, false); }
+PyObject* fast_all_to_all(Communicator& c, PyObject* const* v) { return fast_gather(c, v, true); }
+
 using FastFn = PyObject* (*)(Communicator&, PyObject* const*);
 const FastFn k_fast_fns[int(FastKind::kCount)] = {fast_all_reduce, fast_reduce_scatter,
-                                                   fast_broadcast, fast_send, fast_recv};
+                                                   fast_broadcast,  fast_send,
+                                                   fast_recv,       fast_all_gather,
+                                                   fast_all_to_all};
 
 PyObject* fast_call_slow(FastCall* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -422,7 +474,8 @@ void register_fast_calls(py::module_& m) {
   m.def(
       "fast_call",
       [](const std::string& method, py::handle core, py::handle owner, py::handle slow) {
-        static const char* methods[] = {"all_reduce", "reduce_scatter", "broadcast", "send", "recv"};
+        static const char* methods[] = {"all_reduce", "reduce_scatter", "broadcast", "send",
+                                        "recv",       "all_gather",     "all_to_all"};
         int kind = -1;
         for (int k = 0; k < int(FastKind::kCount); ++k)
           if (method == methods[k]) kind = k;

@@ -31,7 +31,15 @@ _core.set_type_nums(
     ]
 )
 # Methods whose common calls go to the core through a C fast path (see __init__).
-_FAST_METHODS = ("all_reduce", "reduce_scatter", "broadcast", "send", "recv")
+_FAST_METHODS = (
+    "all_reduce",
+    "reduce_scatter",
+    "broadcast",
+    "send",
+    "recv",
+    "all_gather",
+    "all_to_all",
+)
 
 _DEFAULT_SLOT_BYTES = 1 << 19
 _DEFAULT_P2P_BYTES = 1 << 16
