@@ -55,7 +55,7 @@ else
   step 230 compare-allreduce $SC compare --op all_reduce -n 2,4,8 --sizes $SIZES --symmetric \
     --json "$RES/compare_all_reduce.json" --plots "$RES/img"
   step 90 compare-gather-a2a $SC compare --op all_gather,all_to_all -n 2,8 --sizes 1K:64M \
-    --factor 8 --peers gloo,mpi --json "$RES/compare_gather_a2a.json" --plots "$RES/img"
+    --factor 8 --peers gloo,mpi --symmetric --json "$RES/compare_gather_a2a.json" --plots "$RES/img"
   step 40 compare-bf16 $SC compare --op all_reduce -n 8 --sizes 8,64K,1M,16M --dtype bfloat16 \
     --peers gloo,deepspeed --json "$RES/compare_bf16.json"
   step 120 model $SC model --op all_reduce,all_gather,reduce_scatter,all_to_all -n 2,4,8 \
@@ -72,7 +72,7 @@ else
   step 60 pin2-compare-n4 $PIN $SC compare --op all_reduce -n 4 --sizes 8,4K,1M \
     --json "$RES/pin2_compare_all_reduce_n4.json"
   step 60 pin2-gather-a2a $PIN $SC compare --op all_gather,all_to_all -n 2 --sizes 1K:64M \
-    --factor 8 --peers gloo,mpi --json "$RES/pin2_compare_gather_a2a.json" --plots "$RES/img/pin2"
+    --factor 8 --peers gloo,mpi --symmetric --json "$RES/pin2_compare_gather_a2a.json" --plots "$RES/img/pin2"
 fi
 tar cf "$OUT/results.tar" -C "$RES" . && rm -rf "$RES"
 ls -la "$OUT"
