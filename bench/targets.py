@@ -88,6 +88,22 @@ def main() -> None:
             None,
             1 / 1.5,
         ),
+        (
+            "all-gather ≥ 1.5× best peer, ≥ 1 MiB, symmetric input",
+            "shardcore-sym",
+            "all_gather",
+            [4 * MIB, 32 * MIB],
+            None,
+            1 / 1.5,
+        ),
+        (
+            "all-to-all ≥ 1.5× best peer, ≥ 1 MiB, symmetric input",
+            "shardcore-sym",
+            "all_to_all",
+            [4 * MIB, 32 * MIB],
+            None,
+            1 / 1.5,
+        ),
     ]
     print("| target | ranks | time ratio shardcore / peer, per size | met |")
     print("|---|---|---|---|")

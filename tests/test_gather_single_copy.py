@@ -30,6 +30,8 @@ def expect_symmetric(n: int, block: int, all_to_all: bool) -> bool:
     if n == 1 or block == 0:
         return False
     if n <= len(os.sched_getaffinity(0)):
+        if not all_to_all and n > 2 and block > BIG:
+            return False
         return block >= 4096
     return n * block > SLOT if all_to_all else block >= BIG
 

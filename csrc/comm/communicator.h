@@ -94,6 +94,8 @@ size_t symmetric_chunk_bytes();
 // cores, docs/performance.md).
 constexpr size_t kSymmetricGatherMinBytes = size_t(4) << 10;
 constexpr size_t kSymmetricGatherMinBytesOversubscribed = size_t(1) << 20;
+// ... and above this block size an all-gather of more than two ranks goes through the slots.
+constexpr size_t kSymmetricGatherMaxBytesManyRanks = size_t(1) << 20;
 
 // Bytes of payload that ride in a rank's entry line next to its sequence word and descriptor.
 constexpr size_t kInlineBytes = kLineBytes - sizeof(SyncWord) - sizeof(Desc);
