@@ -9,6 +9,8 @@ Prints the median per call in nanoseconds (min over 5 repetitions of timeit).
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import timeit
 
 import numpy as np
@@ -38,7 +40,38 @@ def _shardcore(comm, calls: int) -> dict:
     return {name: _time(s, ns, calls) for name, s in stmts.items()}
 
 
+def _mapped_by_others(path: str) -> bool:
+    me = str(os.getpid())
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        if maps.split("/")[2] == me:
+            continue
+        try:
+            with open(maps) as f:
+                if any(line.rstrip().endswith(path) for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def _mpi(calls: int) -> dict:
+    from shardcore.bench.runners import _MPI_SEGMENTS
+
+    before = set(glob.glob(_MPI_SEGMENTS))
+    try:
+        return _mpi_calls(calls)
+    finally:
+        # Open MPI's singleton leaves its shared-memory segment in /dev/shm: remove the ones that
+        # appeared meanwhile and no other process maps (this process's own mapping stays valid).
+        for path in set(glob.glob(_MPI_SEGMENTS)) - before:
+            if not _mapped_by_others(path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def _mpi_calls(calls: int) -> dict:
     try:
         from mpi4py import MPI
     except ImportError:
@@ -57,7 +90,9 @@ def _mpi(calls: int) -> dict:
         "broadcast(x)": "c.Bcast(x)",
         "barrier()": "c.Barrier()",
     }
-    return {name: _time(s, ns, calls) for name, s in stmts.items()}
+    result = {name: _time(s, ns, calls) for name, s in stmts.items()}
+    MPI.Finalize()
+    return result
 
 
 def main() -> None:
