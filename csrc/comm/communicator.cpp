@@ -27,13 +27,15 @@ constexpr size_t kAbortMsgBytes = 1024;
 // peer is checked every kLivenessPeriodNs, well inside the 10 s the error model promises.
 constexpr long kSleepSliceNs = 10'000'000;
 constexpr uint64_t kLivenessPeriodNs = 100'000'000;
-// After spinning, a waiter yields its core (sched_yield) for up to this long before it sleeps on
-// the futex. Oversubscribed (more ranks than cores), the rank it waits for is likely runnable
-// but not running, and a yield hands it the core at once where a futex sleep would cost a
-// wake-up on both sides; on a machine shared with other work, a rank that stays runnable is
-// back on its core far sooner than one that must be woken (2 ranks beside two busy loops on a
-// 16-core Xeon: 8-byte all-reduce median 107 us with sleep after the spin, 0.6 us with this
-// phase). Long waits (a pipeline bubble) still end up asleep. SHARDCORE_YIELD_US overrides it.
+// When ranks outnumber cores, a waiter yields its core (sched_yield) for up to this long before
+// it sleeps on the futex: the rank it waits for is likely runnable but not running, and a yield
+// hands it the core at once where a futex sleep would cost a wake-up on both sides; a rank idle
+// for longer sleeps and stops burning its core. With a core per rank there is no yield phase: on
+// a machine shared with other busy work the outcome of either choice was chaotic (2 ranks beside
+// two busy loops on a 16-core Xeon, bench/wait_policy.sh: a 1 ms yield phase gave 0.6 us in one
+// run and 3.9 ms in another; no yield phase gave 107 us in one and 1.3 us in another).
+// SHARDCORE_YIELD_US sets it for every rank. 1 ms rather than 200 us: 4 ranks on 2 cores, 8 B
+// all-reduce 5.3-7.6 us against 8.4-11.3 us (3 alternating runs each on the 2-core VM).
 constexpr uint64_t kYieldPhaseNs = 1'000'000;
 
 enum AbortReason : int { kReasonUser = 1, kReasonMismatch = 2, kReasonTimeout = 3, kReasonPeer = 4 };
@@ -124,7 +126,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
   double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 0.0);
   spin_ns_ = uint64_t(spin_us * 1e3);
   oversubscribed_ = unsigned(size) > cores;
-  yield_ns_ = kYieldPhaseNs;
+  yield_ns_ = oversubscribed_ ? kYieldPhaseNs : 0;
   if (const char* y = getenv("SHARDCORE_YIELD_US"); y && *y) yield_ns_ = uint64_t(strtod(y, nullptr) * 1e3);
   // Fault injection for the tests of the error model: die in the middle of a collective.
   if (const char* k = getenv("SHARDCORE_FAULT_KILL_AT_ROUND")) fault_kill_round_ = strtoull(k, nullptr, 10);
