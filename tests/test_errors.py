@@ -275,3 +275,25 @@ def test_error_classes_are_catchable_by_their_builtin_bases():
     assert issubclass(CommTimeoutError, TimeoutError)
     assert issubclass(CollectiveMismatchError, ValueError)
     assert issubclass(PeerFailureError, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    "var", ["SHARDCORE_SPIN_US", "SHARDCORE_YIELD_US", "SHARDCORE_SLOT_BYTES", "SHARDCORE_TIMEOUT"]
+)
+def test_bad_environment_numbers_name_the_variable(var, monkeypatch):
+    monkeypatch.setenv(var, "fast")
+    with pytest.raises(ValueError, match=var):
+        shardcore.launch(lambda comm: None, 2)
+
+
+def _sum_of_ranks(comm):
+    return comm.all_reduce(np.full(3, comm.rank, np.float64)).tolist()
+
+
+@pytest.mark.parametrize("spin, yld", [("0", "0"), ("0", "3000"), ("20", "0")])
+def test_wait_settings_from_the_environment(spin, yld, monkeypatch):
+    # Every combination of spinning, yielding and sleeping still completes (8 ranks on 2 cores).
+    monkeypatch.setenv("SHARDCORE_SPIN_US", spin)
+    monkeypatch.setenv("SHARDCORE_YIELD_US", yld)
+    for res in shardcore.launch(_sum_of_ranks, 8):
+        assert res == [28.0] * 3

@@ -536,8 +536,9 @@ void register_comm(py::module_& m) {
   py::class_<Communicator>(m, "Comm", "A shared-memory communicator (see shardcore.Communicator).")
       .def(py::init([](const std::string& name, int rank, int size, size_t slot_bytes,
                        size_t p2p_bytes, double timeout, double spin_us, size_t one_shot_max,
-                       size_t two_shot_max) {
+                       size_t two_shot_max, double yield_us) {
              Options o;
+             o.yield_us = yield_us;
              o.one_shot_max = one_shot_max;
              o.two_shot_max = two_shot_max;
              o.slot_bytes = slot_bytes;
@@ -557,7 +558,7 @@ void register_comm(py::module_& m) {
            }),
            py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("slot_bytes"),
            py::arg("p2p_bytes"), py::arg("timeout"), py::arg("spin_us"),
-           py::arg("one_shot_max") = 0, py::arg("two_shot_max") = 0)
+           py::arg("one_shot_max") = 0, py::arg("two_shot_max") = 0, py::arg("yield_us") = -1.0)
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("name", &Communicator::name)

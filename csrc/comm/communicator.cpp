@@ -34,7 +34,7 @@ constexpr uint64_t kLivenessPeriodNs = 100'000'000;
 // a machine shared with other busy work the outcome of either choice was chaotic (2 ranks beside
 // two busy loops on a 16-core Xeon, bench/wait_policy.sh: a 1 ms yield phase gave 0.6 us in one
 // run and 3.9 ms in another; no yield phase gave 107 us in one and 1.3 us in another).
-// SHARDCORE_YIELD_US sets it for every rank. 1 ms rather than 200 us: 4 ranks on 2 cores, 8 B
+// Options::yield_us (SHARDCORE_YIELD_US) sets it for every rank. 1 ms rather than 200 us: 4 ranks on 2 cores, 8 B
 // all-reduce 5.3-7.6 us against 8.4-11.3 us (3 alternating runs each on the 2-core VM).
 constexpr uint64_t kYieldPhaseNs = 1'000'000;
 
@@ -127,7 +127,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
   spin_ns_ = uint64_t(spin_us * 1e3);
   oversubscribed_ = unsigned(size) > cores;
   yield_ns_ = oversubscribed_ ? kYieldPhaseNs : 0;
-  if (const char* y = getenv("SHARDCORE_YIELD_US"); y && *y) yield_ns_ = uint64_t(strtod(y, nullptr) * 1e3);
+  if (opt.yield_us >= 0) yield_ns_ = uint64_t(opt.yield_us * 1e3);
   // Fault injection for the tests of the error model: die in the middle of a collective.
   if (const char* k = getenv("SHARDCORE_FAULT_KILL_AT_ROUND")) fault_kill_round_ = strtoull(k, nullptr, 10);
   uint64_t deadline = now_ns() + timeout_ns_;

@@ -52,6 +52,7 @@ struct Options {
   size_t p2p_bytes = size_t(1) << 16;   // 64 KiB per mailbox chunk; n^2 mailboxes per segment
   double timeout_s = 600.0;             // a wait longer than this is a CommTimeoutError
   double spin_us = -1.0;                // < 0: spin 50 us if ranks <= cores, else not at all
+  double yield_us = -1.0;               // < 0: yield 1 ms if ranks > cores, else not at all
   // Automatic all-reduce choice by message size (rank 0's values win): one-shot up to
   // one_shot_max bytes, two-shot up to two_shot_max, the ring above. 0 = built-in default.
   size_t one_shot_max = 0;

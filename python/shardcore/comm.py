@@ -142,6 +142,7 @@ class Communicator:
         if p2p_bytes is None:
             p2p_bytes = _env_number("SHARDCORE_P2P_BYTES", _DEFAULT_P2P_BYTES, int)
         spin_us = _env_number("SHARDCORE_SPIN_US", -1.0)
+        yield_us = _env_number("SHARDCORE_YIELD_US", -1.0)
         from .tuning import thresholds
 
         one_shot_max, two_shot_max = thresholds(int(size))
@@ -155,6 +156,7 @@ class Communicator:
             float(spin_us),
             one_shot_max,
             two_shot_max,
+            float(yield_us),
         )
         return cls(core, group_ranks)
 
