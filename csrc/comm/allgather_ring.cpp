@@ -31,7 +31,7 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
                        account_as, sym ? sym_stride : 0, sym_offset);
     return algo;
   }
-  const bool stream = should_stream(size_t(size_) * block);
+  const bool stream = should_stream(size_t(size_) * block, kStreamMinGatherBytes);
   if (algo == Algo::kFlat && size_ > 1 && block && block <= slot_bytes_) {
     // One chunk: write it before entering, so the entry doubles as "my block is posted".
     const char* src = static_cast<const char*>(in);
@@ -64,7 +64,7 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
 void Communicator::flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account_as) {
   const int n = size_, r = rank_;
   const size_t block = m * esz;
-  const bool stream = should_stream(size_t(n) * block);
+  const bool stream = should_stream(size_t(n) * block, kStreamMinGatherBytes);
   char* own = out + size_t(r) * block;
   const bool overlap = own != in && own < in + block && in < own + block;
   if (block && own != in) {

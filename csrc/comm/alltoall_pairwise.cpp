@@ -70,7 +70,7 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
 void Communicator::pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz) {
   const int n = size_, r = rank_;
   const size_t block = m * esz;
-  const bool stream = should_stream(size_t(n) * block);
+  const bool stream = should_stream(size_t(n) * block, kStreamMinGatherBytes);
   if (block) copy_bytes(out + size_t(r) * block, in + size_t(r) * block, block, stream);
   uint64_t sent = 0, received = 0;
   if (n > 1 && m > 0) {

@@ -38,7 +38,7 @@ void Communicator::single_copy_gather(const Desc& d, const char* in, char* out, 
                                 ": algorithm 'cma' is not available here (SHARDCORE_CMA=0, or the "
                                 "kernel does not let the ranks read each other's memory)");
   const int n = size_, r = rank_;
-  const bool stream = should_stream(size_t(n) * block);
+  const bool stream = should_stream(size_t(n) * block, kStreamMinGatherBytes);
   // Own block first (all-gather: x itself; all-to-all: block r of x), before entering: it needs
   // no peer, and it fills the time until the last peer arrives.
   char* own = out + size_t(r) * block;

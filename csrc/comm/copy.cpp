@@ -10,17 +10,14 @@
 namespace shardcore {
 namespace {
 
-// Above this a copy is taken to overflow what the caches keep for the reader: a quarter of a
-// typical 32 MiB last-level cache, shared by the ranks.
-constexpr size_t kStreamMinBytes = size_t(8) << 20;
-
-size_t stream_min_bytes() {
+// SHARDCORE_NT_MIN_BYTES, or 0 where it is unset or not a number.
+size_t stream_min_override() {
   static const size_t v = [] {
     const char* s = std::getenv("SHARDCORE_NT_MIN_BYTES");
-    if (!s || !*s) return kStreamMinBytes;
+    if (!s || !*s) return size_t(0);
     char* end = nullptr;
     const unsigned long long x = std::strtoull(s, &end, 10);
-    if (end == s || *end) return kStreamMinBytes;
+    if (end == s || *end) return size_t(0);
     return x == 0 ? SIZE_MAX : size_t(x);
   }();
   return v;
@@ -28,7 +25,10 @@ size_t stream_min_bytes() {
 
 }  // namespace
 
-bool should_stream(size_t bytes) { return bytes >= stream_min_bytes(); }
+bool should_stream(size_t bytes, size_t min_bytes) {
+  const size_t forced = stream_min_override();
+  return bytes >= (forced ? forced : min_bytes);
+}
 
 void copy_bytes(void* dst, const void* src, size_t n, bool streaming) {
 #if defined(__x86_64__)

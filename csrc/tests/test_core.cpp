@@ -703,6 +703,8 @@ void test_copy_bytes() {
   if (!std::getenv("SHARDCORE_NT_MIN_BYTES")) {
     CHECK(!should_stream(0) && !should_stream((size_t(8) << 20) - 1), "below 8 MiB");
     CHECK(should_stream(size_t(8) << 20), "at 8 MiB");
+    CHECK(!should_stream((size_t(1) << 20) - 1, kStreamMinGatherBytes), "gathered, below 1 MiB");
+    CHECK(should_stream(size_t(1) << 20, kStreamMinGatherBytes), "gathered, at 1 MiB");
   }
 }
 
