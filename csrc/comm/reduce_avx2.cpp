@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include "comm/reduce.h"
+#include "comm/reduce_isa.h"
 
 namespace shardcore {
 namespace {
@@ -62,76 +63,9 @@ struct Min {
   }
 };
 
-template <typename T, typename Op>
-size_t two(void* dst, const void* a, const void* b, size_t n) {
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) T::store(dst, i, Op::apply(T::load(a, i), T::load(b, i)));
-  return i;
-}
+using Kernels = reduce_isa::Unit<kLanes, F32, BF16, F16, Sum, Prod, Max, Min>;
 
-template <typename T, typename Op>
-size_t many(void* dst, const void* const* srcs, int m, size_t n) {
-  size_t i = 0;
-  // Four vectors at a time keep four independent chains in flight per source.
-  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
-    __m256 a0 = T::load(srcs[0], i), a1 = T::load(srcs[0], i + 8);
-    __m256 a2 = T::load(srcs[0], i + 16), a3 = T::load(srcs[0], i + 24);
-    for (int s = 1; s < m; ++s) {
-      a0 = Op::apply(a0, T::load(srcs[s], i));
-      a1 = Op::apply(a1, T::load(srcs[s], i + 8));
-      a2 = Op::apply(a2, T::load(srcs[s], i + 16));
-      a3 = Op::apply(a3, T::load(srcs[s], i + 24));
-    }
-    T::store(dst, i, a0);
-    T::store(dst, i + 8, a1);
-    T::store(dst, i + 16, a2);
-    T::store(dst, i + 24, a3);
-  }
-  for (; i + kLanes <= n; i += kLanes) {
-    __m256 a = T::load(srcs[0], i);
-    for (int s = 1; s < m; ++s) a = Op::apply(a, T::load(srcs[s], i));
-    T::store(dst, i, a);
-  }
-  return i;
-}
-
-template <template <typename, typename> class F, typename... Args>
-size_t by_type_op(DType dt, RedOp op, Args... args) {
-  auto with_op = [&](auto type_tag) -> size_t {
-    using T = decltype(type_tag);
-    switch (op) {
-      case RedOp::kSum: return F<T, Sum>::run(args...);
-      case RedOp::kProd: return F<T, Prod>::run(args...);
-      case RedOp::kMax: return F<T, Max>::run(args...);
-      case RedOp::kMin: return F<T, Min>::run(args...);
-      default: return 0;
-    }
-  };
-  switch (dt) {
-    case DType::kFloat32: return with_op(F32{});
-    case DType::kBFloat16: return with_op(BF16{});
-    case DType::kFloat16: return with_op(F16{});
-    default: return 0;
-  }
-}
-
-template <typename T, typename Op>
-struct TwoRun {
-  static size_t run(void* d, const void* a, const void* b, size_t n) { return two<T, Op>(d, a, b, n); }
-};
-template <typename T, typename Op>
-struct ManyRun {
-  static size_t run(void* d, const void* const* s, int m, size_t n) { return many<T, Op>(d, s, m, n); }
-};
-
-size_t reduce2(void* dst, const void* a, const void* b, size_t n, DType dt, RedOp op) {
-  return by_type_op<TwoRun>(dt, op, dst, a, b, n);
-}
-size_t reduce_n(void* dst, const void* const* srcs, int m, size_t n, DType dt, RedOp op) {
-  return by_type_op<ManyRun>(dt, op, dst, srcs, m, n);
-}
-
-const ReduceIsa kAvx2{"avx2", reduce2, reduce_n};
+const ReduceIsa kAvx2{"avx2", Kernels::reduce2, Kernels::reduce_n};
 
 }  // namespace
 
