@@ -105,7 +105,7 @@ void Communicator::ring_all_gather(const char* in, char* out, size_t m, size_t e
   const size_t chunk = slot_bytes_ / esz;
   const size_t nchunks = ceil_div(m, chunk);
   const int pred = (r - 1 + n) % n;
-  auto mod = [n](int x) { return ((x % n) + n) % n; };
+  auto mod = [n](int x) { return ring_mod(x, n); };
   uint64_t sent = 0, received = 0;
   for (size_t c = 0; c < nchunks; ++c) {
     const size_t lo = c * chunk * esz;

@@ -79,7 +79,7 @@ void Communicator::ring_all_reduce(const char* in, char* out, size_t count, DTyp
   const size_t nchunks = ceil_div(blocks.longest(), chunk);
   const int pred = (r - 1 + n) % n;
   const int steps = 2 * n - 2;  // rounds posted per chunk; a final step only receives
-  auto mod = [n](int x) { return ((x % n) + n) % n; };
+  auto mod = [n](int x) { return ring_mod(x, n); };
   uint64_t sent = 0, received = 0;
   // `out` is not read again in this call: past the caches' reach, and when enough ranks copy at
   // once to fill the memory bus, write it with streaming stores (16-core Xeon, 256 MiB: 8 ranks

@@ -237,27 +237,40 @@ PyObject* fast_all_reduce(Communicator& c, PyObject* const* v) {
   return out;
 }
 
+// The output of a call whose result is shaped like x with `rows` rows (a 0-d x: a vector of
+// `rows`): the caller's `given` array if it is writeable, of x's dtype and that shape, or a new
+// one (kept alive in `owned`) where none was given. kFallback for a `given` that does not fit (the
+// Python method says why); kError when allocating failed (a Python error is set).
+enum class OutStatus { kOk, kFallback, kError };
+OutStatus output_rows(const Arr& x, Py_intptr_t rows, PyObject* given, py::object* owned,
+                      PyObject** out, Arr* o) {
+  if (given == nullptr || given == Py_None) {
+    *owned = py::reinterpret_steal<py::object>(new_array(x, rows));
+    if (!*owned) return OutStatus::kError;
+    *out = owned->ptr();
+    as_array(*out, o, false);
+    return OutStatus::kOk;
+  }
+  if (!as_array(given, o, false) || !o->writeable() || o->code != x.code ||
+      o->a->nd != std::max(x.a->nd, 1) || o->a->dimensions[0] != rows)
+    return OutStatus::kFallback;
+  for (int i = 1; i < x.a->nd; ++i)
+    if (o->a->dimensions[i] != x.a->dimensions[i]) return OutStatus::kFallback;
+  *out = given;
+  return OutStatus::kOk;
+}
+
 PyObject* fast_reduce_scatter(Communicator& c, PyObject* const* v) {
   // reduce_scatter(x, op="sum", out=None)
   const int op = v[1] ? op_from_name(v[1]) : int(RedOp::kSum);
   Arr x, o;
   if (op < 0 || !as_array(v[0], &x, true) || x.a->nd == 0 || x.a->dimensions[0] % c.size())
     return kFallback;
-  const Py_intptr_t rows = x.a->dimensions[0] / c.size();
   py::object owned;
-  PyObject* out = v[2] && v[2] != Py_None ? v[2] : nullptr;
-  if (out == nullptr) {
-    owned = py::reinterpret_steal<py::object>(new_array(x, rows));
-    if (!owned) return nullptr;
-    out = owned.ptr();
-    as_array(out, &o, true);
-  } else if (!as_array(out, &o, true) || !o.writeable() || o.code != x.code || o.a->nd != x.a->nd ||
-             o.a->dimensions[0] != rows || !disjoint(x, o)) {
-    return kFallback;
-  } else {
-    for (int i = 1; i < x.a->nd; ++i)
-      if (o.a->dimensions[i] != x.a->dimensions[i]) return kFallback;
-  }
+  PyObject* out = nullptr;
+  const OutStatus st = output_rows(x, x.a->dimensions[0] / c.size(), v[2], &owned, &out, &o);
+  if (st == OutStatus::kError) return nullptr;
+  if (st == OutStatus::kFallback || !disjoint(x, o)) return kFallback;
   if (!run_released([&] { c.reduce_scatter(x.a->data, o.a->data, o.count, DType(x.code), RedOp(op)); }))
     return nullptr;
   Py_INCREF(out);
@@ -326,22 +339,13 @@ PyObject* fast_gather(Communicator& c, PyObject* const* v, bool all_to_all) {
   if (all_to_all && (x.a->nd == 0 || x.a->dimensions[0] % n)) return kFallback;
   const Py_intptr_t rows = all_to_all ? x.a->dimensions[0] : (x.a->nd ? x.a->dimensions[0] : 1) * n;
   py::object owned;
-  PyObject* out = v[1] && v[1] != Py_None ? v[1] : nullptr;
-  if (out == nullptr) {
-    owned = py::reinterpret_steal<py::object>(new_array(x, rows));
-    if (!owned) return nullptr;
-    out = owned.ptr();
-    as_array(out, &o, false);
-  } else {
-    if (!as_array(out, &o, false) || !o.writeable() || o.code != x.code ||
-        o.a->nd != std::max(x.a->nd, 1) || o.a->dimensions[0] != rows)
-      return kFallback;
-    for (int i = 1; i < x.a->nd; ++i)
-      if (o.a->dimensions[i] != x.a->dimensions[i]) return kFallback;
-    // An all-gather may run in place (x is this rank's block of out); nothing else may overlap.
-    const bool in_place = !all_to_all && x.a->data == o.a->data + size_t(c.rank()) * x.bytes();
-    if (!disjoint(x, o) && !in_place) return kFallback;
-  }
+  PyObject* out = nullptr;
+  const OutStatus st = output_rows(x, rows, v[1], &owned, &out, &o);
+  if (st == OutStatus::kError) return nullptr;
+  if (st == OutStatus::kFallback) return kFallback;
+  // An all-gather may run in place (x is this rank's block of out); nothing else may overlap.
+  const bool in_place = !all_to_all && x.a->data == o.a->data + size_t(c.rank()) * x.bytes();
+  if (!disjoint(x, o) && !in_place) return kFallback;
   const SymmetricPlace sym = x.a->base ? symmetric_place(v[0], x.esz) : SymmetricPlace{};
   const size_t m = all_to_all ? x.count / size_t(n) : x.count;
   if (!run_released([&] {

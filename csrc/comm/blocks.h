@@ -24,4 +24,7 @@ inline size_t chunk_len(size_t block_len, size_t c, size_t chunk) {
 
 inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
+// x modulo n in [0, n) for any int x (ring positions before rank 0 wrap around).
+inline int ring_mod(int x, int n) { return ((x % n) + n) % n; }
+
 }  // namespace shardcore

@@ -597,11 +597,15 @@ void Communicator::barrier() {
 // Point to point: a FIFO of chunks per ordered pair; a message that fits in the mailbox's
 // buffers completes without the receiver (eager), a longer one streams through them.
 
+void Communicator::check_peer(int p, const char* what) const {
+  if (p < 0 || p >= size_ || p == rank_)
+    throw std::invalid_argument(std::string(what) + " " + std::to_string(p) + " is not a peer of rank " +
+                                std::to_string(rank_) + " (size " + std::to_string(size_) + ")");
+}
+
 void Communicator::send(const void* buf, size_t count, DType dt, size_t esz, int dst, int64_t tag) {
   check_usable();
-  if (dst < 0 || dst >= size_ || dst == rank_)
-    throw std::invalid_argument("send: dst " + std::to_string(dst) + " is not a peer of rank " +
-                                std::to_string(rank_) + " (size " + std::to_string(size_) + ")");
+  check_peer(dst, "send: dst");
   t_kind = Kind::kSend;
   size_t bytes = count * esz;
   Counter& mine = p2p_posted(rank_, dst);
@@ -628,9 +632,7 @@ void Communicator::send(const void* buf, size_t count, DType dt, size_t esz, int
 
 void Communicator::recv(void* buf, size_t count, DType dt, size_t esz, int src, int64_t tag) {
   check_usable();
-  if (src < 0 || src >= size_ || src == rank_)
-    throw std::invalid_argument("recv: src " + std::to_string(src) + " is not a peer of rank " +
-                                std::to_string(rank_) + " (size " + std::to_string(size_) + ")");
+  check_peer(src, "recv: src");
   t_kind = Kind::kRecv;
   size_t bytes = count * esz;
   Counter& theirs = p2p_posted(src, rank_);

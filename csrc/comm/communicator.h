@@ -208,6 +208,8 @@ class Communicator {
   void publish_consumed(uint64_t round);
   std::string describe(const Desc& d) const;
   void account(Kind k, Algo a, uint64_t sent, uint64_t recv);
+  // Throws invalid_argument unless `p` is another rank of this communicator ("send: dst" ...).
+  void check_peer(int p, const char* what) const;
 
   // --- algorithms (one file each) ---
   Algo choose_all_reduce(size_t bytes, bool symmetric) const;
