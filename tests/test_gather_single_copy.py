@@ -199,3 +199,38 @@ def test_streamed_outputs(n, monkeypatch):
                     if ("a2a", dtype.str, elems, algo) in results[r]:
                         res = results[r]["a2a", dtype.str, elems, algo]
                         np.testing.assert_array_equal(res, expect)
+
+
+def _in_place_cases(comm, sizes):
+    """all_gather whose input is this rank's own block of the output, on every algorithm."""
+    n, r = comm.size, comm.rank
+    out = {}
+    for dtype in (np.dtype(np.uint8), np.dtype(np.float32), BF16):
+        for elems in sizes:
+            x = make_input(("ip", dtype.str, elems), r, (elems,), dtype)
+            for algo in (None, "flat", "ring", "cma"):
+                if algo == "cma" and not comm._core.cma:
+                    continue
+                res = np.empty(n * elems, dtype)
+                res[r * elems : (r + 1) * elems] = x
+                got = comm.all_gather(res[r * elems : (r + 1) * elems], out=res, algorithm=algo)
+                assert got is res or np.shares_memory(got, res)
+                out[dtype.str, elems, algo] = res
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_in_place_all_gather(n):
+    # Slots of 4 KiB: the largest size spans many chunks of the flat and ring paths; 1 and 4099
+    # elements sit at odd offsets.
+    sizes = [0, 1, 4099, 20_011]
+    results = shardcore.launch(_in_place_cases, n, args=(sizes,), slot_bytes=4096)
+    for dtype in (np.dtype(np.uint8), np.dtype(np.float32), BF16):
+        for elems in sizes:
+            want = np.concatenate(
+                [make_input(("ip", dtype.str, elems), q, (elems,), dtype) for q in range(n)]
+            )
+            for r in range(n):
+                for key, got in results[r].items():
+                    if key[:2] == (dtype.str, elems):
+                        np.testing.assert_array_equal(got, want, err_msg=f"rank {r} {key}")

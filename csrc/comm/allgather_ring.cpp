@@ -41,7 +41,11 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
     std::memcpy(slot(rank_, t), src, block);
     enter(d);
     char* own = dst + size_t(rank_) * block;
-    if (own != src) std::memmove(own, src, block);
+    if (own != src) {
+      const bool overlap = own < src + block && src < own + block;
+      if (overlap) std::memmove(own, src, block);
+      else copy_bytes(own, slot(rank_, t), block, stream);  // from the copy still in cache
+    }
     for (int p : all_peers_) copy_bytes(dst + size_t(p) * block, slot(p, t), block, stream);
     publish_consumed(t);
     round_ += 1;
@@ -58,7 +62,9 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
 }
 
 // Flat all-gather: every rank writes its chunk once into its slot and copies every peer's
-// chunk straight out of theirs; one synchronisation per chunk and no forwarding copies. A large
+// chunk straight out of theirs; one synchronisation per chunk and no forwarding copies. The
+// input is read once: each chunk goes into the slot, and the rank's own output block is filled
+// from the slot (still in cache) after the chunk is posted, while the peers read it. A large
 // output is written with non-temporal stores (nothing reads it before it leaves the caches); the
 // slots themselves are small and read at once, so they are written normally.
 void Communicator::flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account_as) {
@@ -66,20 +72,23 @@ void Communicator::flat_all_gather(const char* in, char* out, size_t m, size_t e
   const size_t block = m * esz;
   const bool stream = should_stream(size_t(n) * block, kStreamMinGatherBytes);
   char* own = out + size_t(r) * block;
+  // An input that overlaps its own output block without being it is moved there first (the
+  // chunks are then read from there).
   const bool overlap = own != in && own < in + block && in < own + block;
-  if (block && own != in) {
-    if (overlap) std::memmove(own, in, block);
-    else copy_bytes(own, in, block, stream);
-  }
-  const char* mine = stream && !overlap ? in : own;  // not a streamed copy: it left the caches
+  if (block && overlap) std::memmove(own, in, block);
+  const char* mine = overlap ? own : in;
+  const bool copy_own = block && !overlap && own != in;
   uint64_t sent = 0, received = 0;
+  if (n == 1 && copy_own) copy_bytes(own, in, block, stream);
   if (n > 1 && block) {
     for (size_t lo = 0; lo < block; lo += slot_bytes_) {
       const size_t len = std::min(slot_bytes_, block - lo);
       const uint64_t t = round_ + 1;
       acquire_slot(t, all_peers_);
-      std::memcpy(slot(r, t), mine + lo, len);
+      char* mine_slot = slot(r, t);
+      std::memcpy(mine_slot, mine + lo, len);
       publish_posted(t);
+      if (copy_own) copy_bytes(own + lo, mine_slot, len, stream);
       for (int p : all_peers_) {
         wait_geq(posted(p), t, p);
         copy_bytes(out + size_t(p) * block + lo, slot(p, t), len, stream);

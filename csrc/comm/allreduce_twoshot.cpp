@@ -27,9 +27,13 @@ void Communicator::two_shot_all_reduce(const char* in, char* out, size_t count, 
     const BlockSplit blocks(len, n);
     const size_t mine_off = blocks.offset(r) * esz, mine_len = blocks.length(r);
     const uint64_t t1 = round_ + 1, t2 = round_ + 2;
-    // Phase 1: publish this chunk of the input.
+    // Phase 1: publish this chunk of the input, less block r, which only this rank reduces
+    // (it reads it from the input itself).
     acquire_slot(t1, all_peers_);
-    std::memcpy(slot(r, t1), in + lo * esz, len * esz);
+    const char* chunk_in = in + lo * esz;
+    const size_t mine_end = mine_off + mine_len * esz;
+    std::memcpy(slot(r, t1), chunk_in, mine_off);
+    std::memcpy(slot(r, t1) + mine_end, chunk_in + mine_end, len * esz - mine_end);
     publish_posted(t1);
     for (int p : all_peers_) wait_geq(posted(p), t1, p);
     // Reduce block r over all ranks, in rank order, into this rank's second slot and output.

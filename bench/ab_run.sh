@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Same-run A/B of forced algorithms against the peers on a many-core host (the `device` tool):
+# builds shardcore in place, then runs each `shardcore bench compare` of $AB_STEPS (a file of
+# "NAME|PREFIX|ARGS" lines; PREFIX e.g. "taskset -c 0,1" or "-") with JSON into $OUT, twice,
+# alternating, so that drifts of a shared host show up as a spread, not as a difference.
+#   OUT=/tmp/out WHL=/path/to/wheels AB_STEPS=bench/ab_steps.txt bash bench/ab_run.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/shardcore-ab-out}
+PY=${PYTHON:-python3}
+REPEAT=${REPEAT:-2}
+mkdir -p "$OUT/json"
+exec > >(tee "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+if [ -n "${WHL:-}" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$WHL"/*.whl && export PYTHONPATH=/tmp/site
+fi
+nproc; lscpu | grep -E "Model name|L2|L3"
+cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DPython_EXECUTABLE="$($PY -c 'import sys; print(sys.executable)')" \
+  -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" >/dev/null && cmake --build build/dev -j16 >/dev/null \
+  || { echo "build failed"; exit 1; }
+ln -sf "$(pwd)/$(ls build/dev/_core*.so)" python/shardcore/
+export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+for rep in $(seq 1 "$REPEAT"); do
+  while IFS='|' read -r name prefix args; do
+    [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
+    [ "$prefix" = "-" ] && prefix=""
+    echo "== $name (run $rep): $prefix shardcore bench compare $args"
+    # shellcheck disable=SC2086
+    timeout "${STEP_LIMIT:-90}" env XDG_CACHE_HOME=/tmp/no-tune $prefix $PY -m shardcore.cli bench compare \
+      $args --json "$OUT/json/${name}_$rep.json" 2>&1 | grep -v "^$"
+  done < "${AB_STEPS:?a steps file}"
+done
