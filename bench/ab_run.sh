@@ -30,6 +30,6 @@ for rep in $(seq 1 "$REPEAT"); do
     echo "== $name (run $rep): $prefix shardcore bench compare $args"
     # shellcheck disable=SC2086
     timeout "${STEP_LIMIT:-90}" env XDG_CACHE_HOME=/tmp/no-tune $prefix $PY -m shardcore.cli bench compare \
-      $args --json "$OUT/json/${name}_$rep.json" 2>&1 | grep -v "^$"
+      $args --json "$OUT/json/${name}_$rep.json" < /dev/null 2>&1 | grep -v "^$"
   done < "${AB_STEPS:?a steps file}"
 done
