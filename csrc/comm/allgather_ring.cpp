@@ -14,10 +14,11 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
                               Kind account_as, Algo algo, int64_t sym_stride, uint32_t sym_tag,
                               int64_t sym_offset) {
   const size_t block = m * esz;
+  // Cross-memory attach is never the automatic choice: since the flat path reads its input once
+  // and streams large outputs it was as fast on a 16-core Xeon and 1.4-1.7x faster on the 2-core
+  // EPYC VM at 1-32 MiB, two ranks (docs/performance.md, session 3); algorithm="cma" forces it.
   if (algo == Algo::kAuto)
-    algo = symmetric_gather_auto(sym_stride, block, false) ? Algo::kSymmetric
-           : cma_auto() && block >= kCmaMinBytes            ? Algo::kCma
-                                                            : Algo::kFlat;
+    algo = symmetric_gather_auto(sym_stride, block, false) ? Algo::kSymmetric : Algo::kFlat;
   if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma && algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_gather (ring, flat, cma or symmetric)");

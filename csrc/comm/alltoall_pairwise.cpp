@@ -14,10 +14,12 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
                               int64_t sym_stride, uint32_t sym_tag, int64_t sym_offset) {
   const size_t block = m * esz;
   const bool fits = size_t(size_) * block <= slot_bytes_;
+  // As for all_gather, cross-memory attach is chosen only when forced: the pairwise path, which
+  // copies the rank's own block while the first peer posts, was as fast on a 16-core Xeon and
+  // faster up to 4 MiB on the 2-core EPYC VM (docs/performance.md, session 3).
   if (algo == Algo::kAuto)
     algo = symmetric_gather_auto(sym_stride, block, true) ? Algo::kSymmetric
            : fits                                          ? Algo::kFlat
-           : cma_auto() && block >= kCmaMinBytes           ? Algo::kCma
                                                            : Algo::kPairwise;
   if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma &&
       algo != Algo::kSymmetric)
@@ -66,12 +68,13 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
 }
 
 // Pairwise steps through the slots; a large output is written with non-temporal stores, as in
-// the flat all-gather.
+// the flat all-gather. The rank's own block is copied chunk by chunk in the first step, after its
+// chunk is posted: that fills the time until the first peer's chunk arrives.
 void Communicator::pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz) {
   const int n = size_, r = rank_;
   const size_t block = m * esz;
   const bool stream = should_stream(size_t(n) * block, kStreamMinGatherBytes);
-  if (block) copy_bytes(out + size_t(r) * block, in + size_t(r) * block, block, stream);
+  if (n == 1 && block) copy_bytes(out, in, block, stream);
   uint64_t sent = 0, received = 0;
   if (n > 1 && m > 0) {
     const size_t nchunks = ceil_div(block, slot_bytes_);
@@ -85,6 +88,8 @@ void Communicator::pairwise_all_to_all(const char* in, char* out, size_t m, size
         acquire_slot(t, one_peer_);
         std::memcpy(slot(r, t), in + size_t(to) * block + lo, bytes);
         publish_posted(t);
+        // This chunk of the rank's own block, while the first peer copies into its slot.
+        if (s == 1) copy_bytes(out + size_t(r) * block + lo, in + size_t(r) * block + lo, bytes, stream);
         wait_geq(posted(from), t, from);
         copy_bytes(out + size_t(from) * block + lo, slot(from, t), bytes, stream);
         publish_consumed(t);

@@ -76,12 +76,6 @@ inline Desc make_desc(Kind k, DType dt, RedOp op, Algo algo, int64_t root, uint6
               uint32_t(esz), flags};
 }
 
-// The automatic choice uses cross-memory attach for blocks from this size up, when it is
-// available, for two ranks that each have a core: measured on a 16-core Xeon it was 1.0-2.1x
-// faster than copying through the slots there, but slower at 8 ranks, where every rank's memory
-// map is read by seven others at once (docs/performance.md). algorithm="cma" forces it.
-constexpr size_t kCmaMinBytes = size_t(64) << 10;
-
 // The symmetric all-reduce's pipeline chunk (allreduce_symmetric.cpp): its built-in size, or
 // SHARDCORE_SYM_CHUNK_BYTES. Every rank uses rank 0's, since the chunks are counted as rounds.
 size_t symmetric_chunk_bytes();
@@ -237,7 +231,6 @@ class Communicator {
   uint64_t timeout_ns_ = 0, spin_ns_ = 0, yield_ns_ = 0;
   bool oversubscribed_ = false;
   bool cma_ = false;       // every rank can read every peer's memory (probed at connect)
-  bool cma_auto() const { return cma_ && size_ == 2 && !oversubscribed_; }  // more ranks than cores in our affinity mask
   // Whether the automatic choice reads a symmetric input directly (all_gather / all_to_all).
   bool symmetric_gather_auto(int64_t sym_stride, size_t block, bool all_to_all) const;
   uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
