@@ -23,6 +23,7 @@ cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
   || { echo "build failed"; exit 1; }
 ln -sf "$(pwd)/$(ls build/dev/_core*.so)" python/shardcore/
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+[ -n "${TUNE:-}" ] && timeout 150 env XDG_CACHE_HOME=/tmp/tune-cache $PY -m shardcore.cli tune $TUNE
 for rep in $(seq 1 "$REPEAT"); do
   while IFS='|' read -r name prefix args; do
     [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
@@ -33,3 +34,4 @@ for rep in $(seq 1 "$REPEAT"); do
       $args --json "$OUT/json/${name}_$rep.json" < /dev/null 2>&1 | grep -v "^$"
   done < "${AB_STEPS:?a steps file}"
 done
+tar cf "$OUT/json.tar" -C "$OUT" json && rm -rf "$OUT/json"
