@@ -37,6 +37,15 @@ constexpr uint64_t kLivenessPeriodNs = 100'000'000;
 // Options::yield_us (SHARDCORE_YIELD_US) sets it for every rank. 1 ms rather than 200 us: 4 ranks on 2 cores, 8 B
 // all-reduce 5.3-7.6 us against 8.4-11.3 us (3 alternating runs each on the 2-core VM).
 constexpr uint64_t kYieldPhaseNs = 1'000'000;
+// With a core per rank a waiter spins before it sleeps, for a budget that adapts between these
+// bounds: a wait that had to sleep but ended within kSpinMaxNs doubles it, a longer one halves
+// it. A fixed 50 us budget fell into a stable slow mode on a 2-core VM: once one rank sleeps, its
+// wake-up (a halted vCPU the host must reschedule: ~85 us there) outlasts its peer's spin, so the
+// peer sleeps too, and from then on every collective paid two wake-ups (8 B all-reduce 170 us
+// against 0.6 us, in about half of the runs; Open MPI, which spins without bound, 1.9 us in the
+// same runs). Options::spin_us (SHARDCORE_SPIN_US) fixes the budget instead.
+constexpr uint64_t kSpinMinNs = 50'000;
+constexpr uint64_t kSpinMaxNs = 2'000'000;
 
 enum AbortReason : int { kReasonUser = 1, kReasonMismatch = 2, kReasonTimeout = 3, kReasonPeer = 4 };
 
@@ -123,9 +132,9 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) cores = std::max(1, CPU_COUNT(&allowed));
-  double spin_us = opt.spin_us >= 0 ? opt.spin_us : (unsigned(size) <= cores ? 50.0 : 0.0);
-  spin_ns_ = uint64_t(spin_us * 1e3);
   oversubscribed_ = unsigned(size) > cores;
+  adaptive_spin_ = opt.spin_us < 0 && !oversubscribed_;
+  spin_ns_ = opt.spin_us >= 0 ? uint64_t(opt.spin_us * 1e3) : oversubscribed_ ? 0 : kSpinMinNs;
   yield_ns_ = oversubscribed_ ? kYieldPhaseNs : 0;
   if (opt.yield_us >= 0) yield_ns_ = uint64_t(opt.yield_us * 1e3);
   // Fault injection for the tests of the error model: die in the middle of a collective.
@@ -231,12 +240,13 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     header_->total_bytes = total_bytes_;
     header_->nbuf = nbuf_;
     header_->p2p_nbuf = p2p_nbuf_;
-    // Defaults from crossovers measured on a 16-core Xeon (each algorithm timed per size, as
-    // `shardcore tune` does): one-shot reads n-1 whole inputs, so it pays off only below a size
-    // that shrinks with n; two-shot beats the ring's 2(n-1) steps in a middle band that widens
-    // with n. `shardcore tune` measures this host's own.
-    const size_t one_default = size <= 2 ? 16 << 10 : size <= 4 ? 2 << 10 : size <= 8 ? 512 : 256;
-    const size_t two_default = size <= 2 ? one_default : size <= 4 ? 8 << 10 : 256 << 10;
+    // Defaults from crossovers measured by `shardcore tune` on two 16-core Xeon hosts (sessions
+    // 2 and 3, bench/results): one-shot reads n-1 whole inputs, so it pays off only below a size
+    // that shrinks with n; two-shot beats the ring's 2(n-1) steps up to 4 MiB at 4 and 8 ranks
+    // and, at 2 ranks, where the ring is the same two steps, at every size measured (up to 32 MiB
+    // on both machines, bench/ab_steps_session3.txt). `shardcore tune` measures this host's own.
+    const size_t one_default = size <= 2 ? 256 << 10 : size <= 4 ? 8 << 10 : size <= 8 ? 2 << 10 : 256;
+    const size_t two_default = size <= 2 ? SIZE_MAX : size <= 8 ? 4 << 20 : 256 << 10;
     one_shot_max_ = opt.one_shot_max ? opt.one_shot_max : one_default;
     two_shot_max_ = opt.two_shot_max ? opt.two_shot_max : two_default;
     header_->one_shot_max = one_shot_max_;
@@ -455,14 +465,27 @@ void Communicator::wait_geq(SyncWord& c, uint64_t target, int peer) {
   uint64_t start = now_ns();
   // Spin only when the awaited rank may be running on another core: 64 pauses alone take
   // microseconds on some CPUs, a loss when the awaited rank needs this very core.
-  while (spin_ns_) {
+  const uint64_t budget = spin_ns_.load(std::memory_order_relaxed);
+  while (budget) {
     for (int i = 0; i < 64; ++i) {
       cpu_relax();
       if (c.value.load(std::memory_order_acquire) >= target) return;
     }
     check_abort();
-    if (now_ns() - start >= spin_ns_) break;
+    if (now_ns() - start >= budget) break;
   }
+  // Past the spin: adapt the budget to how long this wait turns out to take (kSpinMinNs).
+  struct Adapt {
+    Communicator* self;
+    uint64_t start, budget;
+    ~Adapt() {
+      if (!self->adaptive_spin_) return;
+      const uint64_t waited = now_ns() - start;
+      const uint64_t next = waited <= kSpinMaxNs ? std::min(budget * 2, kSpinMaxNs)
+                                                 : std::max(budget / 2, kSpinMinNs);
+      self->spin_ns_.store(next, std::memory_order_relaxed);
+    }
+  } adapt{this, start, budget};
   // Yield the core for a bounded time (see kYieldPhaseNs), then sleep.
   if (yield_ns_) {
     const uint64_t yield_until = now_ns() + yield_ns_;

@@ -51,7 +51,7 @@ struct Options {
   size_t slot_bytes = size_t(1) << 19;  // 512 KiB: a chunk's copy (~30 us) dwarfs its sync (~1 us)
   size_t p2p_bytes = size_t(1) << 16;   // 64 KiB per mailbox chunk; n^2 mailboxes per segment
   double timeout_s = 600.0;             // a wait longer than this is a CommTimeoutError
-  double spin_us = -1.0;                // < 0: spin 50 us if ranks <= cores, else not at all
+  double spin_us = -1.0;                // < 0: adaptive (50 us-2 ms) if ranks <= cores, else none
   double yield_us = -1.0;               // < 0: yield 1 ms if ranks > cores, else not at all
   // Automatic all-reduce choice by message size (rank 0's values win): one-shot up to
   // one_shot_max bytes, two-shot up to two_shot_max, the ring above. 0 = built-in default.
@@ -228,7 +228,11 @@ class Communicator {
   uint32_t nbuf_ = 2, p2p_nbuf_ = 2;
   size_t one_shot_max_ = 0, two_shot_max_ = 0;
   size_t sym_chunk_bytes_ = 0;  // rank 0's symmetric_chunk_bytes()
-  uint64_t timeout_ns_ = 0, spin_ns_ = 0, yield_ns_ = 0;
+  uint64_t timeout_ns_ = 0, yield_ns_ = 0;
+  // The spin budget of a wait; adapted by every wait that had to sleep (communicator.cpp,
+  // kSpinMinNs), unless Options::spin_us fixed it. Atomic: send and recv may wait on two threads.
+  std::atomic<uint64_t> spin_ns_{0};
+  bool adaptive_spin_ = false;
   bool oversubscribed_ = false;
   bool cma_ = false;       // every rank can read every peer's memory (probed at connect)
   // Whether the automatic choice reads a symmetric input directly (all_gather / all_to_all).
