@@ -182,9 +182,7 @@ def _movement_cases(comm):
                 out["ag", di, rows, algo] = (res, comm.traffic()["all_gather"]["sent"])
             x = make_input(("a2a", di, rows), r, (n * rows, 2), dtype)
             for algo in ("pairwise", "flat", "cma", None):
-                if (algo == "flat" and x.nbytes > SMALL_SLOT) or (
-                    algo == "cma" and not comm._core.cma
-                ):
+                if algo == "cma" and not comm._core.cma:
                     continue
                 comm.reset_traffic()
                 res = comm.all_to_all(x, out=np.empty_like(x), algorithm=algo)

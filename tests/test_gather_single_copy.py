@@ -165,7 +165,7 @@ def _streaming_cases(comm, sizes):
                     src[:] = x
                 out["ag", dtype.str, elems, algo] = comm.all_gather(src, algorithm=algo)
             y = make_input(("a2a", dtype.str, elems), r, (n * elems,), dtype)
-            for algo in ("pairwise", "cma", "symmetric"):
+            for algo in ("pairwise", "flat", "cma", "symmetric"):
                 if algo == "cma" and not comm._core.cma:
                     continue
                 src = y
@@ -176,7 +176,7 @@ def _streaming_cases(comm, sizes):
     return out
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 5])
 def test_streamed_outputs(n, monkeypatch):
     # Outputs from 4 KiB up are written with non-temporal stores (fresh spawned ranks read the
     # threshold from the environment); slots of 4 KiB make the slot paths span many chunks.
@@ -195,7 +195,7 @@ def test_streamed_outputs(n, monkeypatch):
                         res = results[r]["ag", dtype.str, elems, algo]
                         np.testing.assert_array_equal(res, np.concatenate(xs))
                 expect = np.concatenate([ys[q][r * elems : (r + 1) * elems] for q in range(n)])
-                for algo in ("pairwise", "cma", "symmetric"):
+                for algo in ("pairwise", "flat", "cma", "symmetric"):
                     if ("a2a", dtype.str, elems, algo) in results[r]:
                         res = results[r]["a2a", dtype.str, elems, algo]
                         np.testing.assert_array_equal(res, expect)

@@ -13,22 +13,17 @@ namespace shardcore {
 Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz, Algo algo,
                               int64_t sym_stride, uint32_t sym_tag, int64_t sym_offset) {
   const size_t block = m * esz;
-  const bool fits = size_t(size_) * block <= slot_bytes_;
-  // As for all_gather, cross-memory attach is chosen only when forced: the pairwise path, which
-  // copies the rank's own block while the first peer posts, was as fast on a 16-core Xeon and
-  // faster up to 4 MiB on the 2-core EPYC VM (docs/performance.md, session 3).
+  // Flat for every size with more than two ranks: one synchronisation per round with every
+  // peer read at once, where pairwise takes n-1 lockstep steps (8 ranks on a 16-core Xeon,
+  // docs/performance.md, session 3); two ranks have one peer either way.
   if (algo == Algo::kAuto)
-    algo = symmetric_gather_auto(sym_stride, block, true) ? Algo::kSymmetric
-           : fits                                          ? Algo::kFlat
-                                                           : Algo::kPairwise;
+    algo = symmetric_gather_auto(sym_stride, block, true)            ? Algo::kSymmetric
+           : size_ > 2 || size_t(size_) * block <= slot_bytes_ ? Algo::kFlat
+                                                                       : Algo::kPairwise;
   if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma &&
       algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_to_all (pairwise, flat, cma or symmetric)");
-  if (algo == Algo::kFlat && !fits)
-    throw std::invalid_argument("all_to_all: flat needs size * block (" +
-                                std::to_string(size_t(size_) * block) + " bytes) to fit in one slot (" +
-                                std::to_string(slot_bytes_) + " bytes)");
   if (algo == Algo::kSymmetric && !sym_stride)
     throw std::invalid_argument("all_to_all: the symmetric algorithm needs an input from "
                                 "Communicator.empty/zeros");
@@ -45,26 +40,46 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
     pairwise_all_to_all(src, dst, m, esz);
     return algo;
   }
-  // Flat: every block for every peer in one slot, written before entering; each rank then
-  // copies its own block out of every peer's slot. One synchronisation in all.
+  flat_all_to_all(src, dst, block, d);
+  return algo;
+}
+
+// Flat: each round, every rank writes a piece of every peer's block into its slot (the slot
+// split in n equal parts), posts it, copies the same piece of its own block, then copies its
+// piece out of every peer's slot. When every block fits (n * block <= slot) there is one round,
+// written before entering, so the entry doubles as "posted".
+void Communicator::flat_all_to_all(const char* in, char* out, size_t block, const Desc& d) {
   const int n = size_, r = rank_;
+  const bool stream = should_stream(size_t(n) * block, kStreamMinGatherBytes);
   uint64_t moved = 0;
-  if (n > 1 && block) {
+  if (n == 1 || !block) {
+    enter(d);
+    if (block) copy_bytes(out, in, block, stream);
+    account(Kind::kAllToAll, Algo::kFlat, 0, 0);
+    return;
+  }
+  const bool one_round = size_t(n) * block <= slot_bytes_;
+  const size_t piece = one_round ? block : slot_bytes_ / size_t(n);
+  if (!one_round) enter(d);
+  for (size_t lo = 0; lo < block; lo += piece) {
+    const size_t len = std::min(piece, block - lo);
     const uint64_t t = round_ + 1;
     acquire_slot(t, all_peers_);
-    std::memcpy(slot(r, t), src, size_t(n) * block);
-    enter(d);
-    for (int p : all_peers_) std::memcpy(dst + size_t(p) * block, slot(p, t) + size_t(r) * block, block);
-    std::memcpy(dst + size_t(r) * block, src + size_t(r) * block, block);
+    char* mine = slot(r, t);
+    for (int p : all_peers_) std::memcpy(mine + size_t(p) * piece, in + size_t(p) * block + lo, len);
+    if (one_round) enter(d);
+    else publish_posted(t);
+    copy_bytes(out + size_t(r) * block + lo, in + size_t(r) * block + lo, len, stream);
+    for (int s = 1; s < n; ++s) {  // peers in the order r+1, r+2, ...: spread the readers
+      const int p = (r + s) % n;
+      if (!one_round) wait_geq(posted(p), t, p);
+      copy_bytes(out + size_t(p) * block + lo, slot(p, t) + size_t(r) * piece, len, stream);
+    }
     publish_consumed(t);
     round_ += 1;
-    moved = uint64_t(n - 1) * block;
-  } else {
-    enter(d);
-    if (block) std::memcpy(dst + size_t(r) * block, src + size_t(r) * block, block);
+    moved += uint64_t(n - 1) * len;
   }
   account(Kind::kAllToAll, Algo::kFlat, moved, moved);
-  return algo;
 }
 
 // Pairwise steps through the slots; a large output is written with non-temporal stores, as in

@@ -139,8 +139,9 @@ class Communicator {
   Algo all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
                   Kind account = Kind::kAllGather, Algo algo = Algo::kAuto,
                   int64_t sym_stride = 0, uint32_t sym_tag = 0, int64_t sym_offset = 0);
-  // algo: kPairwise (n-1 steps, any size), kFlat (one slot holds every peer's block; one
-  // synchronisation), kCma or kSymmetric as for all_gather; kAuto picks by size.
+  // algo: kPairwise (n-1 steps of one peer each), kFlat (each round, a piece of every peer's
+  // block in one slot, read by all at once; a single round when every block fits), kCma or
+  // kSymmetric as for all_gather; kAuto picks by size.
   Algo all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
                   Algo algo = Algo::kAuto, int64_t sym_stride = 0, uint32_t sym_tag = 0,
                   int64_t sym_offset = 0);
@@ -216,6 +217,7 @@ class Communicator {
   void ring_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
   void flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
   void pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz);
+  void flat_all_to_all(const char* in, char* out, size_t block, const Desc& d);
   void flat_broadcast(char* buf, size_t bytes, int root);
 
   std::string name_;

@@ -328,9 +328,9 @@ class Communicator:
     ) -> np.ndarray:
         """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i.
 
-        ``algorithm``: "pairwise" (n-1 steps, one peer at a time), "flat" (every block in one
-        slot, one synchronisation; messages up to the slot size), "cma" or "symmetric" (as for
-        ``all_gather``). None: by size.
+        ``algorithm``: "pairwise" (n-1 steps, one peer at a time), "flat" (rounds in which a
+        piece of every peer's block goes through one slot and every peer is read at once), "cma"
+        or "symmetric" (as for ``all_gather``). None: by size.
         """
         algo = self._algorithm_code(
             algorithm, ("pairwise", "flat", "cma", "symmetric"), "all_to_all"
