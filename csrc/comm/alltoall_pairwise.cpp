@@ -13,13 +13,13 @@ namespace shardcore {
 Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz, Algo algo,
                               int64_t sym_stride, uint32_t sym_tag, int64_t sym_offset) {
   const size_t block = m * esz;
-  // Flat for every size with more than two ranks: one synchronisation per round with every
-  // peer read at once, where pairwise takes n-1 lockstep steps (8 ranks on a 16-core Xeon,
-  // docs/performance.md, session 3); two ranks have one peer either way.
+  // Flat when every block fits one slot (one synchronisation in all), pairwise above: flat in
+  // several rounds measured no faster than pairwise's lockstep steps at 4 and 8 ranks on a
+  // 16-core Xeon (two alternated runs each way, bench/results/session3/xeon16-a2a).
   if (algo == Algo::kAuto)
-    algo = symmetric_gather_auto(sym_stride, block, true)            ? Algo::kSymmetric
-           : size_ > 2 || size_t(size_) * block <= slot_bytes_ ? Algo::kFlat
-                                                                       : Algo::kPairwise;
+    algo = symmetric_gather_auto(sym_stride, block, true)     ? Algo::kSymmetric
+           : size_t(size_) * block <= slot_bytes_ ? Algo::kFlat
+                                                               : Algo::kPairwise;
   if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma &&
       algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
