@@ -7,6 +7,7 @@
 
 #include "comm/blocks.h"
 #include "comm/communicator.h"
+#include "comm/copy.h"
 #include "comm/reduce.h"
 
 namespace shardcore {
@@ -20,6 +21,8 @@ void Communicator::two_shot_all_reduce(const char* in, char* out, size_t count, 
     return;
   }
   const size_t chunk = slot_bytes_ / esz;  // a whole chunk of the input fits in one slot
+  // Large outputs with many ranks copying at once are streamed, as in the ring.
+  const bool stream_out = (n >= 4 || oversubscribed_) && should_stream(count * esz);
   std::vector<const void*> srcs(static_cast<size_t>(n));
   uint64_t sent = 0, received = 0;
   for (size_t lo = 0; lo < count; lo += chunk) {
@@ -44,11 +47,12 @@ void Communicator::two_shot_all_reduce(const char* in, char* out, size_t count, 
     reduce_many(reduced, srcs.data(), n, mine_len, dt, op);
     publish_consumed(t1);
     publish_posted(t2);
-    std::memcpy(out + lo * esz + mine_off, reduced, mine_len * esz);
+    copy_bytes(out + lo * esz + mine_off, reduced, mine_len * esz, stream_out);
     // Phase 2: gather the other reduced blocks.
     for (int p : all_peers_) {
       wait_geq(posted(p), t2, p);
-      std::memcpy(out + lo * esz + blocks.offset(p) * esz, slot(p, t2), blocks.length(p) * esz);
+      copy_bytes(out + lo * esz + blocks.offset(p) * esz, slot(p, t2), blocks.length(p) * esz,
+                 stream_out);
       received += blocks.length(p) * esz;
     }
     publish_consumed(t2);
