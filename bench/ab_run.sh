@@ -11,18 +11,9 @@ PY=${PYTHON:-python3}
 REPEAT=${REPEAT:-2}
 mkdir -p "$OUT/json"
 exec > >(tee "$OUT/log.txt") 2>&1
-export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-if [ -n "${WHL:-}" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHL"/*.whl && export PYTHONPATH=/tmp/site
-fi
+. bench/device_setup.sh
 nproc; lscpu | grep -E "Model name|L2|L3"
-cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DPython_EXECUTABLE="$($PY -c 'import sys; print(sys.executable)')" \
-  -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" >/dev/null && cmake --build build/dev -j16 >/dev/null \
-  || { echo "build failed"; exit 1; }
-ln -sf "$(pwd)/$(ls build/dev/_core*.so)" python/shardcore/
-export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+build_in_place
 [ -n "${TUNE:-}" ] && timeout 150 env XDG_CACHE_HOME=/tmp/tune-cache $PY -m shardcore.cli tune $TUNE
 for rep in $(seq 1 "$REPEAT"); do
   while IFS='|' read -r name prefix args; do

@@ -13,12 +13,7 @@ QUICK=${QUICK:-0}
 RES=$OUT/res
 mkdir -p "$RES/img"
 exec > >(tee "$OUT/log.txt") 2>&1
-export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-
-if [ -n "${WHL:-}" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHL"/*.whl && export PYTHONPATH=/tmp/site
-fi
+. bench/device_setup.sh
 echo "== machine"; nproc; lscpu | grep -E "Model name|Socket|Core|Thread|L3|NUMA node0"; free -g | head -2
 $PY -c "import sys, numpy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'torch', torch.__version__)"
 $PY -c "import mpi4py.MPI as M; print(M.Get_library_version().splitlines()[0])" || true
@@ -26,12 +21,7 @@ $PY -c "import deepspeed; print('deepspeed', deepspeed.__version__)" || true
 
 echo "== build"
 start=$(date +%s)
-cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DPython_EXECUTABLE="$($PY -c 'import sys; print(sys.executable)')" \
-  -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" >/dev/null && cmake --build build/dev -j"${JOBS:-16}" >/dev/null \
-  || { echo "build failed"; exit 1; }
-ln -sf "$(pwd)/$(ls build/dev/_core*.so)" python/shardcore/
-export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+build_in_place
 echo "built in $(( $(date +%s) - start )) s"
 SC="$PY -m shardcore.cli bench"
 step() {  # step SECONDS NAME COMMAND...: run with a limit, report how long it took
