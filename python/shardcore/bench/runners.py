@@ -136,67 +136,79 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
-    """Every rank's raw results of ``cfg`` on torch.distributed (gloo or shardcore) or DeepSpeed."""
+def collect_spawned(
+    target, rank_args, world_size: int, what: str, timeout_s: float = _RANK_TIMEOUT_S
+) -> list:
+    """Run ``target(*rank_args(r), queue)`` in ``world_size`` spawned processes (with
+    OMP_NUM_THREADS=1) and return the payloads they put as ``(rank, "ok", payload)``, in rank
+    order. A rank that puts anything else, exits without a result, or is not done within
+    ``timeout_s`` makes this raise RuntimeError naming ``what``; every process is gone on return."""
     import multiprocessing as mp
     import queue as queue_mod
 
     ctx = mp.get_context("spawn")
-    results: dict[int, dict] = {}
+    q = ctx.Queue()
+    results: dict[int, object] = {}
+    env_backup = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        procs = [ctx.Process(target=target, args=(*rank_args(r), q)) for r in range(world_size)]
+        for p in procs:
+            p.start()
+    finally:
+        if env_backup is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_backup
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(results) < world_size:
+            try:
+                rank, status, payload = q.get(timeout=1.0)
+            except queue_mod.Empty:
+                # a rank that returns (result or error) exits 0; anything else crashed
+                dead = [
+                    r
+                    for r, p in enumerate(procs)
+                    if p.exitcode not in (None, 0) and r not in results
+                ]
+                if dead:
+                    raise RuntimeError(
+                        f"{what}: rank {dead[0]} exited with code "
+                        f"{procs[dead[0]].exitcode} and no result"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{what}: no result from {world_size - len(results)} "
+                        f"rank(s) within {timeout_s:.0f} s"
+                    ) from None
+                continue
+            if status != "ok":
+                raise RuntimeError(f"{what} rank {rank} failed:\n{payload}")
+            results[rank] = payload
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    return [results[r] for r in range(world_size)]
+
+
+def run_spawned(peer: str, cfg: SweepConfig, world_size: int) -> list[dict]:
+    """Every rank's raw results of ``cfg`` on torch.distributed (gloo or shardcore) or DeepSpeed."""
     with tempfile.TemporaryDirectory(prefix="shardcore-bench-") as tmp:
         rendezvous = _free_port() if peer == "deepspeed" else os.path.join(tmp, "store")
-        q = ctx.Queue()
-        env_backup = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"
         try:
-            procs = [
-                ctx.Process(
-                    target=_spawned_rank, args=(peer, r, world_size, rendezvous, cfg.to_dict(), q)
-                )
-                for r in range(world_size)
-            ]
-            for p in procs:
-                p.start()
+            return collect_spawned(
+                _spawned_rank,
+                lambda r: (peer, r, world_size, rendezvous, cfg.to_dict()),
+                world_size,
+                peer,
+            )
         finally:
-            if env_backup is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = env_backup
-        try:
-            deadline = time.monotonic() + _RANK_TIMEOUT_S
-            while len(results) < world_size:
-                try:
-                    rank, status, payload = q.get(timeout=1.0)
-                except queue_mod.Empty:
-                    # a rank that returns (result or error) exits 0; anything else crashed
-                    dead = [
-                        r
-                        for r, p in enumerate(procs)
-                        if p.exitcode not in (None, 0) and r not in results
-                    ]
-                    if dead:
-                        raise RuntimeError(
-                            f"{peer}: rank {dead[0]} exited with code "
-                            f"{procs[dead[0]].exitcode} and no result"
-                        ) from None
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"{peer}: no result from {world_size - len(results)} "
-                            f"rank(s) within {_RANK_TIMEOUT_S:.0f} s"
-                        ) from None
-                    continue
-                if status == "error":
-                    raise RuntimeError(f"{peer} rank {rank} failed:\n{payload}")
-                results[rank] = payload
-        finally:
-            for p in procs:
-                p.join(timeout=10)
-                if p.is_alive():
-                    p.terminate()
-                    p.join()
             if peer == "deepspeed":
                 _remove_deepspeed_segments(rendezvous)
-    return [results[r] for r in range(world_size)]
 
 
 def _remove_deepspeed_segments(port: str) -> None:

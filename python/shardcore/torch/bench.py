@@ -12,7 +12,6 @@ the backends take turns in rounds so that a change in machine load hits them ali
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import tempfile
@@ -141,39 +140,16 @@ def compare_all_reduce(
         raise ValueError(f"world_size must be >= 2, got {world_size}")
     if not sizes:
         raise ValueError("sizes is empty")
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    results: dict[int, dict] = {}
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        with tempfile.TemporaryDirectory(prefix="shardcore-torch-bench-") as tmp:
-            store = os.path.join(tmp, "store")
-            procs = [
-                ctx.Process(
-                    target=_rank,
-                    args=(r, world_size, store, list(sizes), iters, dtype, breakdown, queue),
-                )
-                for r in range(world_size)
-            ]
-            for p in procs:
-                p.start()
-            try:
-                while len(results) < world_size:
-                    rank, status, payload = queue.get(timeout=900)
-                    if status != "ok":
-                        raise RuntimeError(f"benchmark rank {rank} failed:\n{payload}")
-                    results[rank] = payload
-            finally:
-                for p in procs:
-                    p.join(timeout=30)
-                    if p.is_alive():
-                        p.kill()
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+    from ..bench.runners import collect_spawned
+
+    with tempfile.TemporaryDirectory(prefix="shardcore-torch-bench-") as tmp:
+        store = os.path.join(tmp, "store")
+        results = collect_spawned(
+            _rank,
+            lambda r: (r, world_size, store, list(sizes), iters, dtype, breakdown),
+            world_size,
+            "torch benchmark",
+        )
     return results[0]
 
 
