@@ -32,75 +32,61 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
                        account_as, sym ? sym_stride : 0, sym_offset);
     return algo;
   }
-  const bool stream = should_stream(size_t(size_) * block, kStreamMinGatherBytes);
-  if (algo == Algo::kFlat && size_ > 1 && block && block <= slot_bytes_) {
-    // One chunk: write it before entering, so the entry doubles as "my block is posted".
-    const char* src = static_cast<const char*>(in);
-    char* dst = static_cast<char*>(out);
-    const uint64_t t = round_ + 1;
-    acquire_slot(t, all_peers_);
-    std::memcpy(slot(rank_, t), src, block);
+  if (algo == Algo::kRing) {  // moved as bytes: an element may be wider than a slot
     enter(d);
-    char* own = dst + size_t(rank_) * block;
-    if (own != src) {
-      const bool overlap = own < src + block && src < own + block;
-      if (overlap) std::memmove(own, src, block);
-      else copy_bytes(own, slot(rank_, t), block, stream);  // from the copy still in cache
-    }
-    for (int p : all_peers_) copy_bytes(dst + size_t(p) * block, slot(p, t), block, stream);
-    publish_consumed(t);
-    round_ += 1;
-    const uint64_t moved = uint64_t(size_ - 1) * block;
-    account(account_as, Algo::kFlat, moved, moved);
-    return algo;
+    ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), block, 1, account_as);
+  } else {
+    flat_all_gather(static_cast<const char*>(in), static_cast<char*>(out), block, d, account_as);
   }
-  enter(d);
-  if (algo == Algo::kRing)  // moved as bytes: an element may be wider than a slot
-    ring_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m * esz, 1, account_as);
-  else
-    flat_all_gather(static_cast<const char*>(in), static_cast<char*>(out), m, esz, account_as);
   return algo;
 }
 
 // Flat all-gather: every rank writes its chunk once into its slot and copies every peer's
 // chunk straight out of theirs; one synchronisation per chunk and no forwarding copies. The
 // input is read once: each chunk goes into the slot, and the rank's own output block is filled
-// from the slot (still in cache) after the chunk is posted, while the peers read it. A large
-// output is written with non-temporal stores (nothing reads it before it leaves the caches); the
-// slots themselves are small and read at once, so they are written normally.
-void Communicator::flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account_as) {
+// from the slot (still in cache) after the chunk is posted, while the peers read it. When the
+// block fits one slot there is one round, written before entering, so the entry doubles as
+// "posted". A large output is written with non-temporal stores (nothing reads it before it leaves
+// the caches); the slots themselves are small and read at once, so they are written normally.
+void Communicator::flat_all_gather(const char* in, char* out, size_t block, const Desc& d,
+                                   Kind account_as) {
   const int n = size_, r = rank_;
-  const size_t block = m * esz;
   const bool stream = should_stream(size_t(n) * block, kStreamMinGatherBytes);
   char* own = out + size_t(r) * block;
-  // An input that overlaps its own output block without being it is moved there first (the
-  // chunks are then read from there).
+  // An input that overlaps its own output block without being it is moved there (after
+  // entering, so nothing is written before the call is known to match).
   const bool overlap = own != in && own < in + block && in < own + block;
-  if (block && overlap) std::memmove(own, in, block);
-  const char* mine = overlap ? own : in;
   const bool copy_own = block && !overlap && own != in;
-  uint64_t sent = 0, received = 0;
-  if (n == 1 && copy_own) copy_bytes(own, in, block, stream);
-  if (n > 1 && block) {
-    for (size_t lo = 0; lo < block; lo += slot_bytes_) {
-      const size_t len = std::min(slot_bytes_, block - lo);
-      const uint64_t t = round_ + 1;
-      acquire_slot(t, all_peers_);
-      char* mine_slot = slot(r, t);
-      std::memcpy(mine_slot, mine + lo, len);
-      publish_posted(t);
-      if (copy_own) copy_bytes(own + lo, mine_slot, len, stream);
-      for (int p : all_peers_) {
-        wait_geq(posted(p), t, p);
-        copy_bytes(out + size_t(p) * block + lo, slot(p, t), len, stream);
-      }
-      publish_consumed(t);
-      round_ += 1;
-      sent += uint64_t(n - 1) * len;  // every peer reads it
-      received += uint64_t(n - 1) * len;
-    }
+  const bool one_round = n > 1 && block && block <= slot_bytes_;
+  if (!one_round) {
+    enter(d);
+    if (block && overlap) std::memmove(own, in, block);  // the chunks are then read from there
+    if (n == 1 && copy_own) copy_bytes(own, in, block, stream);
   }
-  account(account_as, Algo::kFlat, sent, received);
+  const char* mine = overlap && !one_round ? own : in;
+  uint64_t moved = 0;
+  for (size_t lo = 0; n > 1 && lo < block; lo += slot_bytes_) {
+    const size_t len = std::min(slot_bytes_, block - lo);
+    const uint64_t t = round_ + 1;
+    acquire_slot(t, all_peers_);
+    char* mine_slot = slot(r, t);
+    std::memcpy(mine_slot, mine + lo, len);
+    if (one_round) {
+      enter(d);
+      if (overlap) std::memmove(own, in, block);
+    } else {
+      publish_posted(t);
+    }
+    if (copy_own) copy_bytes(own + lo, mine_slot, len, stream);
+    for (int p : all_peers_) {
+      if (!one_round) wait_geq(posted(p), t, p);
+      copy_bytes(out + size_t(p) * block + lo, slot(p, t), len, stream);
+    }
+    publish_consumed(t);
+    round_ += 1;
+    moved += uint64_t(n - 1) * len;  // every peer reads it
+  }
+  account(account_as, Algo::kFlat, moved, moved);
 }
 
 void Communicator::ring_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account_as) {

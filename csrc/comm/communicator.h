@@ -215,7 +215,7 @@ class Communicator {
   void two_shot_all_reduce(const char* in, char* out, size_t count, DType dt, RedOp op, size_t esz);
   void ring_reduce_scatter(const char* in, char* out, size_t m, DType dt, RedOp op, size_t esz);
   void ring_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
-  void flat_all_gather(const char* in, char* out, size_t m, size_t esz, Kind account);
+  void flat_all_gather(const char* in, char* out, size_t block, const Desc& d, Kind account);
   void pairwise_all_to_all(const char* in, char* out, size_t m, size_t esz);
   void flat_all_to_all(const char* in, char* out, size_t block, const Desc& d);
   void flat_broadcast(char* buf, size_t bytes, int root);
