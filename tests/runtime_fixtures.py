@@ -7,6 +7,7 @@ rather than skipping them.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -39,16 +40,18 @@ def reference_logits(path, prompts: np.ndarray, tokens: np.ndarray):
 
     model = transformers.AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=torch.float32)
     model.eval()
+    # The cache is an object that forward() fills in place. Its keyword is `cache` in current
+    # transformers (`past_key_values`, deprecated since 5.24, in older releases).
+    params = inspect.signature(model.forward).parameters
+    keyword = "cache" if "cache" in params else "past_key_values"
+    cache = transformers.DynamicCache()
     with torch.no_grad():
-        out = model(torch.from_numpy(prompts), use_cache=True)
+        out = model(torch.from_numpy(prompts), use_cache=True, **{keyword: cache})
         prefill = out.logits.float().numpy()
-        cache = out.past_key_values
         steps = []
         for i in range(tokens.shape[1] - 1):
-            out = model(
-                torch.from_numpy(tokens[:, i : i + 1]), past_key_values=cache, use_cache=True
-            )
-            cache = out.past_key_values
+            step = torch.from_numpy(tokens[:, i : i + 1])
+            out = model(step, use_cache=True, **{keyword: cache})
             steps.append(out.logits[:, -1].float().numpy())
     vocab = prefill.shape[-1]
     return prefill, (np.stack(steps) if steps else np.zeros((0, prompts.shape[0], vocab)))
