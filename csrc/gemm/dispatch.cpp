@@ -2,14 +2,76 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <thread>
 
+#if defined(SHARDCORE_X86)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace shardcore::gemm {
 namespace {
+
+// 64-byte-aligned scratch for one thread's packed X.
+struct Scratch {
+  std::vector<unsigned char> bytes;
+  void* get(size_t n) {
+    bytes.resize(n + 64);
+    const auto addr = reinterpret_cast<uintptr_t>(bytes.data());
+    return bytes.data() + ((64 - addr % 64) % 64);
+  }
+};
+
+// Whether this process may run AMX-BF16 tile code, and if not why.
+struct AmxStatus {
+  bool cpu = false;     // the CPU reports AMX-TILE and AMX-BF16
+  bool usable = false;  // ... and this process may use them
+  std::string why;
+};
+
+AmxStatus probe_amx() {
+#if defined(SHARDCORE_X86) && defined(SHARDCORE_AMX)
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return {false, false, "no CPUID leaf 7"};
+  if (!(edx & (1u << 24)) || !(edx & (1u << 22))) return {false, false, "the CPU has no AMX-BF16"};
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27)))
+    return {true, false, "the OS has not enabled XSAVE"};
+  uint32_t xcr0_lo, xcr0_hi;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  (void)xcr0_hi;
+  if ((xcr0_lo & (3u << 17)) != (3u << 17))  // XTILECFG, XTILEDATA
+    return {true, false, "the OS does not enable the AMX tile state (XCR0)"};
+#if defined(__linux__)
+  // Linux (5.16+) hands out the 8 KiB tile data state only on request, once per process, for
+  // every thread of it; without it the first tile instruction raises SIGILL.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+    return {true, false, std::string("Linux refused tile data (arch_prctl(ARCH_REQ_XCOMP_PERM): ") +
+                       std::strerror(errno) + ")"};
+  return {true, true, "AMX-BF16 tile data granted"};
+#else
+  return {true, false, "tile data permission is requested only on Linux"};
+#endif
+#elif defined(SHARDCORE_X86)
+  return {false, false, "built without AMX support (the compiler lacks -mamx-bf16)"};
+#else
+  return {false, false, "not an x86-64 build"};
+#endif
+}
+
+const AmxStatus& amx_status() {
+  static const AmxStatus s = probe_amx();
+  return s;
+}
 
 std::vector<const Family*> detect() {
   std::vector<const Family*> out;
@@ -18,7 +80,11 @@ std::vector<const Family*> detect() {
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("fma");
-  if (avx512 && __builtin_cpu_supports("avx512bf16")) out.push_back(&avx512bf16_family());
+  const bool avx512bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+#if defined(SHARDCORE_AMX)
+  if (avx512bf16 && amx_status().usable) out.push_back(&amx_family());
+#endif
+  if (avx512bf16) out.push_back(&avx512bf16_family());
   if (avx512) out.push_back(&avx512_family());
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c"))
@@ -29,8 +95,10 @@ std::vector<const Family*> detect() {
 }
 
 std::vector<std::string> all_names() {
-  return {"avx512bf16", "avx512", "avx2", "generic"};
+  return {"amx", "avx512bf16", "avx512", "avx2", "generic"};
 }
+
+constexpr const char* kReferenceName = "amx-reference";
 
 struct Selection {
   const Family* family = nullptr;
@@ -38,14 +106,32 @@ struct Selection {
   std::string reason;
 };
 
-// Multiply-add rate of a family's instruction for dtype, best of three short runs (~1 ms each).
-double quick_rate(const Family& f, DType dtype) {
-  double best = 0;
-  for (int i = 0; i < 3; ++i) {
+// Best seconds of a few single-thread runs of a bf16 Impl on a product that sits in L2
+// (48 x 512 x 256: the blocked, compute-bound loop; small M is bound by W's bytes either way).
+double time_bf16_gemm(const Impl& impl) {
+  constexpr int64_t M = 48, K = 512, N = 256;
+  std::vector<uint16_t> w(static_cast<size_t>(K * N));
+  std::vector<float> x(static_cast<size_t>(M * K)), c(static_cast<size_t>(M * N));
+  uint32_t state = 12345;
+  auto next = [&state] {  // values in [-1, 1)
+    state = state * 1664525u + 1013904223u;
+    return static_cast<float>(state >> 8) / 8388608.0f - 1.0f;
+  };
+  for (auto& v : w) v = f32_to_bf16(next());
+  for (auto& v : x) v = next();
+  Scratch packed, scratch;
+  void* pw = packed.get(impl.packed_bytes(K, N));
+  impl.pack(w.data(), K, N, N, 1, pw);
+  void* sc = scratch.get(impl.scratch_bytes(M, K));
+  const RunArgs a{x.data(), DType::f32, M, K, N, pw, nullptr, c.data(), N};
+  const int64_t panels = (N + impl.tiles.nr - 1) / impl.tiles.nr;
+  impl.run(a, 0, M, 0, panels, sc);  // warm-up: caches, page faults
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    const double flops = f.multiply_add_loop(dtype, 100'000);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, flops / s);
+    impl.run(a, 0, M, 0, panels, sc);
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return best;
 }
@@ -57,27 +143,36 @@ Selection select() {
   if (want.empty() || want == "auto") {
     s.family = available_families().front();
     s.reason = "best family this CPU supports";
+    const std::string best = s.family->name;
+    if (best == "amx") {
+      s.reason = "AMX-BF16 tiles (tdpbf16ps) for bfloat16 from 2 rows, vdpbf16ps for one row, "
+                 "AVX-512 FMA for float32";
+    }
 #if defined(SHARDCORE_X86)
-    if (std::string(s.family->name) == "avx512bf16") {
+    if (best == "avx512bf16") {
       // vdpbf16ps does twice the FMA's flops per instruction, but its throughput differs by core:
-      // on Zen4 it runs at the FMA's rate (2x the flops), on Sapphire Rapids at half of it (1x
-      // the flops of one FMA port, 0.5x of two), where widening bf16 to float32 for the FMA
-      // kernel is faster (measured 0.60x vs 0.93x of our float32 GEMM there). So measure.
-      const double dot = quick_rate(*s.family, DType::bf16);
-      const double fma = quick_rate(*s.family, DType::f32);
-      const double ratio = dot / fma;
-      char buf[160];
-      if (ratio < 1.25) {
+      // on Zen4 it runs at the FMA's instruction rate, on Sapphire Rapids at a quarter of it
+      // (0.47-0.51x the FMA's flops with 24 independent accumulators, no spills: a real
+      // throughput, not a dependency chain). What counts is the GEMM, widening included, so
+      // time both bf16 kernels on the same product (about 2 ms) and keep the faster.
+      const double dot = time_bf16_gemm(*avx512bf16_family().bf16);
+      const double fma = time_bf16_gemm(*avx512_family().bf16);
+      const double speed = fma / dot;
+      char buf[200];
+      if (speed < 1.1) {
         s.family = &avx512_family();
         std::snprintf(buf, sizeof buf,
-                      "vdpbf16ps measured %.2fx the FMA's flop rate (< 1.25x): bf16 widened to "
-                      "float32 instead", ratio);
+                      "the vdpbf16ps GEMM measured %.2fx the speed of the widening FMA GEMM "
+                      "(< 1.1x): bf16 widened to float32 instead", speed);
       } else {
-        std::snprintf(buf, sizeof buf, "vdpbf16ps measured %.2fx the FMA's flop rate", ratio);
+        std::snprintf(buf, sizeof buf,
+                      "the vdpbf16ps GEMM measured %.2fx the speed of the widening FMA GEMM",
+                      speed);
       }
       s.reason = buf;
     }
 #endif
+    if (best != "amx" && amx_status().cpu) s.reason += "; AMX not used: " + amx_status().why;
     return s;
   }
   s.reason = "SHARDCORE_KERNEL=" + want;
@@ -99,15 +194,16 @@ const std::vector<const Family*>& available_families() {
 const Family& family_by_name(const std::string& name) {
   for (const Family* f : available_families())
     if (name == f->name) return *f;
+  if (name == kReferenceName) return amx_reference_family();
   const auto names = all_names();
   std::string avail;
   for (const Family* f : available_families()) avail += std::string(avail.empty() ? "" : ", ") + f->name;
   if (std::find(names.begin(), names.end(), name) != names.end())
     throw std::invalid_argument("kernel '" + name + "' is not supported by this CPU (available: " +
-                                avail + ")");
+                                avail + (name == "amx" ? "; AMX: " + amx_status().why : "") + ")");
   throw std::invalid_argument("unknown kernel '" + name +
-                              "' (expected auto, avx512bf16, avx512, avx2 or generic; available "
-                              "here: " + avail + ")");
+                              "' (expected auto, amx, avx512bf16, avx512, avx2, generic or "
+                              "amx-reference; available here: " + avail + ")");
 }
 
 const Selection& selection() {
@@ -142,17 +238,6 @@ double peak_gflops(const Family& f, DType dtype) {
   return best;
 }
 
-namespace {
-// 64-byte-aligned scratch for one thread's packed X.
-struct Scratch {
-  std::vector<unsigned char> bytes;
-  void* get(size_t n) {
-    bytes.resize(n + 64);
-    const auto addr = reinterpret_cast<uintptr_t>(bytes.data());
-    return bytes.data() + ((64 - addr % 64) % 64);
-  }
-};
-}  // namespace
 
 void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const void* x,
           DType x_dtype, int64_t M, const float* bias, void* out, DType out_dtype, int threads) {

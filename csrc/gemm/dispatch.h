@@ -12,17 +12,20 @@ namespace shardcore::gemm {
 // Families this CPU can run, best first (always ends with "generic").
 const std::vector<const Family*>& available_families();
 
-// The family chosen at import: SHARDCORE_KERNEL if set (generic, avx2, avx512, avx512bf16 or
-// auto), else the best available. Throws std::invalid_argument naming the problem if the variable
-// names an unknown family or one this CPU cannot run.
-// auto: the best supported family, except that avx512bf16 yields to avx512 where a quick probe
-// finds vdpbf16ps no faster (in flops) than the FMA (Sapphire Rapids), see dispatch.cpp.
+// The family chosen at import: SHARDCORE_KERNEL if set (generic, avx2, avx512, avx512bf16, amx,
+// amx-reference or auto), else the best available. Throws std::invalid_argument naming the
+// problem if the variable names an unknown family or one this CPU cannot run.
+// auto: the best supported family (amx where the CPU has AMX-BF16 and Linux grants this process
+// tile data), except that avx512bf16 yields to avx512 where its bf16 GEMM, timed at selection
+// on a small in-cache product, is not at least 1.1x the widening FMA GEMM (see dispatch.cpp).
 const Family& selected_family();
 
 // Why the selected family was chosen (SHARDCORE_KERNEL, or what the probe measured).
 std::string selection_reason();
 
 // The named family, or throws std::invalid_argument (unknown, or not supported by this CPU).
+// amx-reference (the AMX loops with modelled tile instructions) is found by name on every CPU
+// and never listed by available_families().
 const Family& family_by_name(const std::string& name);
 
 const Impl& impl_for(const Family& f, DType w_dtype);

@@ -53,10 +53,15 @@ struct Family {
 
 // Families, each defined in its own translation unit. The ISA ones exist only on x86-64 builds.
 const Family& generic_family();
+// The AMX kernel's loops with the tile instructions modelled in portable C++ (tests; any CPU).
+const Family& amx_reference_family();
 #if defined(SHARDCORE_X86)
 const Family& avx2_family();
 const Family& avx512_family();
 const Family& avx512bf16_family();
+#if defined(SHARDCORE_AMX)
+const Family& amx_family();
+#endif
 #endif
 
 // Helpers shared by the baseline and the ISA units have internal linkage (static), so that a copy

@@ -29,7 +29,7 @@ inline __m256 load_w(const uint16_t* p) {
 // Inputs need no alignment. Accumulation is float32 (FMA) in k order within the call.
 template <class WType>
 struct Avx2Kernel {
-  static constexpr int MR = kTilesAvx2F32.mr, NR = 16, KSTEP = 1;
+  static constexpr int MR = kTilesAvx2F32.mr, NR = 16, KSTEP = 1, KPAD = 1;
   static constexpr bool kRoundX = sizeof(WType) == 2;
   using XP = float;
   using WT = WType;

@@ -5,6 +5,8 @@
 // A micro-kernel type UK provides:
 //   MR, NR        register tile (see tiles.h)
 //   KSTEP         k values consumed per packed step (1; 2 for bf16 dot-product kernels)
+//   KPAD          K is zero-padded to a multiple of KPAD in packed W (KSTEP, or 32 where the
+//                 panels are shared with the AMX kernel, whose steps are 32 deep)
 //   XP, WT        element types of packed X (float, or uint32 = a bf16 k-pair) and packed W
 //   kRoundX       X is rounded to bfloat16 when packed (every bf16-weight kernel, so that they all
 //                 compute the same products: both operands bf16, products exact in float32)
@@ -13,7 +15,8 @@
 // Packed W: panel p holds columns [p*NR, p*NR+NR) over the whole (padded) K, contiguous:
 //   KSTEP 1: element (k, j) at p*Kp*NR + k*NR + j
 //   KSTEP 2: element (k, j) at p*Kp*NR + (k/2)*2*NR + 2*j + (k%2)   (k-pairs per column)
-// so the KC x NR sliver of a k-block starting at pc begins at p*Kp*NR + pc*NR, and the whole
+// (Kp = K rounded up to KPAD), so the KC x NR sliver of a k-block starting at pc begins at
+// p*Kp*NR + pc*NR, and the whole
 // matrix is one stream in (panel, k) order — the order the small-M loop reads it.
 //
 // Everything here has internal linkage (anonymous namespace) and uses no standard-library
@@ -39,7 +42,7 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 
 template <class UK>
 size_t packed_bytes(int64_t K, int64_t N) {
-  return static_cast<size_t>(ceil_div(N, UK::NR) * round_up(K, UK::KSTEP) * UK::NR) *
+  return static_cast<size_t>(ceil_div(N, UK::NR) * round_up(K, UK::KPAD) * UK::NR) *
          sizeof(typename UK::WT);
 }
 
@@ -49,7 +52,8 @@ void pack_w(const void* src_v, int64_t K, int64_t N, int64_t sk, int64_t sn, voi
   const WT* src = static_cast<const WT*>(src_v);
   WT* dst = static_cast<WT*>(dst_v);
   constexpr int NR = UK::NR;
-  const int64_t Kp = round_up(K, UK::KSTEP);
+  static_assert(UK::KPAD % UK::KSTEP == 0);
+  const int64_t Kp = round_up(K, UK::KPAD);
   const int64_t panels = ceil_div(N, NR);
   for (int64_t p = 0; p < panels; ++p) {
     WT* panel = dst + p * Kp * NR;
@@ -124,7 +128,7 @@ inline int panel_rows(int64_t rows, int mr, int64_t i) {
 // Bytes of packed-X scratch run() needs for `rows` rows (the caller allocates it, 64-aligned).
 template <class UK>
 size_t scratch_bytes(int64_t rows, int64_t K, const Tiles& t) {
-  const int64_t Kp = round_up(K, UK::KSTEP);
+  const int64_t Kp = round_up(K, UK::KPAD);
   const bool small = rows <= kSmallM;
   const int64_t KC = small ? Kp : min64(t.kc, Kp);
   const int64_t MC = small ? rows : min64(t.mc, rows);
@@ -140,7 +144,7 @@ void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t panel_beg
   static constexpr auto kernels = kernel_table<UK>(std::make_index_sequence<UK::MR>{});
   const int64_t rows_total = row_end - row_begin;
   if (rows_total <= 0 || panel_end <= panel_begin) return;
-  const int64_t Kp = round_up(a.K, UK::KSTEP);
+  const int64_t Kp = round_up(a.K, UK::KPAD);
   // Small M: one k-block and one row block, so every panel of W is read once, in memory order.
   const bool small = rows_total <= kSmallM;
   const int64_t KC = small ? Kp : t.kc;

@@ -23,7 +23,7 @@ inline float widen(W v) {
 // Inputs need no alignment. Accumulation is float32 in k order within the call.
 template <class WType, int kMR, int kNR>
 struct GenericKernel {
-  static constexpr int MR = kMR, NR = kNR, KSTEP = 1;
+  static constexpr int MR = kMR, NR = kNR, KSTEP = 1, KPAD = 1;
   static constexpr bool kRoundX = sizeof(WType) == 2;
   using XP = float;
   using WT = WType;

@@ -51,6 +51,22 @@ constexpr Tiles kTilesAvx512BF16  { 12, 32, 256, 480, 4096 };
 //   X block as bf16 pairs, 240*512*2 = 240 KiB (measured ~10% faster than KC 256, MC 480).
 //   KC must be even.
 constexpr Tiles kTilesAvx512DpBF16{ 12, 32, 512, 240, 4096 };
+// amx (tdpbf16ps, bf16 weights; see amx_loops.h): a 32 x 32 block of C in 2 x 2 tiles of 16 x 16
+//   floats (4 of the 8 tile registers), X as 2 tiles of 16 rows x 32 k, W as 2 tiles of 16
+//   k-pairs x 16 columns (the VNNI layout: a panel's packed k-pair row, 32 columns x 2 bf16 =
+//   128 B, is what the two B tiles read). One step is 32 deep, so KC, MC and K's padding are
+//   multiples of 32. KC 512: the W sliver 512*32*2 = 32 KiB stays in SPR's 48 KiB L1d while the
+//   MC/32 row blocks use it; MC 256: X block 256*512*2 = 256 KiB in the 2 MiB L2. Chosen from
+//   the cache sizes, not yet tuned on the hardware (no AMX machine in the session that wrote it).
+constexpr Tiles kTilesAmxBF16     { 32, 32, 512, 256, 4096 };
+//   The AMX family's single-row bf16 path (see kAmxMinRows): the vdpbf16ps kernel on the same
+//   panels (K padded to 32); only its small-M loop runs, so only NR matters.
+constexpr Tiles kTilesAmxRowBF16  { 12, 32, 512, 240, 4096 };
 // clang-format on
+
+// Rows of X from which bf16 runs on AMX tiles. One row (the decode GEMV) is bound by the bytes of
+// W on either path; it streams them through the vdpbf16ps kernel, which needs no tile state and
+// wastes no 15/16 of a tile multiply.
+constexpr int kAmxMinRows = 2;
 
 }  // namespace shardcore::gemm
