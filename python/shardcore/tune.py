@@ -114,27 +114,69 @@ def tune(world_sizes: list[int], max_bytes: int = 4 << 20, budget: float = 0.1) 
     return doc
 
 
+def _size(text: str):
+    import argparse
+
+    from .bench.metrics import parse_size
+
+    try:
+        nbytes = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if nbytes < 64:
+        raise argparse.ArgumentTypeError(f"must be at least 64 bytes, got {text!r}")
+    return nbytes
+
+
 def register(subparsers) -> None:
     """Add the ``tune`` sub-command."""
+    from .cliargs import int_list, output_file, positive_float
+
     p = subparsers.add_parser(
-        "tune", help="measure this host's all-reduce crossovers and cache them"
+        "tune",
+        help="measure this host's all-reduce crossovers and cache them",
+        description="Time the one-shot, two-shot and ring all-reduce at sizes from 64 B to "
+        "--max-bytes for each world size, and save the sizes where one gives way to the next; "
+        "communicators created afterwards on this host use them.",
     )
-    p.add_argument("-n", "--ranks", default="2,4,8", help="world sizes, comma-separated")
-    p.add_argument("--max-bytes", type=int, default=4 << 20, help="largest message timed")
-    p.add_argument("--budget", type=float, default=0.1, help="seconds per (size, algorithm)")
-    p.add_argument("--output", type=Path, default=None, help=f"default: {cache_path()}")
+    p.add_argument(
+        "-n",
+        "--ranks",
+        default="2,4,8",
+        type=int_list(2, "world sizes"),
+        help="world sizes, comma-separated, each at least 2 (default 2,4,8)",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=_size,
+        default=4 << 20,
+        help="largest message timed, K/M/G = 1024-based (default 4M)",
+    )
+    p.add_argument(
+        "--budget",
+        type=positive_float,
+        default=0.1,
+        help="seconds per (size, algorithm) (default 0.1)",
+    )
+    p.add_argument(
+        "--output",
+        type=output_file,
+        default=None,
+        help=f"where to save the crossovers (default {cache_path()})",
+    )
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
+    path = Path(args.output) if args.output else cache_path()
     try:
-        ranks = [int(v) for v in str(args.ranks).split(",") if v]
-    except ValueError:
-        print(f"shardcore tune: --ranks must be integers, got {args.ranks!r}", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"shardcore tune: error: cannot create {path.parent}: {exc.strerror}", file=sys.stderr
+        )
         return 2
-    doc = tune(ranks, args.max_bytes, args.budget)
-    path = args.output or cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = tune(args.ranks, args.max_bytes, args.budget)
     path.write_text(json.dumps(doc, indent=1))
     for n, entry in doc["world_sizes"].items():
         print(

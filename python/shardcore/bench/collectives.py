@@ -14,10 +14,43 @@ import platform
 import sys
 import time
 
+from ..cliargs import (
+    UsageError,
+    choice_list,
+    int_list,
+    non_negative_int,
+    output_file,
+    positive_float,
+    positive_int,
+    progress_mode,
+)
 from . import metrics
 from .report import format_table, write_csv, write_json
 from .runners import run_backend
 from .sweep import SweepConfig, merge_ranks
+
+
+def _sizes(text: str) -> str:
+    """--sizes as typed, once it is known to parse (the steps need --factor, read later)."""
+    try:
+        metrics.size_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _factor(text: str) -> float:
+    value = positive_float(text)
+    if value <= 1:
+        raise argparse.ArgumentTypeError(f"must be greater than 1, got {text}")
+    return value
+
+
+def _algorithm(text: str) -> str:
+    known = sorted({a for algos in metrics.ALGORITHMS.values() for a in algos})
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(known)}")
+    return text
 
 
 def add_sweep_arguments(
@@ -27,25 +60,37 @@ def add_sweep_arguments(
     p.add_argument(
         "--op",
         default="all_reduce",
+        type=choice_list(metrics.OPS),
         help=f"collective(s), comma-separated: {', '.join(metrics.OPS)} (default all_reduce)",
     )
     p.add_argument(
-        "-n", "--ranks", default="2", help="world size(s), comma-separated, e.g. 2,4,8 (default 2)"
+        "-n",
+        "--ranks",
+        default="2",
+        type=int_list(2, "world sizes"),
+        help="world size(s), comma-separated, each at least 2, e.g. 2,4,8 (default 2)",
     )
     p.add_argument(
         "--sizes",
         default=sizes,
-        help=f"MIN:MAX (powers of two, or times --factor), A,B,C or one size; K/M/G = "
-        f"1024-based (default {sizes})",
+        type=_sizes,
+        help=f"MIN:MAX (powers of two, or times --factor, and MAX itself), A,B,C or one size; "
+        f"K/M/G = 1024-based (default {sizes})",
     )
-    p.add_argument("--factor", type=float, default=None, help="step between sizes (default 2)")
-    p.add_argument("--dtype", default="float32", choices=metrics.DTYPES)
+    p.add_argument(
+        "--factor", type=_factor, default=None, help="step between sizes of MIN:MAX (default 2)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=metrics.DTYPES, help="element type (default float32)"
+    )
     p.add_argument(
         "--algorithm",
         default=None,
-        help="force the core's algorithm for all_reduce, all_gather and all_to_all, e.g. ring "
-        "(default: the core's choice by size; an op without that algorithm and the other ops "
-        "run their own choice; peers always run their own)",
+        type=_algorithm,
+        help="force the core's algorithm: "
+        + "; ".join(f"{op}: {', '.join(a)}" for op, a in metrics.ALGORITHMS.items())
+        + " (default: the core's choice by size; an all_to_all without the named algorithm "
+        "and the other ops run their own; peers always run their own)",
     )
     p.add_argument(
         "--mode",
@@ -54,16 +99,18 @@ def add_sweep_arguments(
         help=f"all-reduce out-of-place, in place, or both (default {mode}); "
         "broadcast is always in place",
     )
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls per size (default 5)")
+    p.add_argument(
+        "--warmup", type=non_negative_int, default=5, help="untimed calls per size (default 5)"
+    )
     p.add_argument(
         "--iters",
-        type=int,
+        type=positive_int,
         default=None,
         help="timed calls per size (default: enough for --min-time, 5..2000)",
     )
     p.add_argument(
         "--min-time",
-        type=float,
+        type=positive_float,
         default=0.05,
         help="seconds of timed calls per size when --iters is not given (default 0.05)",
     )
@@ -86,19 +133,25 @@ def add_sweep_arguments(
     )
     p.add_argument(
         "--progress",
-        choices=("auto", "on", "off"),
+        choices=("auto", "bar", "lines", "off"),
         default="auto",
-        help="progress bar on stderr (auto: when stderr is a terminal)",
+        help="progress on stderr: a bar, one line per size, or nothing (auto: a bar on a "
+        "terminal, lines otherwise)",
     )
 
 
 def configs_from_args(args) -> list[SweepConfig]:
     """One SweepConfig per (op, in-place mode) the options ask for."""
-    ops = [metrics.check_op(o.strip()) for o in args.op.split(",") if o.strip()]
+    ops = list(args.op)
     sizes = metrics.size_range(args.sizes, args.factor)
-    if args.warmup < 0 or (args.iters is not None and args.iters < 1):
-        raise ValueError("--warmup must be >= 0 and --iters >= 1")
-    progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    if args.algorithm is not None:
+        for op in ops:
+            own = metrics.ALGORITHMS.get(op, ())
+            if op in ("all_reduce", "all_gather") and args.algorithm not in own:
+                raise UsageError(
+                    f"--algorithm {args.algorithm} is not one of {op}'s: {', '.join(own)}"
+                )
+    progress = progress_mode(args.progress)
     configs = []
     for op in ops:
         modes = {"out": [False], "in": [True], "both": [False, True]}[args.mode]
@@ -186,15 +239,21 @@ def register(sub) -> None:
         action="store_true",
         help="buffers from comm.empty (shared-memory, single-copy collectives)",
     )
-    p.add_argument("--json", metavar="PATH", help="write rows as JSON ('-' for stdout)")
-    p.add_argument("--csv", metavar="PATH", help="write rows as CSV ('-' for stdout)")
+    p.add_argument(
+        "--json", metavar="PATH", type=output_file, help="write rows as JSON ('-' for stdout)"
+    )
+    p.add_argument(
+        "--csv", metavar="PATH", type=output_file, help="write rows as CSV ('-' for stdout)"
+    )
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     """Run the sweep the options describe and print or write it."""
+    if args.json == "-" and args.csv == "-":
+        raise UsageError("--json - and --csv - cannot both write to stdout")
     configs = configs_from_args(args)
-    world_sizes = metrics.parse_ranks(args.ranks)
+    world_sizes = args.ranks
     rows = measure("shardcore", configs, world_sizes, args.stat, symmetric=args.symmetric)
     if args.json:
         write_json({"command": command_line(), "machine": machine_info(), "rows": rows}, args.json)

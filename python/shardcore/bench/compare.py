@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
+from ..cliargs import UsageError, choice_list, output_file, output_folder
 from . import metrics
 from .collectives import add_sweep_arguments, command_line, configs_from_args, machine_info
 from .report import write_json
@@ -34,7 +36,9 @@ def register(sub) -> None:
     p.add_argument(
         "--peers",
         default="auto",
-        help=f"comma-separated from {', '.join(PEERS)}, or auto: every one installed",
+        type=_peers,
+        help=f"comma-separated from {', '.join(PEERS)}, or auto: every one installed "
+        "(default auto)",
     )
     p.add_argument(
         "--symmetric",
@@ -44,9 +48,25 @@ def register(sub) -> None:
     p.add_argument(
         "--no-shardcore", action="store_true", help="measure the peers only (no shardcore row)"
     )
-    p.add_argument("--json", metavar="PATH", help="write every row as JSON ('-' for stdout)")
-    p.add_argument("--plots", metavar="DIR", help="busbw plot per op and world size here")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        type=output_file,
+        help="write every row, with every field, as JSON ('-' for stdout)",
+    )
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        type=output_folder,
+        help="busbw plot per op and world size here (needs matplotlib)",
+    )
     p.set_defaults(func=main)
+
+
+def _peers(text: str) -> str:
+    if text != "auto":
+        choice_list(PEERS)(text)
+    return text
 
 
 def select_peers(spec: str) -> tuple[list[str], list[str]]:
@@ -62,63 +82,123 @@ def select_peers(spec: str) -> tuple[list[str], list[str]]:
     return run, notes
 
 
+# Short names in the tables (full names in --json), and what they stand for.
+SHORT_NAMES = {
+    "shardcore": ("sc", "shardcore"),
+    "shardcore-sym": ("sc-sym", "shardcore on symmetric buffers (comm.empty)"),
+    "gloo": ("gloo", "torch.distributed gloo"),
+    "mpi": ("mpi", "Open MPI through mpi4py"),
+    "deepspeed": ("ds", "DeepSpeed shared-memory all-reduce"),
+    "torch-shardcore": ("t-sc", "torch.distributed on shardcore's backend"),
+}
+TABLE_WIDTH = 120
+
+
+def short_name(backend: str) -> str:
+    """The table's name for ``backend``."""
+    return SHORT_NAMES.get(backend, (backend, backend))[0]
+
+
+def wrap_columns(columns: list[list[tuple[str, list[str]]]], width: int = TABLE_WIDTH) -> list[str]:
+    """Lines of a table whose column groups (each a list of (header, cells)) are laid side by
+    side; groups that do not fit in ``width`` go into a further table below, which repeats the
+    first group (the row labels)."""
+
+    def render(group_list):
+        cols = [c for g in group_list for c in g]
+        widths = [max(len(h), *(len(x) for x in cells)) for h, cells in cols]
+        lines = ["  ".join(h.rjust(w) for (h, _), w in zip(cols, widths))]
+        for i in range(len(cols[0][1])):
+            lines.append("  ".join(cells[i].rjust(w) for (_, cells), w in zip(cols, widths)))
+        return lines
+
+    def group_width(g):
+        return sum(max(len(h), *(len(x) for x in cells)) + 2 for h, cells in g)
+
+    first, rest = columns[0], columns[1:]
+    out: list[str] = []
+    chunk: list = []
+    used = group_width(first)
+    for g in rest:
+        if chunk and used + group_width(g) - 2 > width:
+            out += render([first, *chunk]) + [""]
+            chunk, used = [], group_width(first)
+        chunk.append(g)
+        used += group_width(g)
+    out += render([first, *chunk])
+    return out
+
+
 def ratio_table(rows: list[dict], time_key: str) -> str:
     """Per (op, world size, dtype, mode): each backend's time and busbw per size, and the time
-    ratio shardcore/peer."""
+    ratio shardcore/peer; within 120 columns (short names, a legend, and a second table below
+    when there are many peers)."""
     out = []
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}
     for r in rows:
         key = (r["op"], r["world_size"], r["dtype"], r["inplace"])
         groups.setdefault(key, {}).setdefault(r["backend"], {})[r["nominal_bytes"]] = r
+    stat = time_key.replace("time_", "").replace("_us", "")
     for (op, n, dtype, inplace), by_backend in groups.items():
         backends = list(by_backend)
         ours = [b for b in backends if b.startswith("shardcore")]
         peers = [b for b in backends if not b.startswith("shardcore")]
         sizes = sorted({s for b in by_backend.values() for s in b})
-        out.append(
-            f"# {op} {dtype}, {n} ranks, {'in-place' if inplace else 'out-of-place'}; "
-            f"time = {time_key.replace('time_', '').replace('_us', '')} (us); "
-            f"ratio = shardcore time / peer time (< 1: shardcore faster)"
-        )
-        head = [f"{'size':>9}"]
-        head += [
-            f"{b[:15]:>15} {'busbw':>7}" + (f" {'algo':>10}" if b.startswith("shardcore") else "")
-            for b in backends
-        ]
-        head += [
-            f"{(o.replace('shardcore', 'sc') + '/' + p)[:18]:>18}" for o in ours for p in peers
-        ]
-        out.append("  ".join(head))
-        for s in sizes:
-            cells = [f"{metrics.format_bytes(s):>9}"]
-            for b in backends:
-                row = by_backend[b].get(s)
-                if row is None or "skipped" in row:
-                    cells.append(
-                        f"{'-':>15} {'-':>7}" + (f" {'-':>10}" if b.startswith("shardcore") else "")
-                    )
-                else:
-                    algo = row.get("algorithm", "")[:10]
-                    cells.append(
-                        f"{row[time_key]:>15.2f} {row['busbw']:>7.3f}"
-                        + (f" {algo:>10}" if b.startswith("shardcore") else "")
-                    )
-            for o in ours:
-                for p in peers:
-                    mine, theirs = by_backend[o].get(s), by_backend[p].get(s)
-                    if mine is None or theirs is None or "skipped" in mine or "skipped" in theirs:
-                        cells.append(f"{'-':>18}")
-                    else:
-                        cells.append(f"{mine[time_key] / theirs[time_key]:>18.3f}")
-            out.append("  ".join(cells))
+        for text in (
+            f"{op} {dtype}, {n} ranks, {'in-place' if inplace else 'out-of-place'}; "
+            f"us = {stat} time of the slowest rank, GB/s = busbw; "
+            f"a/b = time of a / time of b (< 1: a faster)",
+            ", ".join(f"{short_name(b)} = {SHORT_NAMES.get(b, (b, b))[1]}" for b in backends),
+        ):
+            out.append(
+                textwrap.fill(text, TABLE_WIDTH, initial_indent="# ", subsequent_indent="#   ")
+            )
+
+        def measured(b, s, by_backend=by_backend):
+            row = by_backend[b].get(s)
+            return None if row is None or "skipped" in row else row
+
+        columns = [[("size", [metrics.format_bytes(s) for s in sizes])]]
+        for b in backends:
+            name = short_name(b)
+            group = [
+                (f"{name} us", [_num(measured(b, s), time_key, 2) for s in sizes]),
+                (f"{name} GB/s", [_num(measured(b, s), "busbw", 3) for s in sizes]),
+            ]
+            if b.startswith("shardcore"):
+                group.append(
+                    ("algorithm", [(measured(b, s) or {}).get("algorithm", "-") for s in sizes])
+                )
+            columns.append(group)
+        for o in ours:
+            for p in peers:
+                cells = []
+                for s in sizes:
+                    mine, theirs = measured(o, s), measured(p, s)
+                    ok = mine is not None and theirs is not None and theirs[time_key] > 0
+                    cells.append(f"{mine[time_key] / theirs[time_key]:.3f}" if ok else "-")
+                columns.append([(f"{short_name(o)}/{short_name(p)}", cells)])
+        out += wrap_columns(columns)
         out.append("")
     return "\n".join(out)
+
+
+def _num(row: dict | None, key: str, digits: int) -> str:
+    if row is None or row.get(key) is None:
+        return "-"
+    x = row[key]
+    return f"{x:.0f}" if x >= 1e5 else f"{x:.{digits}f}"
 
 
 def main(args) -> int:
     """Run shardcore and every selected peer over the same sweep; print times and ratios."""
     configs = configs_from_args(args)
-    world_sizes = metrics.parse_ranks(args.ranks)
+    world_sizes = args.ranks
+    if args.plots:
+        from .plots import have_matplotlib
+
+        if not have_matplotlib():
+            raise UsageError("--plots needs matplotlib: pip install matplotlib")
     peers, notes = select_peers(args.peers)
     for note in notes:
         sys.stderr.write(f"skipping peer {note}\n")
@@ -132,6 +212,8 @@ def main(args) -> int:
         + (["shardcore-sym"] if args.symmetric else [])
         + peers
     )
+    if not backends:
+        raise UsageError("--no-shardcore, and none of the peers asked for can run here")
     rows, failures = [], []
     for n in world_sizes:
         for cfg in configs:
@@ -168,11 +250,9 @@ def main(args) -> int:
     time_key = "time_avg_us" if args.stat == "mean" else "time_median_us"
     paths = []
     if args.plots:
-        from .plots import have_matplotlib, plot_busbw
-
-        if not have_matplotlib():
-            raise SystemExit("--plots needs matplotlib: pip install matplotlib")
         import os
+
+        from .plots import plot_busbw
 
         os.makedirs(args.plots, exist_ok=True)
         for op in sorted({r["op"] for r in rows}):

@@ -1,12 +1,6 @@
-"""``shardcore bench gemm``: our packed GEMM beside NumPy (OpenBLAS) and torch, one thread each.
+"""``shardcore bench gemm``: the packed GEMM beside NumPy (OpenBLAS) and torch, one thread each.
 
-For every shape (M, K, N) it times, in the same process and run:
-  shardcore float32 and bfloat16 (PackedWeight, packed once, outside the timing),
-  numpy float32 ``x @ w`` (OpenBLAS limited to one thread),
-  torch float32 and bfloat16 ``x @ w.T`` (``torch.set_num_threads(1)``; w in the [N, K] layout),
-and reports GFLOP/s (2*M*K*N per call), GB/s of weights streamed (K*N*itemsize per call), the
-fraction of this core's measured multiply-add peak, and the ratios the targets are stated in.
-The ``bench`` command module calls ``add_gemm_parser(subparsers)``; ``run_gemm_bench(args)`` runs.
+``run_gemm_bench(args)`` runs it; ``add_gemm_parser(subparsers)`` adds its options to ``bench``.
 """
 
 from __future__ import annotations
@@ -26,6 +20,18 @@ if "numpy" not in sys.modules:
 
 import numpy as np
 
+from ..cliargs import UsageError, output_file, positive_float, positive_int
+
+_DESCRIPTION = """\
+For every shape (M, K, N) it times, in the same process and run:
+  shardcore float32 and bfloat16 (PackedWeight, packed once, outside the timing),
+  numpy float32 x @ w (OpenBLAS limited to one thread),
+  torch float32 and bfloat16 x @ w.T (torch.set_num_threads(1); w in the [N, K] layout),
+and reports GFLOP/s (2*M*K*N per call), GB/s of weights streamed (K*N*itemsize per call), the
+fraction of this core's measured multiply-add peak, and the ratios: shardcore f32 / NumPy,
+shardcore bf16 / its own f32, shardcore bf16 / torch bf16. The table is markdown on stdout;
+a line per shape on stderr tells how far it got."""
+
 DEFAULT_SHAPES = [
     (1, 4096, 4096),
     (8, 4096, 4096),
@@ -42,6 +48,8 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
         if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
             raise argparse.ArgumentTypeError(f"shape {item!r} is not MxKxN")
         m, k, n = (int(p) for p in parts)
+        if min(m, k, n) < 1:
+            raise argparse.ArgumentTypeError(f"shape {item!r} has a zero dimension")
         shapes.append((m, k, n))
     return shapes
 
@@ -51,31 +59,42 @@ def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "gemm",
         help="packed GEMM vs NumPy/OpenBLAS and torch, one thread",
-        description=__doc__,
+        description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--shapes",
         type=_parse_shapes,
         default=DEFAULT_SHAPES,
-        help="comma-separated MxKxN (default: the issue's five shapes)",
+        help="comma-separated MxKxN (default: "
+        + ",".join("x".join(map(str, s)) for s in DEFAULT_SHAPES)
+        + ")",
     )
-    p.add_argument("--kernel", default=None, help="kernel family (default: the one selected)")
-    p.add_argument("--threads", type=int, default=1, help="threads for shardcore (default 1)")
+    p.add_argument(
+        "--kernel",
+        default=None,
+        help="kernel family: generic, avx2, avx512 or avx512bf16 where the CPU has it "
+        "(default: the one chosen at import)",
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="threads for shardcore (default 1)"
+    )
     p.add_argument(
         "--repeat",
-        type=int,
+        type=positive_int,
         default=10,
-        help="timed repetitions, interleaved across implementations (best reported)",
+        help="timed repetitions, interleaved across implementations, best reported (default 10)",
     )
     p.add_argument(
         "--min-time",
-        type=float,
+        type=positive_float,
         default=0.1,
-        help="seconds per repetition, reached by repeating the call",
+        help="seconds per repetition, reached by repeating the call (default 0.1)",
     )
     p.add_argument("--no-torch", action="store_true", help="skip the torch peers")
-    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument(
+        "--json", metavar="PATH", type=output_file, help="also write the rows as JSON to PATH"
+    )
     p.set_defaults(func=run_gemm_bench)
     return p
 
@@ -139,6 +158,11 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
 
     from shardcore import _core, kernels
 
+    if args.kernel is not None and args.kernel not in kernels.available_kernels():
+        raise UsageError(
+            f"--kernel {args.kernel!r} is not available on this CPU: "
+            f"{', '.join(kernels.available_kernels())}"
+        )
     blas = _limit_blas_threads()
     kernel = args.kernel or kernels.kernel_name()
     torch: Any = None
@@ -169,11 +193,12 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
     print()
     header = "| M | K | N | impl | ms | GFLOP/s | GB/s (W) | % peak | ratio |"
     print(header)
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
     rng = np.random.default_rng(0)
     bf16 = np.dtype(ml_dtypes.bfloat16)
-    for m, k, n in args.shapes:
+    for i, (m, k, n) in enumerate(args.shapes, 1):
+        print(f"gemm: shape {i}/{len(args.shapes)}: {m}x{k}x{n}", file=sys.stderr, flush=True)
         x = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((k, n), dtype=np.float32)
         flops = 2.0 * m * k * n
@@ -256,11 +281,9 @@ def run_gemm_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry: ``python -m shardcore.bench.gemm [options]``."""
-    parser = argparse.ArgumentParser(prog="shardcore bench")
-    sub = parser.add_subparsers(dest="bench", required=True)
-    add_gemm_parser(sub)
-    args = parser.parse_args(["gemm", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
+    from shardcore.cli import main as shardcore_main
+
+    return shardcore_main(["bench", "gemm", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ TRAFFIC_KIND = {
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64")
 
+# The core's algorithms for each op that has a choice (shardcore.comm checks the same lists).
+ALGORITHMS = {
+    "all_reduce": ("ring", "one_shot", "two_shot", "symmetric"),
+    "all_gather": ("flat", "ring", "cma", "symmetric"),
+    "all_to_all": ("pairwise", "flat", "cma", "symmetric"),
+}
+
 # Ops whose count must split evenly over the ranks: nccl-tests rounds the count down likewise.
 _SPLIT_OPS = ("all_gather", "reduce_scatter", "all_to_all")
 
@@ -73,7 +80,8 @@ def parse_size(text: str) -> int:
 
 
 def size_range(spec: str, factor: float | None = None) -> list[int]:
-    """Message sizes for ``spec``: ``MIN:MAX`` (doubling, or times ``factor``), ``A,B,C`` or one size."""
+    """Message sizes for ``spec``: ``MIN:MAX`` (doubling, or times ``factor``, and MAX itself),
+    ``A,B,C`` or one size."""
     if "," in spec:
         sizes = [parse_size(s) for s in spec.split(",") if s.strip()]
     elif ":" in spec:
@@ -89,6 +97,8 @@ def size_range(spec: str, factor: float | None = None) -> list[int]:
             if not sizes or round(s) != sizes[-1]:
                 sizes.append(round(s))
             s *= step
+        if sizes[-1] != hi:  # MAX is measured even where the steps from MIN jump past it
+            sizes.append(hi)
     else:
         sizes = [parse_size(spec)]
     if any(s <= 0 for s in sizes):
@@ -154,6 +164,29 @@ def model_sent_total(op: str, world_size: int, nbytes: int) -> int:
     return n * nbytes  # sendrecv
 
 
+# The ring model per op, as the tables write it (S: the size column, n: ranks).
+RING_RULE = {
+    "all_reduce": "2(n-1)/n*S",
+    "all_gather": "(n-1)/n*S",
+    "reduce_scatter": "(n-1)/n*S",
+    "all_to_all": "(n-1)/n*S",
+    "broadcast": "S from the root",
+    "sendrecv": "S",
+}
+
+
+def algorithm_rule(op: str, algorithm: str | None, world_size: int, nbytes: int) -> tuple:
+    """(name, formula, bytes all ranks together send in one call) of the rule the core's
+    ``algorithm`` follows. Every algorithm sends what the ring model says except the one-shot
+    all-reduce, where each rank's whole input is read by the n-1 others: (n-1)*S per rank. (The
+    two-shot and symmetric all-reduces send S + (n-2)*|own block| per rank, which sums over the
+    ranks to the ring's total.)"""
+    n = world_size
+    if op == "all_reduce" and algorithm == "one_shot":
+        return "one-shot rule", "(n-1)*S", n * (n - 1) * nbytes
+    return "ring model", RING_RULE[op], model_sent_total(op, n, nbytes)
+
+
 def model_sent_per_rank(op: str, world_size: int, nbytes: int) -> float:
     """Mean bytes one rank sends per call under the ring model: 2(n-1)/n*S for all-reduce
     (4(n-1)h/n for h bf16 elements), (n-1)/n*S for all-gather, reduce-scatter and all-to-all."""
@@ -179,5 +212,7 @@ def format_bytes(n: float | None) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= scale:
             value = n / scale
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.3g} {unit}"
+            if value == int(value) or value >= 1000:
+                return f"{value:.0f} {unit}"
+            return f"{value:.3g} {unit}"
     return f"{n:.0f} B" if n == int(n) else f"{n:.1f} B"

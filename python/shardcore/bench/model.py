@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from . import metrics
+from ..cliargs import UsageError, input_file, output_file, output_folder, positive_float
 from .collectives import add_sweep_arguments, command_line, configs_from_args, machine_info, measure
 from .modelfit import fit_rows, format_fits
 from .report import bytes_verdict, format_table, write_json
@@ -33,39 +33,50 @@ def register(sub) -> None:
         "--from",
         dest="source",
         metavar="JSON",
+        type=input_file,
         help="fit rows from a `bench collectives/compare --json` file instead of measuring",
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=positive_float,
         default=0.25,
         help="a size departs when |measured/model - 1| exceeds this (default 0.25)",
     )
-    p.add_argument("--plots", metavar="DIR", help="write PNG plots here (needs matplotlib)")
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        type=output_folder,
+        help="write PNG plots here (needs matplotlib)",
+    )
     p.add_argument("--prefix", default="", help="file name prefix of the plots")
-    p.add_argument("--json", metavar="PATH", help="write rows and fits as JSON ('-' for stdout)")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        type=output_file,
+        help="write rows and fits as JSON ('-' for stdout)",
+    )
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     """Measure (or load) a sweep, fit it, verify bytes, plot."""
+    if args.plots:
+        from .plots import have_matplotlib
+
+        if not have_matplotlib():
+            raise UsageError("--plots needs matplotlib: pip install matplotlib")
     if args.source:
-        with open(args.source) as f:
-            rows = json.load(f)["rows"]
+        rows = _load_rows(args.source)
         machine = None
     else:
-        rows = measure(
-            "shardcore", configs_from_args(args), metrics.parse_ranks(args.ranks), args.stat
-        )
+        rows = measure("shardcore", configs_from_args(args), args.ranks, args.stat)
         machine = machine_info()
     time_key = "time_avg_us" if args.stat == "mean" else "time_median_us"
     fits = fit_rows(rows, args.threshold, time_key)
     paths = []
     if args.plots:
-        from .plots import have_matplotlib, plot_all
+        from .plots import plot_all
 
-        if not have_matplotlib():
-            raise SystemExit("--plots needs matplotlib: pip install matplotlib")
         paths = plot_all(rows, fits, args.plots, args.prefix, time_key)
     if args.json:
         write_json(
@@ -91,3 +102,19 @@ def main(args) -> int:
         for p in paths:
             sys.stdout.write(f"wrote {p}\n")
     return 0
+
+
+def _load_rows(path: str) -> list[dict]:
+    """The rows of a ``--json`` file of ``bench collectives``, ``compare`` or ``model``."""
+    try:
+        with open(path) as f:
+            rows = json.load(f)["rows"]
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--from {path}: not a JSON file ({exc})") from None
+    except (KeyError, TypeError):
+        raise UsageError(
+            f"--from {path}: no 'rows' (write it with bench collectives --json)"
+        ) from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "op" in r for r in rows):
+        raise UsageError(f"--from {path}: its 'rows' are not sweep rows")
+    return rows

@@ -16,6 +16,10 @@ import numpy as np
 
 from . import metrics
 
+# A fit whose R^2 (log space) is below this explains too little of the measured times to be used:
+# the sweeps behind docs/performance.md fit with R^2 above 0.99, one on a loaded 2-core host -0.45.
+GOOD_FIT_R2 = 0.9
+
 
 @dataclass
 class AlphaBetaFit:
@@ -40,7 +44,13 @@ class AlphaBetaFit:
         d = asdict(self)
         d["alpha_us"] = self.alpha_s * 1e6
         d["beta_GBps"] = self.beta_Bps / 1e9
+        d["explains_data"] = self.explains_data
         return d
+
+    @property
+    def explains_data(self) -> bool:
+        """Whether the model accounts for the measured times (R^2 of at least GOOD_FIT_R2)."""
+        return self.r2_log >= GOOD_FIT_R2
 
 
 def fit_alpha_beta(model_bytes, seconds, steps: int) -> tuple[float, float, float]:
@@ -125,6 +135,14 @@ def format_fits(fits: list[AlphaBetaFit], threshold: float) -> str:
             f"{f.alpha_s * 1e6:>10.3f} {beta:>10} {f.r2_log:>8.4f} {f.points:>6} "
             f"{len(f.departures):>7}"
         )
+    for f in fits:
+        if not f.explains_data:
+            lines.append(
+                f"# warning: the fit of {f.backend} {f.op} n={f.world_size} does not explain the "
+                f"data (R2 {f.r2_log:.2f} < {GOOD_FIT_R2}): the times do not follow "
+                "alpha*steps + bytes/beta, as on a loaded host; its alpha and beta mean little. "
+                "Re-run on a quiet machine or with a longer --min-time."
+            )
     for f in fits:
         for d in f.departures:
             lines.append(

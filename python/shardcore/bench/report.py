@@ -6,20 +6,21 @@ import csv
 import io
 import json
 import sys
+import textwrap
 
-from .metrics import format_bytes
+from .metrics import RING_RULE, format_bytes
 
-# (header, width, row -> text) of the human table's columns.
+# (header, width, row -> text) of the human table's columns; 117 characters in all.
 _COLUMNS = [
-    ("size", 10, lambda r: format_bytes(r["nbytes"])),
-    ("count", 11, lambda r: str(r["count"])),
-    ("time(us)", 10, lambda r: _num(r.get("time_avg_us"))),
-    ("max(us)", 10, lambda r: _num(r.get("time_max_us"))),
-    ("median(us)", 10, lambda r: _num(r.get("time_median_us"))),
-    ("algbw(GB/s)", 11, lambda r: _num(r.get("algbw"), 3)),
-    ("busbw(GB/s)", 11, lambda r: _num(r.get("busbw"), 3)),
-    ("sent/rank", 10, lambda r: format_bytes(r.get("sent_per_rank"))),
-    ("model", 10, lambda r: format_bytes(r.get("model_bytes"))),
+    ("size", 9, lambda r: format_bytes(r["nbytes"])),
+    ("count", 10, lambda r: str(r["count"])),
+    ("time", 9, lambda r: _num(r.get("time_avg_us"))),
+    ("max", 9, lambda r: _num(r.get("time_max_us"))),
+    ("median", 9, lambda r: _num(r.get("time_median_us"))),
+    ("algbw", 7, lambda r: _num(r.get("algbw"), 3)),
+    ("busbw", 7, lambda r: _num(r.get("busbw"), 3)),
+    ("sent/rank", 9, lambda r: format_bytes(r.get("sent_per_rank"))),
+    ("model", 9, lambda r: format_bytes(r.get("model_bytes"))),
     (
         "sent/model",
         10,
@@ -27,6 +28,11 @@ _COLUMNS = [
     ),
     ("algorithm", 9, lambda r: r.get("algorithm", "-")),
 ]
+
+
+def comment(text: str, width: int = 120) -> str:
+    """``text`` as '# ' comment lines of at most ``width`` characters."""
+    return textwrap.fill(text, width, initial_indent="# ", subsequent_indent="#   ")
 
 
 def _num(x: float | None, digits: int = 2) -> str:
@@ -38,7 +44,7 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
-    """An aligned text table of sweep rows, nccl-tests style, with a title line per world size."""
+    """An aligned text table of sweep rows, nccl-tests style, with a title per world size."""
     out = io.StringIO()
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -48,25 +54,61 @@ def format_table(rows: list[dict], title: str = "") -> str:
     for (backend, op, n, dtype, inplace), group in groups.items():
         stat = next((r.get("stat") for r in group if "stat" in r), "mean")
         out.write(
-            f"# {title or backend} {op} {dtype}, {n} ranks, "
-            f"{'in-place' if inplace else 'out-of-place'}, bandwidth from the {stat} time "
-            f"(time: mean over ranks, max: slowest rank, median: median iteration)\n"
+            comment(
+                f"{title or backend} {op} {dtype}, {n} ranks, "
+                f"{'in-place' if inplace else 'out-of-place'}; us: mean of ranks, slowest rank, "
+                f"median iteration"
+            )
+            + "\n"
+            + comment(
+                f"GB/s from the {stat} time; bytes per rank and call: counted, and the ring "
+                f"model {RING_RULE.get(op, '')}"
+            )
+            + "\n"
         )
         out.write("  ".join(h.rjust(w) for h, w, _ in _COLUMNS).rstrip() + "\n")
         for r in group:
             if "skipped" in r:
-                out.write(f"{format_bytes(r['nominal_bytes']):>10}  skipped: {r['skipped']}\n")
+                out.write(f"{format_bytes(r['nominal_bytes']):>9}  skipped: {r['skipped']}\n")
                 continue
             out.write("  ".join(f(r).rjust(w) for _, w, f in _COLUMNS).rstrip() + "\n")
-        out.write(bytes_verdict(group) + "\n\n")
+        out.write(comment(bytes_verdict(group)[2:]) + "\n\n")
     return out.getvalue().rstrip("\n") + "\n"
 
 
 def bytes_verdict(rows: list[dict]) -> str:
-    """One line: do the counted bytes equal the ring model, and if not, by how much not."""
+    """One line: do the counted bytes equal the rule of the algorithm that ran (the ring model,
+    or the one-shot all-reduce's own), and if not, where and by how much not."""
     measured = [r for r in rows if r.get("bytes_exact") is not None]
     if not measured:
         return "# bytes: this backend has no traffic counters"
+    if any("bytes_equal_rule" not in r for r in measured):  # rows saved before rules were kept
+        return _ring_verdict(measured)
+    by_rule: dict[tuple, list[dict]] = {}
+    for r in measured:
+        by_rule.setdefault((r["rule"], r["rule_formula"]), []).append(r)
+    parts = []
+    for (rule, formula), group in by_rule.items():
+        algos = ", ".join(sorted({r["algorithm"] for r in group if r.get("algorithm")}))
+        equal = sum(1 for r in group if r["bytes_equal_rule"])
+        what = f"{algos or 'the algorithm'} at"
+        if equal == len(group):
+            parts.append(f"{what} {len(group)} sizes == the {rule} {formula}")
+        else:
+            differ = f"{len(group) - equal} of {len(group)} sizes"
+            parts.append(f"{what} {differ} != the {rule} {formula}")
+    off = [r for r in measured if not r["bytes_equal_rule"]]
+    line = "# bytes counted: " + "; ".join(parts)
+    if not off:
+        return line + f" (exact at all {len(measured)} sizes)"
+    worst = max(off, key=lambda r: abs(r["sent_per_rank"] / r["rule_bytes"] - 1))
+    return line + (
+        f" (worst {worst['sent_per_rank'] / worst['rule_bytes']:.4f}x its rule at "
+        f"{format_bytes(worst['nbytes'])})"
+    )
+
+
+def _ring_verdict(measured: list[dict]) -> str:
     off = [r for r in measured if not r["bytes_exact"]]
     if not off:
         return f"# bytes: counted == ring model exactly at all {len(measured)} sizes"
@@ -111,6 +153,9 @@ CSV_FIELDS = [
     "model_bytes",
     "bytes_ratio",
     "bytes_exact",
+    "rule",
+    "rule_bytes",
+    "bytes_equal_rule",
     "check_error",
     "skipped",
 ]

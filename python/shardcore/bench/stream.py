@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from ..cliargs import int_list, output_file, positive_int
 from . import metrics
 from .report import write_json
 
@@ -63,17 +64,46 @@ def register(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-p", "--processes", default="1,2", help="process counts (default 1,2)")
-    p.add_argument("--size", default="256M", help="buffer per process (default 256M)")
-    p.add_argument("--reps", type=int, default=5, help="copies per process (default 5)")
-    p.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
+    p.add_argument(
+        "-p",
+        "--processes",
+        default="1,2",
+        type=int_list(1, "process counts"),
+        help="process counts, comma-separated (default 1,2)",
+    )
+    p.add_argument(
+        "--size",
+        default="256M",
+        type=_size,
+        help="buffer per process, K/M/G = 1024-based (default 256M)",
+    )
+    p.add_argument("--reps", type=positive_int, default=5, help="copies per process (default 5)")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        type=output_file,
+        help="write results as JSON ('-' for stdout)",
+    )
     p.set_defaults(func=main)
+
+
+def _size(text: str) -> int:
+    try:
+        nbytes = metrics.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if nbytes < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8 bytes, got {text!r}")
+    return nbytes
 
 
 def main(args) -> int:
     """Measure and print the copy bandwidth for each process count."""
-    counts = [int(c) for c in args.processes.split(",") if c.strip()]
-    results = [copy_bandwidth(c, metrics.parse_size(args.size), args.reps) for c in counts]
+    results = []
+    for count in args.processes:
+        results.append(copy_bandwidth(count, args.size, args.reps))
+        if args.json != "-":
+            print(f"# {count} process(es) measured", file=sys.stderr, flush=True)
     if args.json:
         write_json({"results": results}, args.json)
     if args.json != "-":

@@ -85,7 +85,7 @@ class SweepConfig:
     max_iters: int = 2000
     hot: bool = False
     check: bool = False
-    progress: bool = False
+    progress: str = ""  # "bar", "lines" (one line per size) or "": nothing
     label: str = ""
     cache_bytes: int = 0  # bytes of rotating buffer sets per rank; 0: rotation_bytes()
 
@@ -163,32 +163,40 @@ def check_result(backend: Backend, cfg: SweepConfig, count: int, dtype: np.dtype
 
 
 class _Progress:
-    """A progress bar on stderr: tqdm's when installed, else one rewritten line."""
+    """Progress on stderr: a bar (tqdm's when installed, else one rewritten line) on a terminal,
+    or one line per finished size (``lines``) for logs and pipes."""
 
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        try:
-            from tqdm import tqdm
+    def __init__(self, total: int, label: str, mode: str = "bar"):
+        self.total, self.label, self.done, self.mode = total, label, 0, mode
+        self.start = time.perf_counter()
+        self.bar = None
+        if mode == "bar":
+            try:
+                from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=label, unit="size", file=sys.stderr, leave=False)
-        except ImportError:
-            self.bar = None
+                self.bar = tqdm(total=total, desc=label, unit="size", file=sys.stderr, leave=False)
+            except ImportError:
+                pass
 
     def update(self, nbytes: int) -> None:
         self.done += 1
+        size = metrics.format_bytes(nbytes)
         if self.bar is not None:
-            self.bar.set_postfix_str(metrics.format_bytes(nbytes))
+            self.bar.set_postfix_str(size)
             self.bar.update(1)
-        else:
+        elif self.mode == "lines":
+            elapsed = time.perf_counter() - self.start
             sys.stderr.write(
-                f"\r{self.label} {self.done}/{self.total} {metrics.format_bytes(nbytes):>10}"
+                f"{self.label}: {size} done ({self.done}/{self.total}, {elapsed:.1f} s)\n"
             )
-            sys.stderr.flush()
+        else:
+            sys.stderr.write(f"\r{self.label} {self.done}/{self.total} {size:>10}")
+        sys.stderr.flush()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
+        elif self.mode != "lines":
             sys.stderr.write("\r" + " " * (len(self.label) + 30) + "\r")
             sys.stderr.flush()
 
@@ -201,7 +209,8 @@ def run_sweep(backend: Backend, cfg: SweepConfig) -> dict:
         raise ValueError(f"{backend.name} cannot run {cfg.op} on {cfg.dtype}: {reason}")
     n = backend.size
     cache = cfg.cache_bytes or rotation_bytes(n)
-    progress = _Progress(len(cfg.sizes), cfg.label) if cfg.progress and backend.rank == 0 else None
+    mode = "bar" if cfg.progress is True else cfg.progress
+    progress = _Progress(len(cfg.sizes), cfg.label, mode) if mode and backend.rank == 0 else None
     records = []
     # Libraries set up connections lazily (Open MPI, gloo): pay that before the first size.
     first = next((metrics.element_count(cfg.op, s, dtype.itemsize, n) for s in cfg.sizes), 0)
@@ -334,4 +343,13 @@ def _traffic_columns(op: str, n: int, nbytes: int, traffic: list) -> dict:
     algorithms = {a for t in traffic for a in t.get("algorithms", {})}
     if algorithms:
         cols["algorithm"] = ",".join(sorted(algorithms))
+    # The rule of the algorithm that ran (one algorithm per size; a mix is held to the ring's).
+    algorithm = next(iter(algorithms)) if len(algorithms) == 1 else None
+    rule, formula, total = metrics.algorithm_rule(op, algorithm, n, nbytes)
+    cols.update(
+        rule=rule,
+        rule_formula=formula,
+        rule_bytes=total / n,
+        bytes_equal_rule=sum(t["sent"] for t in traffic) == total * calls[0],
+    )
     return cols

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from ..cliargs import UsageError, int_list, non_negative_int, output_file, positive_int
 from . import metrics
 from .collectives import command_line, machine_info
 from .report import write_json
@@ -222,13 +223,8 @@ def format_results(results: list[dict], cfg: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _degrees(text: str, name: str) -> list[int]:
-    if not text:
-        return []
-    out = [int(t) for t in text.split(",") if t.strip()]
-    if any(d < 2 for d in out):
-        raise ValueError(f"--{name} degrees must be at least 2, got {text!r}")
-    return out
+def _degrees(text: str) -> list[int]:
+    return int_list(2, "degrees")(text) if text.strip() else []
 
 
 def register(sub) -> None:
@@ -239,36 +235,54 @@ def register(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--hidden", type=int, default=4096, help="hidden size h (default 4096)")
-    p.add_argument("--blocks", type=int, default=8, help="blocks k (default 8)")
-    p.add_argument("--tokens", type=int, default=16, help="tokens per step and rank (default 16)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps (default 2)")
-    p.add_argument("--dtype", default="bfloat16", choices=metrics.DTYPES)
-    p.add_argument("--tp", default="2", help="TP degrees, comma-separated (default 2)")
-    p.add_argument("--pp", default="2", help="PP degrees, comma-separated (default 2)")
-    p.add_argument("--ep", default="2", help="EP degrees, comma-separated (default 2)")
-    p.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
-    p.add_argument("--experts", type=int, default=8, help="experts E (default 8)")
+    p.add_argument("--hidden", type=positive_int, default=4096, help="hidden size h (default 4096)")
+    p.add_argument("--blocks", type=positive_int, default=8, help="blocks k (default 8)")
+    p.add_argument(
+        "--tokens", type=positive_int, default=16, help="tokens per step and rank (default 16)"
+    )
+    p.add_argument("--steps", type=positive_int, default=20, help="timed steps (default 20)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps (default 2)")
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=metrics.DTYPES,
+        help="element type of the hidden state (default bfloat16)",
+    )
+    for mode in ("tp", "pp", "ep"):
+        p.add_argument(
+            f"--{mode}",
+            default="2",
+            type=_degrees,
+            help=f"{mode.upper()} degrees, comma-separated, each at least 2; '' for none "
+            "(default 2)",
+        )
+    p.add_argument("--top-k", type=positive_int, default=2, help="experts per token (default 2)")
+    p.add_argument("--experts", type=positive_int, default=8, help="experts E (default 8)")
     p.add_argument(
         "--algorithm",
         default="ring",
         help="TP's all-reduce algorithm: ring (the model's, default), auto (the "
         "core's choice by size) or another the core knows",
     )
-    p.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        type=output_file,
+        help="write results as JSON ('-' for stdout)",
+    )
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     """Run every requested TP, PP and EP degree and print bytes per token against the model."""
-    for name in ("hidden", "blocks", "tokens", "steps", "top_k", "experts"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        raise ValueError("--warmup must be >= 0")
     if args.top_k > args.experts:
-        raise ValueError(f"--top-k {args.top_k} exceeds --experts {args.experts}")
+        raise UsageError(f"--top-k {args.top_k} exceeds --experts {args.experts}")
+    for degree in args.ep:
+        if args.experts % degree:
+            raise UsageError(f"--experts {args.experts} does not split over --ep {degree} ranks")
+    for degree in args.pp:
+        if args.blocks < degree:
+            raise UsageError(f"--blocks {args.blocks} is fewer than --pp {degree} stages")
     cfg = {
         k: getattr(args, k)
         for k in (
@@ -285,8 +299,10 @@ def main(args) -> int:
     }
     results = []
     for mode in ("tp", "pp", "ep"):
-        for degree in _degrees(getattr(args, mode), mode):
+        for degree in getattr(args, mode):
             results.append(run_mode(mode, degree, cfg))
+            if args.json != "-":
+                print(f"# {mode}={degree} measured", file=sys.stderr, flush=True)
     if args.json:
         write_json(
             {

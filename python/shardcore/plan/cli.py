@@ -7,12 +7,13 @@ import json
 import os
 import sys
 
+from ..cliargs import UsageError, int_list, output_file, positive_int
 from ..errors import PlanError
 from .format import plan_text, render, search_rows, text_table
 from .plan import make_plan
 from .schedule import pipeline_schedule
 from .search import DEFAULT_CONTEXT, auto_plan
-from .specs import DEVICE_PRESETS, MODEL_PRESETS, ClusterSpec, ModelSpec
+from .specs import DEVICE_PRESETS, DTYPE_BYTES, MODEL_PRESETS, ClusterSpec, ModelSpec
 from .traffic import token_traffic
 
 
@@ -25,30 +26,53 @@ def register(subparsers) -> None:
         "or rank every feasible one. MODEL is a preset "
         f"({', '.join(sorted(MODEL_PRESETS))}) or a Hugging Face config.json.",
     )
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument(
+        "model", metavar="MODEL", help="a preset name or the path of a Hugging Face config.json"
+    )
     p.add_argument(
         "--devices",
-        type=int,
+        type=positive_int,
         default=8,
         help="devices (cards) in the cluster; an RNGD card counts 8 PEs (default 8)",
     )
     p.add_argument(
         "--devices-per-node",
-        type=int,
+        type=positive_int,
         default=None,
-        help="devices per node (default: all in one node)",
+        help="devices per node, a divisor of --devices (default: all in one node)",
     )
-    p.add_argument("--device", default="h100-80gb", choices=sorted(DEVICE_PRESETS))
-    p.add_argument("-tp", "--tensor-parallel-size", dest="tp", type=int, default=None)
-    p.add_argument("-pp", "--pipeline-parallel-size", dest="pp", type=int, default=None)
-    p.add_argument("-dp", "--data-parallel-size", dest="dp", type=int, default=None)
-    p.add_argument("-ep", "--expert-parallel-size", dest="ep", type=int, default=None)
+    p.add_argument(
+        "--device",
+        default="h100-80gb",
+        choices=sorted(DEVICE_PRESETS),
+        help="device preset: memory, compute and links (default h100-80gb)",
+    )
+    for short, name, what in (
+        ("tp", "tensor", "tensor-parallel degree"),
+        ("pp", "pipeline", "pipeline-parallel degree (stages)"),
+        ("dp", "data", "data-parallel degree (replicas)"),
+        ("ep", "expert", "expert-parallel degree"),
+    ):
+        p.add_argument(
+            f"-{short}",
+            f"--{name}-parallel-size",
+            dest=short,
+            type=positive_int,
+            default=None,
+            help=f"{what}; any of -tp/-pp/-dp/-ep fixes the plan (default: searched)",
+        )
     p.add_argument(
         "--layer-partition",
         default=None,
+        type=int_list(1, "layer counts"),
         help="layers per stage, comma separated (default: remainder to the middle)",
     )
-    p.add_argument("--objective", choices=("latency", "throughput"), default="latency")
+    p.add_argument(
+        "--objective",
+        choices=("latency", "throughput"),
+        default="latency",
+        help="what the search ranks by (default latency)",
+    )
     p.add_argument(
         "--search",
         action="store_true",
@@ -56,13 +80,23 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--context",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CONTEXT,
         help=f"tokens per sequence for KV capacity (default {DEFAULT_CONTEXT})",
     )
-    p.add_argument("--dtype", default=None, help="weight and activation dtype (default: model's)")
-    p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: model's)")
-    p.add_argument("--top", type=int, default=15, help="search rows to show (default 15)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPE_BYTES),
+        help="weight and activation dtype (default: the model's)",
+    )
+    p.add_argument(
+        "--kv-dtype",
+        default=None,
+        choices=sorted(DTYPE_BYTES),
+        help="KV cache dtype (default: the model's)",
+    )
+    p.add_argument("--top", type=positive_int, default=15, help="search rows to show (default 15)")
     p.add_argument(
         "--schedule",
         choices=("gpipe", "1f1b"),
@@ -71,11 +105,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--micro-batches",
-        type=int,
+        type=positive_int,
         default=None,
         help="micro-batches for --schedule (default: 2 x pp)",
     )
-    p.add_argument("--save", default=None, help="write the plan as JSON to this path")
+    p.add_argument(
+        "--save", default=None, type=output_file, help="write the plan as JSON to this path"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run)
 
@@ -84,7 +120,14 @@ def _model(arg: str, dtype: str | None) -> ModelSpec:
     if arg in MODEL_PRESETS:
         model = MODEL_PRESETS[arg]
     elif os.path.exists(arg):
-        model = ModelSpec.from_hf_config(arg)
+        try:
+            model = ModelSpec.from_hf_config(arg)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"MODEL {arg!r} is not a JSON file: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"MODEL {arg!r} is not a usable config.json: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"MODEL {arg!r} cannot be read: {exc.strerror}") from None
     else:
         raise PlanError(
             f"MODEL {arg!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
@@ -100,15 +143,22 @@ def run(args: argparse.Namespace) -> int:
     except (PlanError, ValueError) as exc:
         if args.json:
             print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-        else:
+        elif isinstance(exc, PlanError):
             print(f"shardcore plan: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
+            print(f"shardcore plan: error: {exc}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.devices_per_node is not None and args.devices % args.devices_per_node:
+        raise UsageError(
+            f"--devices {args.devices} is not a multiple of --devices-per-node "
+            f"{args.devices_per_node}"
+        )
     model = _model(args.model, args.dtype)
     cluster = ClusterSpec.make(args.device, args.devices, args.devices_per_node)
-    partition = [int(x) for x in args.layer_partition.split(",")] if args.layer_partition else None
+    partition = args.layer_partition
     search = None
     degrees = {"tp": args.tp, "pp": args.pp, "dp": args.dp, "ep": args.ep}
     if not args.search and (partition is not None or any(v is not None for v in degrees.values())):
@@ -152,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     rich = sys.stdout.isatty()
     if search is not None:
-        rows = search_rows(search, args.top)
+        rows, whys = _short_rows(search_rows(search, args.top))
         title = (
             f"{model.name} on {cluster.nodes}x{cluster.devices_per_node} "
             f"{cluster.device.name}: {len(search.candidates)} configurations, "
@@ -161,9 +211,12 @@ def _run(args: argparse.Namespace) -> int:
         text = render(rows, title) if rich else text_table(rows, title)
         if text:
             print(text)
-        print(search.why())
+        print(_wrap(_SEARCH_LEGEND))
+        for line in whys:
+            print(line)
+        print("\n".join(_wrap(p) for p in search.why().splitlines()))
         print()
-    print(plan_text(plan))
+    print("\n".join(_wrap(line) for line in plan_text(plan).splitlines()))
     traffic = token_traffic(plan)
     print(
         "traffic per token (seed model, bytes): "
@@ -172,6 +225,48 @@ def _run(args: argparse.Namespace) -> int:
     if schedule is not None:
         print(schedule.text())
     return 0
+
+
+# Column names of the search table, short enough for 120 columns, and their legend.
+_SHORT_HEADERS = {
+    "weights GB/rank": "weights GB",
+    "KV B/tok/rank": "KV B/tok",
+    "KV copies": "KV x",
+    "seqs/replica": "seqs",
+    "TP spans nodes": "TP x-node",
+}
+_SEARCH_LEGEND = (
+    "(per rank: weights GB, free GB, KV B/tok = KV cache bytes per token; KV x = copies of each "
+    "KV head; seqs = sequences per replica, B = micro-batch; TP x-node = a TP group spans nodes)"
+)
+
+
+def _wrap(text: str) -> str:
+    """Prose wrapped at 120 columns (table lines are shorter and come back as they are)."""
+    import textwrap
+
+    return textwrap.fill(text, width=120, subsequent_indent="  ") if len(text) > 120 else text
+
+
+def _short_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """The search rows with short headers and without the free-text column, and that column as
+    one wrapped line per configuration ("why it ranks where it does")."""
+    import textwrap
+
+    short, whys = [], []
+    for row in rows:
+        why = row.get("why", "")
+        short.append({_SHORT_HEADERS.get(k, k): v for k, v in row.items() if k != "why"})
+        if why:
+            whys.append(
+                textwrap.fill(
+                    why,
+                    width=118,
+                    initial_indent=f"{row.get('#', '-'):>3} ",
+                    subsequent_indent="    ",
+                )
+            )
+    return short, whys
 
 
 def _memory_dict(m) -> dict:

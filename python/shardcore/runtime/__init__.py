@@ -7,11 +7,28 @@ tokens, the logits of every step and each rank's traffic beside the traffic pred
 
 from __future__ import annotations
 
-from .checkpoint import Checkpoint
-from .config import ModelConfig
-from .engine import FailureInjection
-from .layout import RankLayout, build_layouts, host_plan, layouts_from_plan
-from .runner import GenerateResult, generate
+from typing import TYPE_CHECKING
+
+# Loaded on first use, so that ``shardcore generate --help`` does not import NumPy, ml_dtypes and
+# the core: name -> submodule that defines it.
+_LAZY = {
+    "Checkpoint": "checkpoint",
+    "ModelConfig": "config",
+    "FailureInjection": "engine",
+    "RankLayout": "layout",
+    "build_layouts": "layout",
+    "host_plan": "layout",
+    "layouts_from_plan": "layout",
+    "GenerateResult": "runner",
+    "generate": "runner",
+}
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .config import ModelConfig
+    from .engine import FailureInjection
+    from .layout import RankLayout, build_layouts, host_plan, layouts_from_plan
+    from .runner import GenerateResult, generate
 
 __all__ = [
     "Checkpoint",
@@ -24,3 +41,14 @@ __all__ = [
     "host_plan",
     "layouts_from_plan",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardcore.runtime' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

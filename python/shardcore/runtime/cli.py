@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 from typing import Any
 
-import numpy as np
-
+from ..cliargs import input_file, positive_float, positive_int
 from ..errors import ShardcoreError
 
 
@@ -20,7 +21,12 @@ def register(subparsers) -> None:
         "*.safetensors) on tp*pp*dp worker processes and print the generated token "
         "ids and each rank's traffic beside the plan's prediction.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        type=_checkpoint_dir,
+        help="checkpoint directory (config.json and *.safetensors)",
+    )
     p.add_argument(
         "--prompt-ids",
         action="append",
@@ -29,32 +35,68 @@ def register(subparsers) -> None:
         help="comma-separated token ids of one prompt; repeat for a batch (prompts "
         "of equal length)",
     )
-    p.add_argument("-tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
-    p.add_argument("-pp", "--pipeline-parallel-size", dest="pp", type=int, default=1)
-    p.add_argument("-dp", "--data-parallel-size", dest="dp", type=int, default=1)
-    p.add_argument("-ep", "--expert-parallel-size", dest="ep", type=int, default=1)
+    for short, name, what in (
+        ("tp", "tensor", "tensor-parallel degree: ranks sharing each layer"),
+        ("pp", "pipeline", "pipeline-parallel degree: stages of consecutive layers"),
+        ("dp", "data", "data-parallel degree: replicas, each with its share of the prompts"),
+        ("ep", "expert", "expert-parallel degree: ranks the experts are spread over"),
+    ):
+        p.add_argument(
+            f"-{short}",
+            f"--{name}-parallel-size",
+            dest=short,
+            type=positive_int,
+            default=1,
+            help=f"{what} (default 1)",
+        )
     p.add_argument(
         "--plan",
         default=None,
+        type=input_file,
         help="a plan saved by `shardcore plan --save` (instead of -tp/-pp/-dp/-ep)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=8,
+        help="tokens to generate per prompt (default 8)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights and activations (default float32)",
+    )
     p.add_argument(
         "--micro-batches",
-        type=int,
+        type=positive_int,
         default=None,
         help="prefill micro-batches for the pipeline (default: pp)",
     )
     p.add_argument(
         "--check", action="store_true", help="also run in one process and compare tokens and logits"
     )
-    p.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        help="seconds before stopping every rank (default: no limit)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
 
-def _prompts(values) -> np.ndarray:
+def _checkpoint_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no such checkpoint directory: {text!r}")
+    if not os.path.isfile(os.path.join(text, "config.json")):
+        raise argparse.ArgumentTypeError(f"{text!r} has no config.json")
+    return text
+
+
+def _prompts(values):
+    import numpy as np
+
     rows = []
     for text in values:
         try:
@@ -70,6 +112,8 @@ def _prompts(values) -> np.ndarray:
 
 def run(args: Any) -> int:
     """Entry point of ``shardcore generate``."""
+    import numpy as np
+
     from . import generate
 
     try:
