@@ -7,7 +7,8 @@ registers it when torch is imported, through the ``torch.backends`` entry point)
     tp = dist.new_group([0, 1], backend="shardcore")      # sub-groups get their own segments
 
 run collectives through POSIX shared memory. The rendezvous store only carries the names of
-the shared-memory segments; no tensor data goes through it. This module stays light (it may
+the shared-memory segments and, for ``recv`` from any source, which rank sent what tag; no
+tensor data goes through it. This module stays light (it may
 run while torch itself is being imported); the backend loads when a group is created.
 """
 
@@ -33,7 +34,7 @@ def create_process_group(store, rank: int, size: int, timeout):
     from .process_group import ShardcoreProcessGroup
 
     coll, p2p = connect_from_store(store, rank, size, timeout)
-    return ShardcoreProcessGroup(coll, rank, size, p2p_comm=p2p)
+    return ShardcoreProcessGroup(coll, rank, size, p2p_comm=p2p, store=store, timeout=timeout)
 
 
 def __getattr__(name: str):

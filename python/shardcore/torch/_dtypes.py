@@ -1,4 +1,5 @@
-"""How a CPU tensor's storage is seen as a NumPy array, without copying, per torch dtype."""
+"""How a CPU tensor's storage is seen as a NumPy array, without copying, per torch dtype, and
+which dtypes each kind of operation takes (the set gloo serves for CPU tensors)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-# Dtypes the core can reduce (sum/max/min/prod); bf16/fp16 are widened to fp32 inside the core.
+# Dtypes the core reduces itself (sum/max/min/prod); bf16/fp16 are widened to fp32 inside it.
 REDUCIBLE = frozenset(
     {
         torch.float32,
@@ -17,8 +18,12 @@ REDUCIBLE = frozenset(
         torch.int64,
     }
 )
-# Dtypes that only move (gather, scatter, all-to-all, broadcast, send/recv): no arithmetic.
-MOVABLE = REDUCIBLE | {torch.uint8, torch.int8, torch.bool}
+# The integer and bool dtypes: the ones bitwise ops (BAND/BOR/BXOR) apply to.
+INTEGRAL = frozenset({torch.int32, torch.int64, torch.uint8, torch.int8, torch.bool})
+FLOATING = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
+# Every dtype an operation accepts; reductions the core lacks (bitwise ops, any op on
+# uint8/int8/bool) are computed by the torch layer on data the core moves.
+MOVABLE = REDUCIBLE | INTEGRAL
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -36,3 +41,10 @@ def numpy_view(t: torch.Tensor) -> np.ndarray:
 def dtype_names(dtypes) -> str:
     """``float32, int64, ...`` for an error message."""
     return ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+
+
+def torch_view(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of ``dtype`` sharing the memory of the NumPy array ``a`` (``numpy_view``'s inverse)."""
+    if dtype is torch.bfloat16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)

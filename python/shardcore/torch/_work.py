@@ -54,18 +54,23 @@ DONE = CompletedWork([])
 
 
 class ThreadWork(dist._Work):
-    """A handle for an operation queued on a process group's send or recv thread."""
+    """A handle for an operation queued on a process group's send or recv thread.
 
-    def __init__(self, fn: Callable[[], None], outputs: list[torch.Tensor]):
+    ``fn`` may return the rank a message came from (a receive from any source); torch reads it
+    through ``_source_rank()``.
+    """
+
+    def __init__(self, fn: Callable[[], int | None], outputs: list[torch.Tensor]):
         super().__init__()
         self._fn = fn
         self._outputs = outputs
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self._source: int | None = None
 
     def _run(self) -> None:
         try:
-            self._fn()
+            self._source = self._fn()
         except BaseException as exc:  # noqa: BLE001  handed to whoever waits
             self._error = exc
         finally:
@@ -78,6 +83,14 @@ class ThreadWork(dist._Work):
             seconds = timeout.total_seconds()
         if not self._done.wait(seconds):
             raise TimeoutError(f"shardcore send/recv did not complete within {timeout}")
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def wait_for(self, seconds: float) -> bool:
+        """Whether it completed within ``seconds`` (raises its error if it failed)."""
+        if not self._done.wait(seconds):
+            return False
         if self._error is not None:
             raise self._error
         return True
@@ -97,6 +110,15 @@ class ThreadWork(dist._Work):
 
     def synchronize(self) -> None:
         self.wait()
+
+    def _source_rank(self) -> int:
+        """The group rank the received message came from (``recv`` with ``src=None``)."""
+        self.wait()
+        if self._source is None:
+            raise ValueError("shardcore: this handle is not a receive from any source")
+        return self._source
+
+    source_rank = _source_rank
 
     def get_future(self) -> Future:
         # Completed by a helper thread so that callbacks never run on the send/recv thread.
@@ -126,7 +148,7 @@ class Lane:
         self._lock = threading.Lock()
         self._last: ThreadWork | None = None
 
-    def submit(self, fn: Callable[[], None], outputs: list[torch.Tensor]) -> ThreadWork:
+    def submit(self, fn: Callable[[], int | None], outputs: list[torch.Tensor]) -> ThreadWork:
         """Queue ``fn`` behind earlier submissions; the handle completes when it has run."""
         work = ThreadWork(fn, outputs)
         with self._lock:

@@ -1,10 +1,20 @@
 """``ShardcoreProcessGroup``: torch.distributed operations on CPU tensors through a shardcore
 communicator, zero-copy: the core reads and writes the tensors' storage, through NumPy views
-(an all_reduce SUM through the tensor's address)."""
+(an all_reduce SUM through the tensor's address). Non-contiguous tensors are staged through a
+contiguous copy.
+
+Everything runs on the communicator's methods alone (all_reduce, reduce_scatter, all_gather,
+all_to_all, all_to_allv, broadcast, send, recv, barrier), so that a communicator spanning hosts
+with the same methods serves the same operations. Rooted collectives cost no more than their
+all-collective: reduce is an all-reduce, gather an all-to-allv in which only the root receives,
+scatter one in which only the root sends.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from datetime import timedelta
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -13,7 +23,9 @@ from torch._C._distributed_c10d import ReduceOp
 from shardcore._dtypes import OPS as CORE_OPS
 from shardcore._dtypes import dtype_code as core_dtype_code
 
-from ._dtypes import MOVABLE, REDUCIBLE, dtype_names, numpy_view
+from . import _reduce
+from ._anysource import AnySource
+from ._dtypes import FLOATING, INTEGRAL, MOVABLE, REDUCIBLE, dtype_names, numpy_view, torch_view
 from ._work import DONE, CompletedWork, Lane
 
 BACKEND_NAME = "shardcore"
@@ -36,7 +48,8 @@ _CORE_DTYPES = {
     for t in REDUCIBLE
 }
 _CORE_SUM = CORE_OPS["sum"]
-_FLOATING = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
+# monitored_barrier's messages: a tag no torch caller uses (torch's tags are >= 0)
+_MONITOR_TAG = -0x5C
 
 
 class UnsupportedError(NotImplementedError):
@@ -46,13 +59,17 @@ class UnsupportedError(NotImplementedError):
 def _unsupported(what: str) -> UnsupportedError:
     return UnsupportedError(
         f"the shardcore torch.distributed backend does not support {what}; supported: "
-        "all_reduce, reduce_scatter_tensor, reduce_scatter (lists), all_gather_into_tensor, "
-        "all_gather (lists), all_to_all_single, broadcast, send, recv (from a given rank), "
-        "barrier, and their coalesced forms"
+        "all_reduce, reduce, reduce_scatter_tensor, reduce_scatter (lists), "
+        "all_gather_into_tensor, all_gather (lists), gather, scatter, all_to_all_single, "
+        "all_to_all (lists), broadcast, send, recv (also from any source), barrier, "
+        "monitored_barrier, and their coalesced forms; reduce ops SUM, AVG, MAX, MIN, PRODUCT, "
+        "BAND, BOR, BXOR"
     )
 
 
-def _check_tensor(t: Any, what: str, dtypes: frozenset, kind: str) -> None:
+def _check_tensor(
+    t: Any, what: str, dtypes: frozenset = MOVABLE, kind: str = "data movement"
+) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"shardcore {what}: expected a torch.Tensor, got {type(t).__name__}")
     if not t.is_cpu:
@@ -62,8 +79,16 @@ def _check_tensor(t: Any, what: str, dtypes: frozenset, kind: str) -> None:
             f"shardcore {what}: dtype {t.dtype} is not supported for {kind} "
             f"(supported: {dtype_names(dtypes)})"
         )
-    if not t.is_contiguous():
-        raise ValueError(f"shardcore {what}: tensors must be contiguous")
+
+
+def _output_buffer(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a contiguous tensor of its shape to write into and then copy into ``t``."""
+    return t if t.is_contiguous() else torch.empty(t.shape, dtype=t.dtype)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous 1-D tensor of ``t``'s elements (``t`` itself, viewed, when contiguous)."""
+    return t.detach().reshape(-1) if t.is_contiguous() else t.detach().contiguous().view(-1)
 
 
 def _single(tensors: Any, what: str) -> torch.Tensor:
@@ -73,26 +98,50 @@ def _single(tensors: Any, what: str) -> torch.Tensor:
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two contiguous tensors share any byte of memory."""
+    """Whether two tensors may share memory (exact for contiguous ones; same storage otherwise)."""
+    if a.nbytes == 0 or b.nbytes == 0:
+        return False
+    if not (a.is_contiguous() and b.is_contiguous()):
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
     a0, b0 = a.data_ptr(), b.data_ptr()
-    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes and a.nbytes > 0 and b.nbytes > 0
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
 
 
-def _op_name(reduce_op: Any, dtype: torch.dtype, what: str) -> tuple[str, bool]:
-    """(core op name, is_avg) for a torch ReduceOp; raises for ops the core lacks."""
+class _Reduction(NamedTuple):
+    """How one reduce op on one dtype is computed: by the core (``core_op``), or by the torch
+    layer over the core's data movement (``torch_op``, see ``_reduce``)."""
+
+    core_op: str | None
+    torch_op: Any
+    average: bool
+
+
+def _reduction(reduce_op: Any, dtype: torch.dtype, what: str) -> _Reduction:
+    """The plan for ``reduce_op`` on ``dtype``; raises (before any communication) where gloo does."""
     kind = reduce_op.op if isinstance(reduce_op, ReduceOp) else reduce_op
-    name = _OPS.get(int(kind))
+    code = int(kind)
+    if code in _reduce.BITWISE:
+        if dtype not in INTEGRAL:
+            raise TypeError(
+                f"shardcore {what}: {kind.name} needs an integer or bool dtype, got {dtype} "
+                f"(supported: {dtype_names(INTEGRAL)})"
+            )
+        return _Reduction(None, _reduce.TORCH_OPS[code], False)
+    name = _OPS.get(code)
     if name is None:
         raise _unsupported(
-            f"reduce op {kind.name} in {what} (supported: SUM, AVG, MAX, MIN, PRODUCT)"
+            f"reduce op {kind.name} in {what} "
+            "(supported: SUM, AVG, MAX, MIN, PRODUCT, BAND, BOR, BXOR)"
         )
-    is_avg = int(kind) == int(_RedOpType.AVG)
-    if is_avg and dtype not in _FLOATING:
+    is_avg = code == int(_RedOpType.AVG)
+    if is_avg and dtype not in FLOATING:
         raise TypeError(
             f"shardcore {what}: AVG needs a floating-point dtype, got {dtype} "
             "(an integer average would truncate; use SUM and divide)"
         )
-    return name, is_avg
+    if dtype in REDUCIBLE:
+        return _Reduction(name, None, is_avg)
+    return _Reduction(None, _reduce.TORCH_OPS[code], False)  # uint8, int8, bool
 
 
 class ShardcoreProcessGroup(dist.ProcessGroup):
@@ -102,10 +151,20 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
     or into ``out=``). Collectives run on the calling thread. ``send``/``recv`` run on two
     per-group threads, through ``p2p_comm`` (a second communicator over the same ranks; default
     ``comm``), so that exchange patterns (every rank sends, then receives) cannot deadlock on
-    the bounded shared-memory mailboxes.
+    the bounded shared-memory mailboxes. ``store`` (the group's rendezvous store) carries the
+    announcements that let ``recv`` take a message from any source; without it, or over a store
+    without queues, ``recv(src=None)`` raises.
     """
 
-    def __init__(self, comm: Any, rank: int, size: int, p2p_comm: Any = None):
+    def __init__(
+        self,
+        comm: Any,
+        rank: int,
+        size: int,
+        p2p_comm: Any = None,
+        store: Any = None,
+        timeout: timedelta | None = None,
+    ):
         super().__init__(rank, size)  # type: ignore[call-arg]  # torch's stubs list other overloads
         self._comm = comm
         # shardcore's own Communicator: its C++ communicator, for the all_reduce fast path
@@ -117,6 +176,14 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         self._group_desc = ""
         self._send_lane = Lane("shardcore-send")
         self._recv_lane = Lane("shardcore-recv")
+        if timeout is None or timeout <= timedelta(0):
+            timeout = timedelta(seconds=float(getattr(self._p2p, "timeout", 600.0)))
+        self._timeout = timeout
+        self._any_source = (
+            AnySource(store, rank, timeout.total_seconds())
+            if store is not None and size > 1
+            else None
+        )
 
     # ---- identity ------------------------------------------------------------------------
 
@@ -170,25 +237,59 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                 core.all_reduce(p, p, t.numel(), code, _CORE_SUM, 0)
                 return CompletedWork([t]) if opts.asyncOp else DONE
         t = _single(tensors, "all_reduce")
-        _check_tensor(t, "all_reduce", REDUCIBLE, "reductions")
+        _check_tensor(t, "all_reduce", MOVABLE, "reductions")
         op = opts.reduceOp if opts is not None else _RedOpType.SUM
-        name, is_avg = _op_name(op, t.dtype, "all_reduce")
-        self._comm.all_reduce(numpy_view(t), op=name)
-        if is_avg:
-            t.div_(self._size)
-        if opts is None or opts.asyncOp:
-            return CompletedWork([t])
-        return DONE
+        plan = _reduction(op, t.dtype, "all_reduce")
+        buf = _flat(t)
+        self._all_reduce(buf, plan)
+        if not t.is_contiguous():
+            t.copy_(buf.view(t.shape))
+        return self._work(opts, [t])
+
+    def _all_reduce(self, x: torch.Tensor, plan: _Reduction, out: torch.Tensor | None = None):
+        """Reduce the contiguous 1-D ``x`` over the ranks, in place or into ``out``."""
+        if plan.core_op is not None:
+            self._comm.all_reduce(
+                numpy_view(x), op=plan.core_op, out=None if out is None else numpy_view(out)
+            )
+            if plan.average:
+                (x if out is None else out).div_(self._size)
+            return
+        if out is not None:
+            out.copy_(x)
+            x = out
+        _reduce.all_reduce(self._comm, x, plan.torch_op)
 
     def allreduce_coalesced(self, tensors, opts=None):
         for t in tensors:
             self.allreduce([t], opts)
         return CompletedWork(list(tensors))
 
+    def reduce(self, tensors, opts=None):
+        """The root's tensor gets the reduction; the others' are left as they were.
+
+        An all-reduce (into a scratch tensor off the root): the same traffic as the matching
+        all-collective, and one step for every size.
+        """
+        what = "reduce"
+        t = _single(tensors, what)
+        _check_tensor(t, what, MOVABLE, "reductions")
+        root = self._root(opts.rootRank if opts is not None else 0, what)
+        op = opts.reduceOp if opts is not None else _RedOpType.SUM
+        plan = _reduction(op, t.dtype, what)
+        src = _flat(t)
+        if self._rank == root:
+            self._all_reduce(src, plan)
+            if not t.is_contiguous():
+                t.copy_(src.view(t.shape))
+        else:
+            self._all_reduce(src, plan, out=torch.empty_like(src))
+        return self._work(opts, [t])
+
     def reduce_scatter_single(self, output, input, opts=None):
         what = "reduce_scatter_tensor"
-        _check_tensor(output, what, REDUCIBLE, "reductions")
-        _check_tensor(input, what, REDUCIBLE, "reductions")
+        _check_tensor(output, what, MOVABLE, "reductions")
+        _check_tensor(input, what, MOVABLE, "reductions")
         self._check_same_dtype(what, output, input)
         if input.numel() != output.numel() * self._size:
             raise ValueError(
@@ -196,15 +297,22 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                 f"output.numel() * group size = {output.numel()} * {self._size}"
             )
         op = opts.reduceOp if opts is not None else _RedOpType.SUM
-        name, is_avg = _op_name(op, input.dtype, what)
+        plan = _reduction(op, input.dtype, what)
+        out = _output_buffer(output)
+        src = _flat(input)
         # in place (the output is a block of the input): the core reads the input while it writes
         # the output, so reduce from a copy
-        src = input.clone() if _overlap(input, output) else input
-        self._comm.reduce_scatter(
-            numpy_view(src).reshape(-1), op=name, out=numpy_view(output).reshape(-1)
-        )
-        if is_avg:
-            output.div_(self._size)
+        if _overlap(src, out):
+            src = src.clone()
+        flat_out = out.detach().view(-1)
+        if plan.core_op is not None:
+            self._comm.reduce_scatter(numpy_view(src), op=plan.core_op, out=numpy_view(flat_out))
+            if plan.average:
+                out.div_(self._size)
+        else:
+            _reduce.reduce_scatter(self._comm, src, flat_out, plan.torch_op)
+        if out is not output:
+            output.copy_(out)
         return self._work(opts, [output])
 
     def reduce_scatter_single_coalesced(self, outputs, inputs, opts=None):
@@ -221,7 +329,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                 f"shardcore {what}: expected {self._size} input tensors, got {len(inputs)}"
             )
         for t in inputs:
-            _check_tensor(t, what, REDUCIBLE, "reductions")
+            _check_tensor(t, what, MOVABLE, "reductions")
             if t.dtype != output.dtype or t.numel() != output.numel():
                 raise ValueError(
                     f"shardcore {what}: every input must match the output's dtype "
@@ -233,15 +341,21 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
 
     def all_gather_single(self, output, input, opts=None):
         what = "all_gather_into_tensor"
-        _check_tensor(output, what, MOVABLE, "data movement")
-        _check_tensor(input, what, MOVABLE, "data movement")
+        _check_tensor(output, what)
+        _check_tensor(input, what)
         self._check_same_dtype(what, output, input)
         if output.numel() != input.numel() * self._size:
             raise ValueError(
                 f"shardcore {what}: output has {output.numel()} elements, expected "
                 f"input.numel() * group size = {input.numel()} * {self._size}"
             )
-        self._comm.all_gather(numpy_view(input).reshape(-1), out=numpy_view(output).reshape(-1))
+        out = _output_buffer(output)
+        src = _flat(input)
+        if out is not output and _overlap(src, output):
+            src = src.clone()  # a non-contiguous output that holds the input
+        self._comm.all_gather(numpy_view(src), out=numpy_view(out).reshape(-1))
+        if out is not output:
+            output.copy_(out)
         return self._work(opts, [output])
 
     def all_gather_single_coalesced(self, outputs, inputs, opts=None):
@@ -257,7 +371,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
             raise ValueError(
                 f"shardcore {what}: expected {self._size} output tensors, got {len(outputs)}"
             )
-        _check_tensor(inp, what, MOVABLE, "data movement")
+        _check_tensor(inp, what)
         for t in outputs:
             if not isinstance(t, torch.Tensor) or t.dtype != inp.dtype or t.numel() != inp.numel():
                 raise ValueError(
@@ -265,7 +379,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                     f"{inp.dtype} and element count {inp.numel()}"
                 )
         gathered = torch.empty(self._size * inp.numel(), dtype=inp.dtype)
-        self._comm.all_gather(numpy_view(inp).reshape(-1), out=numpy_view(gathered))
+        self._comm.all_gather(numpy_view(_flat(inp)), out=numpy_view(gathered))
         for t, block in zip(outputs, gathered.view(self._size, -1)):
             t.copy_(block.view(t.shape))
         return self._work(opts, list(outputs))
@@ -275,12 +389,98 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
             self.allgather([outputs], [inp], opts)
         return CompletedWork([t for outputs in output_lists for t in outputs])
 
+    def gather(self, output_lists, inputs, opts=None):
+        """Every rank's tensor into the root's list: an all-to-allv in which only the root
+        receives (each rank sends its elements once, to the root)."""
+        what = "gather"
+        inp = _single(inputs, what)
+        _check_tensor(inp, what)
+        root = self._root(opts.rootRank if opts is not None else 0, what)
+        outputs: list = []
+        if self._rank == root:
+            outputs = _single(output_lists, what)
+            if len(outputs) != self._size:
+                raise ValueError(
+                    f"shardcore {what}: the root needs {self._size} output tensors, "
+                    f"got {len(outputs)}"
+                )
+            for t in outputs:
+                _check_tensor(t, what)
+                self._check_same_dtype(what, t, inp)
+        counts = [0] * self._size
+        counts[root] = inp.numel()
+        got, recv = self._comm.all_to_allv(numpy_view(_flat(inp)), counts)
+        if self._rank == root:
+            self._scatter_into(what, outputs, torch_view(got, inp.dtype), recv)
+        return self._work(opts, list(outputs))
+
+    def scatter(self, outputs, input_lists, opts=None):
+        """The root's list, one tensor per rank: an all-to-allv in which only the root sends."""
+        what = "scatter"
+        out = _single(outputs, what)
+        _check_tensor(out, what)
+        root = self._root(opts.rootRank if opts is not None else 0, what)
+        counts = [0] * self._size
+        if self._rank == root:
+            inputs = _single(input_lists, what)
+            if len(inputs) != self._size:
+                raise ValueError(
+                    f"shardcore {what}: the root needs {self._size} input tensors, "
+                    f"got {len(inputs)}"
+                )
+            for t in inputs:
+                _check_tensor(t, what)
+                self._check_same_dtype(what, out, t)
+            counts = [t.numel() for t in inputs]
+            src = torch.cat([t.detach().reshape(-1) for t in inputs])
+        else:
+            src = torch.empty(0, dtype=out.dtype)
+        got, recv = self._comm.all_to_allv(numpy_view(src), counts)
+        self._scatter_into(what, [out], torch_view(got, out.dtype), [recv[root]])
+        return self._work(opts, [out])
+
+    def alltoall(self, outputs, inputs, opts=None):
+        """Tensor lists (any sizes per pair of ranks): one all-to-allv of their elements."""
+        what = "all_to_all"
+        n = self._size
+        if len(inputs) != n or len(outputs) != n:
+            raise ValueError(
+                f"shardcore {what}: expected {n} input and {n} output tensors, "
+                f"got {len(inputs)} and {len(outputs)}"
+            )
+        dtype = inputs[0].dtype if inputs else None
+        for t in list(inputs) + list(outputs):
+            _check_tensor(t, what)
+            if t.dtype != dtype:
+                raise TypeError(f"shardcore {what}: tensors of dtypes {dtype} and {t.dtype}")
+        src = torch.cat([t.detach().reshape(-1) for t in inputs])
+        got, recv = self._comm.all_to_allv(numpy_view(src), [t.numel() for t in inputs])
+        self._scatter_into(what, list(outputs), torch_view(got, src.dtype), recv)
+        return self._work(opts, list(outputs))
+
+    def _scatter_into(self, what, outputs, flat, counts) -> None:
+        """Copy consecutive pieces of ``flat`` (``counts[i]`` elements each) into ``outputs``."""
+        sizes = [t.numel() for t in outputs]
+        if list(counts) != sizes:
+            raise ValueError(
+                f"shardcore {what}: the output tensors hold {sizes} elements, "
+                f"the peers sent {list(counts)}"
+            )
+        offset = 0
+        for t, count in zip(outputs, sizes):
+            t.copy_(flat[offset : offset + count].view(t.shape))
+            offset += count
+
     def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):
         what = "all_to_all_single"
-        _check_tensor(output, what, MOVABLE, "data movement")
-        _check_tensor(input, what, MOVABLE, "data movement")
+        _check_tensor(output, what)
+        _check_tensor(input, what)
         self._check_same_dtype(what, output, input)
         n = self._size
+        out = _output_buffer(output)
+        src = input.detach().contiguous()
+        if _overlap(src, out) or (out is not output and _overlap(src, output)):
+            src = src.clone()
         if not output_split_sizes and not input_split_sizes:
             if input.numel() != output.numel() or input.dim() == 0 or input.shape[0] % n:
                 raise ValueError(
@@ -288,81 +488,160 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
                     f"element count and a first dimension divisible by the group size {n} "
                     f"(input {tuple(input.shape)}, output {tuple(output.shape)})"
                 )
-            src = input.clone() if _overlap(input, output) else input
-            self._comm.all_to_all(numpy_view(src).reshape(-1), out=numpy_view(output).reshape(-1))
-            return self._work(opts, [output])
-        send = self._splits(what, "input", input, input_split_sizes)
-        recv = self._splits(what, "output", output, output_split_sizes)
-        row = input[0].numel() if input.shape[0] else int(torch.Size(input.shape[1:]).numel())
-        out_row = int(torch.Size(output.shape[1:]).numel()) if output.dim() else 1
-        if row != out_row:
-            raise ValueError(
-                f"shardcore {what}: input rows have {row} elements, output rows {out_row}"
+            self._comm.all_to_all(numpy_view(src).reshape(-1), out=numpy_view(out).reshape(-1))
+        else:
+            send = self._splits(what, "input", input, input_split_sizes)
+            recv = self._splits(what, "output", output, output_split_sizes)
+            row = int(torch.Size(input.shape[1:]).numel()) if input.dim() else 1
+            out_row = int(torch.Size(output.shape[1:]).numel()) if output.dim() else 1
+            if row != out_row:
+                raise ValueError(
+                    f"shardcore {what}: input rows have {row} elements, output rows {out_row}"
+                )
+            x = numpy_view(src).reshape(input.shape[0], row)
+            _, got = self._comm.all_to_allv(
+                x, list(send), out=numpy_view(out).reshape(output.shape[0], row)
             )
-        src = input.clone() if _overlap(input, output) else input
-        x = numpy_view(src).reshape(input.shape[0], row)
-        out = numpy_view(output).reshape(output.shape[0], row)
-        _, got = self._comm.all_to_allv(x, list(send), out=out)
-        if list(got) != list(recv):
-            raise ValueError(
-                f"shardcore {what}: output_split_sizes {list(recv)} disagree with "
-                f"what the peers sent {list(got)}"
-            )
+            if list(got) != list(recv):
+                raise ValueError(
+                    f"shardcore {what}: output_split_sizes {list(recv)} disagree with "
+                    f"what the peers sent {list(got)}"
+                )
+        if out is not output:
+            output.copy_(out)
         return self._work(opts, [output])
 
     def broadcast(self, tensors, opts=None):
         what = "broadcast"
         t = _single(tensors, what)
-        _check_tensor(t, what, MOVABLE, "data movement")
-        root = opts.rootRank if opts is not None else 0
-        if not 0 <= root < self._size:
-            raise ValueError(
-                f"shardcore {what}: root {root} is not a rank of this group of {self._size}"
-            )
-        self._comm.broadcast(numpy_view(t).reshape(-1), root=root)
+        _check_tensor(t, what)
+        root = self._root(opts.rootRank if opts is not None else 0, what)
+        buf = _flat(t)
+        self._comm.broadcast(numpy_view(buf), root=root)
+        if not t.is_contiguous() and self._rank != root:
+            t.copy_(buf.view(t.shape))
         return self._work(opts, [t])
 
     def barrier(self, opts=None):
         self._comm.barrier()
         return self._work(opts, [])
 
+    def monitored_barrier(self, timeout=None, wait_all_ranks=False):
+        """gloo's monitored barrier: rank 0 hears from every rank within ``timeout``, else raises
+        naming the first rank (every rank, with ``wait_all_ranks``) that did not arrive.
+
+        ``torch.distributed.monitored_barrier`` itself admits gloo groups only; call this
+        method on the group (``dist.group.WORLD.monitored_barrier(...)``).
+        """
+        if self._size == 1:
+            return None
+        if timeout is None or timeout <= timedelta(0):
+            timeout = self._timeout
+        seconds = timeout.total_seconds()
+        ms = int(seconds * 1000)
+        token = torch.zeros(1, dtype=torch.uint8)
+        if self._rank != 0:
+            self._send_lane.submit(self._internal_send(token, 0), []).wait()
+            ack = torch.empty(1, dtype=torch.uint8)
+            if not self._recv_lane.submit(self._internal_recv(ack, 0), []).wait_for(seconds):
+                raise RuntimeError(
+                    f"[Rank {self._rank}]: timed out in monitoredBarrier waiting for rank 0 "
+                    f"after {ms} ms"
+                )
+            return None
+        tokens = [torch.empty(1, dtype=torch.uint8) for _ in range(self._size)]
+        arrivals = [
+            self._recv_lane.submit(self._internal_recv(tokens[r], r), [])
+            for r in range(1, self._size)
+        ]
+        deadline = time.monotonic() + seconds
+        missing = []
+        for r, work in enumerate(arrivals, start=1):
+            if not work.wait_for(max(0.0, deadline - time.monotonic())):
+                missing.append(r)
+                if not wait_all_ranks:
+                    break
+        if missing:
+            if len(missing) == 1:
+                raise RuntimeError(
+                    f"[Rank 0]: Rank {missing[0]} failed to pass monitoredBarrier in {ms} ms"
+                )
+            raise RuntimeError(
+                f"[Rank 0]: Ranks {', '.join(map(str, missing))} failed to pass "
+                f"monitoredBarrier in {ms} ms"
+            )
+        acks = [
+            self._send_lane.submit(self._internal_send(token, r), []) for r in range(1, self._size)
+        ]
+        for work in acks:
+            work.wait()
+        return None
+
     # ---- point to point ------------------------------------------------------------------
 
     def send(self, tensors, dst, tag=0):
         t = _single(tensors, "send")
-        _check_tensor(t, "send", MOVABLE, "data movement")
+        _check_tensor(t, "send")
         self._check_peer("send", dst)
-        x = numpy_view(t).reshape(-1)
-        comm = self._p2p
-        return self._send_lane.submit(lambda: comm.send(x, dst, tag=tag), [t])
+        x = numpy_view(_flat(t))  # a non-contiguous tensor is sent from a copy made now
+        comm, any_source = self._p2p, self._any_source
+
+        def run() -> None:
+            if any_source is not None:
+                any_source.announce(dst, tag)
+            comm.send(x, dst, tag=tag)
+
+        return self._send_lane.submit(run, [t])
 
     def recv(self, tensors, src, tag=0):
         t = _single(tensors, "recv")
-        _check_tensor(t, "recv", MOVABLE, "data movement")
+        _check_tensor(t, "recv")
         self._check_peer("recv", src)
-        out = numpy_view(t).reshape(-1)
-        comm = self._p2p
-        return self._recv_lane.submit(lambda: comm.recv(out, src, tag=tag), [t])
+        buf = _output_buffer(t)
+        out = numpy_view(buf).reshape(-1)
+        comm, any_source = self._p2p, self._any_source
+
+        def run() -> None:
+            comm.recv(out, src, tag=tag)
+            if any_source is not None:
+                any_source.received(src)
+            if buf is not t:
+                t.copy_(buf)
+
+        return self._recv_lane.submit(run, [t])
 
     def recv_anysource(self, tensors, tag=0):
-        raise _unsupported("recv from any source (recv with src=None)")
+        t = _single(tensors, "recv")
+        _check_tensor(t, "recv")
+        any_source = self._any_source
+        if any_source is None or not any_source.supported:
+            why = (
+                "a group of one rank has no other rank to receive from"
+                if self._size == 1
+                else "this group has no rendezvous store with queues (TCPStore: torchrun, "
+                "env:// or tcp://; file:// has none)"
+            )
+            raise _unsupported(f"recv from any source (src=None) here: {why}")
+        buf = _output_buffer(t)
+        out = numpy_view(buf).reshape(-1)
+        comm = self._p2p
 
-    # ---- not served ----------------------------------------------------------------------
+        def run() -> int:
+            src = any_source.next_source(tag)
+            comm.recv(out, src, tag=tag)
+            if buf is not t:
+                t.copy_(buf)
+            return src
 
-    def reduce(self, tensors, opts=None):
-        raise _unsupported("reduce")
+        return self._recv_lane.submit(run, [t])
 
-    def gather(self, outputs, inputs, opts=None):
-        raise _unsupported("gather")
+    def _internal_send(self, t, dst):
+        comm, x = self._p2p, numpy_view(t)
+        return lambda: comm.send(x, dst, tag=_MONITOR_TAG)
 
-    def scatter(self, outputs, inputs, opts=None):
-        raise _unsupported("scatter")
-
-    def alltoall(self, outputs, inputs, opts=None):
-        raise _unsupported("all_to_all with tensor lists (use all_to_all_single)")
-
-    def monitored_barrier(self, *args, **kwargs):
-        raise _unsupported("monitored_barrier")
+    def _internal_recv(self, t, src):
+        comm, x = self._p2p, numpy_view(t)
+        return lambda: comm.recv(x, src, tag=_MONITOR_TAG)
 
     # ---- lifetime ------------------------------------------------------------------------
 
@@ -376,6 +655,8 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
             self._p2p.abort("the process group was destroyed with a send/recv pending")
         self._send_lane.shutdown()
         self._recv_lane.shutdown()
+        if self._any_source is not None:
+            self._any_source.close()
         for comm in {id(self._comm): self._comm, id(self._p2p): self._p2p}.values():
             close = getattr(comm, "close", None)
             if close is not None:
@@ -392,9 +673,16 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
     # ---- helpers -------------------------------------------------------------------------
 
     def _work(self, opts, outputs):
-        if opts is None or opts.asyncOp:
+        if opts is None or getattr(opts, "asyncOp", True):
             return CompletedWork(outputs)
         return DONE
+
+    def _root(self, root, what) -> int:
+        if not 0 <= root < self._size:
+            raise ValueError(
+                f"shardcore {what}: root {root} is not a rank of this group of {self._size}"
+            )
+        return root
 
     def _check_same_dtype(self, what, a, b):
         if a.dtype != b.dtype:
