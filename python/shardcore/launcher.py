@@ -306,7 +306,9 @@ def init(
     """The communicator of a script started by ``shardcore run`` (size 1 when run on its own).
 
     Reads SHARDCORE_RANK, SHARDCORE_WORLD_SIZE and SHARDCORE_SEGMENT, as torchrun's RANK and
-    WORLD_SIZE. An uncaught exception aborts the communicator so that the peers raise at once.
+    WORLD_SIZE; under ``shardcore run --nnodes`` (SHARDCORE_MASTER_ADDR) or torchrun (MASTER_ADDR,
+    RANK) it meets the other ranks through the store, and ranks on several hosts get a
+    ``HierCommunicator``. An uncaught exception aborts the communicator so that the peers raise at once.
     """
     global _initialized
     if _initialized is not None and not _initialized.closed:
@@ -314,19 +316,28 @@ def init(
     from .comm import Communicator, new_segment_name
 
     env = os.environ
-    if _ENV_SEGMENT in env:
-        try:
-            rank, size = int(env[_ENV_RANK]), int(env[_ENV_SIZE])
-        except (KeyError, ValueError):
-            raise ValueError(
-                f"{_ENV_RANK} and {_ENV_SIZE} must be set to integers when {_ENV_SEGMENT} is set"
-            ) from None
-        name = env[_ENV_SEGMENT]
+    comm: Any
+    if "SHARDCORE_MASTER_ADDR" in env or (
+        _ENV_SEGMENT not in env and "MASTER_ADDR" in env and "RANK" in env
+    ):
+        # several hosts (shardcore run --nnodes) or torchrun: rendezvous through the store
+        from .hier.rendezvous import init_from_env
+
+        comm = init_from_env(timeout=timeout, slot_bytes=slot_bytes, p2p_bytes=p2p_bytes)
     else:
-        rank, size, name = 0, 1, new_segment_name()
-    comm = Communicator.connect(
-        name, rank, size, timeout=timeout, slot_bytes=slot_bytes, p2p_bytes=p2p_bytes
-    )
+        if _ENV_SEGMENT in env:
+            try:
+                rank, size = int(env[_ENV_RANK]), int(env[_ENV_SIZE])
+            except (KeyError, ValueError):
+                raise ValueError(
+                    f"{_ENV_RANK} and {_ENV_SIZE} must be set to integers when {_ENV_SEGMENT} is set"
+                ) from None
+            name = env[_ENV_SEGMENT]
+        else:
+            rank, size, name = 0, 1, new_segment_name()
+        comm = Communicator.connect(
+            name, rank, size, timeout=timeout, slot_bytes=slot_bytes, p2p_bytes=p2p_bytes
+        )
     previous_hook = sys.excepthook
 
     def abort_then_report(exc_type, exc, tb):

@@ -121,3 +121,48 @@ def build(
         group_ranks=group_ranks,
         slot_bytes=slot_bytes,
     )
+
+
+def init_from_env(
+    *, timeout: float | None = None, slot_bytes: int | None = None, p2p_bytes: int | None = None
+):
+    """The communicator of a rank started by ``shardcore run --nnodes`` or torchrun.
+
+    Reads SHARDCORE_MASTER_ADDR/PORT, SHARDCORE_RANK and SHARDCORE_WORLD_SIZE (or torch's
+    MASTER_ADDR/PORT, RANK and WORLD_SIZE) and meets the other ranks in the store there.
+    """
+    from torch.distributed import TCPStore
+
+    env = os.environ
+
+    def pick(*names: str) -> str:
+        for n in names:
+            if env.get(n):
+                return env[n]
+        raise ValueError(f"{' or '.join(names)} must be set to join a job across hosts")
+
+    addr = pick("SHARDCORE_MASTER_ADDR", "MASTER_ADDR")
+    try:
+        port = int(pick("SHARDCORE_MASTER_PORT", "MASTER_PORT"))
+        rank = int(pick("SHARDCORE_RANK", "RANK"))
+        size = int(pick("SHARDCORE_WORLD_SIZE", "WORLD_SIZE"))
+    except ValueError as exc:
+        raise ValueError(f"rendezvous environment: {exc}") from None
+    if timeout is None:
+        from ..comm import _DEFAULT_TIMEOUT, _env_number
+
+        timeout = _env_number("SHARDCORE_TIMEOUT", _DEFAULT_TIMEOUT)
+    from datetime import timedelta
+
+    store = TCPStore(addr, port, None, False, timeout=timedelta(seconds=timeout))
+    # torchrun's agent also keeps its own keys in this store: ours live under their own prefix
+    return connect(
+        store,
+        rank,
+        size,
+        timeout=timeout,
+        prefix="shardcore/init",
+        address=default_address(),
+        slot_bytes=slot_bytes,
+        p2p_bytes=p2p_bytes,
+    )
