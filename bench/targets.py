@@ -1,4 +1,5 @@
-"""Issue 7's targets checked against `bench compare` JSON: prints a markdown table.
+"""shardcore's performance targets (time ratios to the best peer per size and world size) checked
+against `bench compare` JSON: prints a markdown table.
 
 python bench/targets.py compare_all_reduce.json compare_gather_a2a.json [--ranks 2,8]
 """

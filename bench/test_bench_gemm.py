@@ -2,7 +2,7 @@
 
     OPENBLAS_NUM_THREADS=1 PYTHONPATH=python pytest bench/test_bench_gemm.py --benchmark-only
 
-Each case times one call on the issue's shapes; ``extra_info`` carries GFLOP/s and weight GB/s.
+Each case times one call on the default shapes of `shardcore bench gemm`; ``extra_info`` carries GFLOP/s and weight GB/s.
 ``shardcore bench gemm`` prints the same comparison as one table with ratios and peak fractions.
 """
 

@@ -116,3 +116,20 @@ def test_collectives_progress_reaches_stderr_per_size(capfd):
         "128 B",
         "256 B",
     ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["qwen3-235b-a22b", "--devices", "8", "-tp", "8"],
+        ["qwen3-235b-a22b", "--devices", "16", "--devices-per-node", "8", "--search"],
+        ["qwen3-32b", "--devices", "8", "-pp", "2", "--schedule", "1f1b"],
+    ],
+)
+def test_plan_output_fits_120_columns(capsys, argv):
+    from shardcore.cli import main
+
+    assert main(["plan", *argv]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert "per rank:" in out and "KV tokens" in out

@@ -106,6 +106,7 @@ struct Selection {
   std::string reason;
 };
 
+#if defined(SHARDCORE_X86)
 // Best seconds of a few single-thread runs of a bf16 Impl on a product that sits in L2
 // (48 x 512 x 256: the blocked, compute-bound loop; small M is bound by W's bytes either way).
 double time_bf16_gemm(const Impl& impl) {
@@ -135,6 +136,7 @@ double time_bf16_gemm(const Impl& impl) {
   }
   return best;
 }
+#endif
 
 Selection select() {
   Selection s;

@@ -22,7 +22,6 @@
 #define SC_TILE_STORE(t, p, stride) _tile_stored(t, p, stride)
 #define SC_TILE_DP(c, a, b) _tile_dpbf16ps(c, a, b)
 #define SC_TILE_RELEASE() _tile_release()
-#define SC_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1)
 #include "gemm/amx_loops.h"
 
 namespace shardcore::gemm {

@@ -89,7 +89,6 @@ inline void dp(int c, int a, int b) {
 #define SC_TILE_STORE(t, p, stride) ::shardcore::gemm::model::store(t, p, stride)
 #define SC_TILE_DP(c, a, b) ::shardcore::gemm::model::dp(c, a, b)
 #define SC_TILE_RELEASE() ((void)0)
-#define SC_PREFETCH(p) ((void)0)
 #include "gemm/amx_loops.h"
 
 namespace shardcore::gemm {

@@ -1,4 +1,4 @@
-"""``shardcore bench tp-vs-pp``: what TP, PP and EP send per token, measured against the seed's
+"""``shardcore bench tp-vs-pp``: what TP, PP and EP send per token, measured against the
 traffic model.
 
     shardcore bench tp-vs-pp --hidden 4096 --blocks 8 --tokens 16 --tp 2,4 --pp 2,4 --ep 2,4
@@ -10,8 +10,8 @@ is the communication's alone), run for a number of steps of T tokens:
 - pp=m: the k blocks split into m stages; each stage sends its (T, h) output to the next.
   Model: (m-1) * h * b bytes per token over the whole pipeline ((m-1)h*2 for bf16).
 - ep=l: every rank holds T tokens and E/l experts; each block routes each token's top_k copies
-  to their experts' ranks with an all-to-all and brings them back with another. Model (the
-  seed's): top_k*h*b/l bytes per token of the global batch, per rank and all-to-all; exactly,
+  to their experts' ranks with an all-to-all and brings them back with another. Model:
+  top_k*h*b/l bytes per token of the global batch, per rank and all-to-all; exactly,
   only copies bound for another rank move: top_k*h*b*(l-1)/l^2 when the router spreads each
   rank's T*top_k copies evenly (it does when l divides T*top_k).
 Bytes are the core's own counters; time is what the collective calls took on each rank.
@@ -141,7 +141,7 @@ def run_mode(mode: str, degree: int, cfg: dict) -> dict:
 
 
 def model_bytes_per_token(mode: str, degree: int, cfg: dict) -> dict:
-    """The seed's figure per token (and, where it differs, the exact count) in bytes."""
+    """The traffic model's figure per token (and, where it differs, the exact count) in bytes."""
     n, h, k = degree, cfg["hidden"], cfg["blocks"]
     b = metrics.numpy_dtype(cfg["dtype"]).itemsize
     if mode == "tp":  # per rank: 2 all-reduces per block, 2(n-1)/n*h*b each
@@ -207,8 +207,8 @@ def format_results(results: list[dict], cfg: dict) -> str:
             f"E={cfg['experts']}; TP all-reduce {cfg['algorithm']}; communication only"
         ),
         (
-            f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'seed model':>11} "
-            f"{'formula':>14} {'meas/seed':>9} {'meas/exact':>10} {'comm us/token':>13} "
+            f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'model':>11} "
+            f"{'formula':>14} {'meas/model':>10} {'meas/exact':>10} {'comm us/token':>13} "
             f"{'comm ms/step':>12}  algorithm"
         ),
     ]
@@ -216,7 +216,7 @@ def format_results(results: list[dict], cfg: dict) -> str:
         lines.append(
             f"{r['mode']:>4} {r['degree']:>3} {r['measured_bytes_per_token']:>12.1f} "
             f"{r['per']:>16} {r['seed_bytes_per_token']:>11.1f} {r['formula']:>14} "
-            f"{r['ratio_to_seed']:>9.4f} {r['ratio_to_exact']:>10.4f} "
+            f"{r['ratio_to_seed']:>10.4f} {r['ratio_to_exact']:>10.4f} "
             f"{r['comm_us_per_token_max']:>13.3f} {r['comm_ms_per_step_max']:>12.3f}  "
             f"{','.join(r['algorithms']) or '-'}"
         )
@@ -231,7 +231,7 @@ def register(sub) -> None:
     """Add ``tp-vs-pp`` to the ``bench`` sub-parsers."""
     p = sub.add_parser(
         "tp-vs-pp",
-        help="bytes per token under TP, PP and EP vs the seed's model",
+        help="bytes per token under TP, PP and EP vs the traffic model",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -216,10 +216,10 @@ def _run(args: argparse.Namespace) -> int:
             print(line)
         print("\n".join(_wrap(p) for p in search.why().splitlines()))
         print()
-    print("\n".join(_wrap(line) for line in plan_text(plan).splitlines()))
+    print(_plan_text(plan))
     traffic = token_traffic(plan)
     print(
-        "traffic per token (seed model, bytes): "
+        "traffic per token (traffic model, bytes): "
         + ", ".join(f"{k} {traffic[k]:.0f}" for k in ("tp", "pp", "ep", "dp"))
     )
     if schedule is not None:
@@ -239,6 +239,42 @@ _SEARCH_LEGEND = (
     "(per rank: weights GB, free GB, KV B/tok = KV cache bytes per token; KV x = copies of each "
     "KV head; seqs = sequences per replica, B = micro-batch; TP x-node = a TP group spans nodes)"
 )
+
+
+def _plan_text(plan) -> str:
+    """``plan_text`` within 120 columns: notes wrapped, and the per-rank table split in two
+    (the rank column repeated) where it is wider."""
+    lines = plan_text(plan).splitlines()
+    table = text_table(plan.rank_rows(), "per rank:").splitlines()
+    start = lines.index(table[0])
+    if lines[start : start + len(table)] == table:
+        lines[start : start + len(table)] = _fit_table(plan.rank_rows(), "per rank:").splitlines()
+    return "\n".join(
+        _wrap(line) if line.startswith(("note:", "DOES NOT FIT")) else line for line in lines
+    )
+
+
+def _fit_table(rows: list[dict], title: str, width: int = 120) -> str:
+    """``text_table`` of ``rows``, as several tables one under the other (each repeating the
+    first column) when one would be wider than ``width``."""
+    text = text_table(rows, title)
+    if not rows or max(len(line) for line in text.splitlines()) <= width:
+        return text
+    keys = list(rows[0])
+    size = {k: max(len(k), *(len(str(r[k])) for r in rows)) + 2 for k in keys}
+    chunks: list[list[str]] = [[]]
+    used = size[keys[0]]
+    for k in keys[1:]:
+        if chunks[-1] and used + size[k] > width:
+            chunks.append([])
+            used = size[keys[0]]
+        chunks[-1].append(k)
+        used += size[k]
+    parts = [
+        text_table([{c: r[c] for c in [keys[0], *chunk]} for r in rows], title if i == 0 else None)
+        for i, chunk in enumerate(chunks)
+    ]
+    return "\n\n".join(parts)
 
 
 def _wrap(text: str) -> str:
