@@ -43,7 +43,7 @@ def _shm_names(pids):
     }
 
 
-def _child(rank, world, init, case, args, queue):
+def _child(rank, world, init, case, args, queue, backend="shardcore"):
     try:
         torch.set_num_threads(1)
         import shardcore.torch  # noqa: F401  registers the backend
@@ -55,9 +55,9 @@ def _child(rank, world, init, case, args, queue):
                 RANK=str(rank),
                 WORLD_SIZE=str(world),
             )
-            dist.init_process_group("shardcore", init_method="env://")
+            dist.init_process_group(backend, init_method="env://")
         else:
-            dist.init_process_group("shardcore", init_method=init, rank=rank, world_size=world)
+            dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
         gloo = dist.new_group(backend="gloo")
         fn = globals()[case] if isinstance(case, str) else case
         result = fn(rank, world, gloo, *args)
@@ -77,19 +77,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_ranks(world, case, *args, tmp_path, tcp_port=None, expect_exit=()):
+def run_ranks(
+    world, case, *args, tmp_path, tcp_port=None, expect_exit=(), backend="shardcore", tag=""
+):
     """Run ``case(rank, world, gloo_group, *args)`` on ``world`` forked ranks; return results.
 
-    ``case`` is a function or the name of one in this module. ``tcp_port``: rendezvous through
-    a TCPStore (env://, as under torchrun) instead of a file. ``expect_exit`` lists ranks that
-    end the process on purpose (they report nothing).
+    ``case`` is a function or the name of one in this module; the default group is ``backend``'s.
+    ``tcp_port``: rendezvous through a TCPStore (env://, as under torchrun) instead of a file.
+    ``expect_exit`` lists ranks that end the process on purpose (they report nothing).
     """
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     name = case if isinstance(case, str) else case.__name__
-    init = f"tcp:{tcp_port}" if tcp_port else f"file://{tmp_path}/store-{name}-{world}"
+    init = f"tcp:{tcp_port}" if tcp_port else f"file://{tmp_path}/store-{name}{tag}-{world}"
     procs = [
-        ctx.Process(target=_child, args=(r, world, init, case, args, queue)) for r in range(world)
+        ctx.Process(target=_child, args=(r, world, init, case, args, queue, backend))
+        for r in range(world)
     ]
     for p in procs:
         p.start()
@@ -464,7 +467,9 @@ def case_errors(rank, world, gloo):
         ["int32", "AVG"],
         lambda: dist.all_reduce(torch.ones(3, dtype=torch.int32), op=R.AVG),
     )
-    raises(TypeError, ["BAND", "integer or bool"], lambda: dist.all_reduce(torch.ones(3), op=R.BAND))
+    raises(
+        TypeError, ["BAND", "integer or bool"], lambda: dist.all_reduce(torch.ones(3), op=R.BAND)
+    )
     raises(
         UnsupportedError,
         ["PREMUL_SUM"],
