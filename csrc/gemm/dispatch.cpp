@@ -154,9 +154,10 @@ Selection select() {
     if (best == "avx512bf16") {
       // vdpbf16ps does twice the FMA's flops per instruction, but its throughput differs by core:
       // on Zen4 it runs at the FMA's instruction rate, on Sapphire Rapids at a quarter of it
-      // (0.47-0.51x the FMA's flops with 24 independent accumulators, no spills: a real
-      // throughput, not a dependency chain). What counts is the GEMM, widening included, so
-      // time both bf16 kernels on the same product (about 2 ms) and keep the faster.
+      // (0.47-0.51x the FMA's flops in multiply_add_loop, whose 24 accumulators are independent
+      // and stay in registers: a throughput, not a dependency chain). What counts is the GEMM,
+      // widening included (Zen4 ~1.7x, SPR ~0.65x), so time both bf16 kernels on the same
+      // product (about 2 ms) and keep the faster.
       const double dot = time_bf16_gemm(*avx512bf16_family().bf16);
       const double fma = time_bf16_gemm(*avx512_family().bf16);
       const double speed = fma / dot;

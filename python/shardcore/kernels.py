@@ -12,14 +12,20 @@ passing a plain array to ``matmul`` packs it on every call.
 
 Kernels
 -------
-The kernel family is chosen once, at first use, by CPU detection: ``avx512bf16`` (AVX-512 with
-``vdpbf16ps`` for bfloat16), ``avx512`` (bfloat16 widened to float32 in registers for the FMA),
-``avx2`` (AVX2 + FMA) or ``generic`` (portable C++). ``avx512bf16`` is taken only where a quick
-probe (a few ms) finds ``vdpbf16ps`` at least 1.25x the FMA's flop rate: on Zen4 it is 2x, on
-Sapphire Rapids 0.5x (there widening is faster); ``kernel_reason()`` says what was measured.
+The kernel family is chosen once, at first use, by CPU detection: ``amx`` (bfloat16 on AMX tiles,
+``tdpbf16ps``, from 2 rows of x, one row on ``vdpbf16ps``; float32 on the AVX-512 FMA), taken
+where the CPU has AMX-BF16 and Linux grants the process tile data (``arch_prctl``); else
+``avx512bf16`` (AVX-512 with ``vdpbf16ps`` for bfloat16), ``avx512`` (bfloat16 widened to float32
+in registers for the FMA), ``avx2`` (AVX2 + FMA) or ``generic`` (portable C++). ``avx512bf16`` is
+taken only where its bfloat16 GEMM, timed against the widening one on a small in-cache product
+when the choice is made (about 2 ms), is at least 1.1x as fast: about 1.7x on Zen 4, about 0.65x
+on Sapphire Rapids (whose ``vdpbf16ps`` runs at a quarter of the FMA's instruction rate);
+``kernel_reason()`` says what was measured, and why AMX was not used where the CPU has it.
 ``SHARDCORE_KERNEL=<name>`` forces one (``generic`` forces the fallback); ``kernel_name()`` says
 which one is in use and ``available_kernels()`` lists what this CPU can run. ``kernel=`` on
 ``PackedWeight``/``matmul`` picks another family for one weight (tests use it to cover every path).
+``amx-reference`` runs the amx family's loops and packing with the tile instructions modelled in
+portable C++ (slow; for tests on any CPU); it is accepted by name and never listed or chosen.
 
 Numerics
 --------
@@ -33,15 +39,17 @@ product of the (rounded) operands plus bias, the computed float32 result satisfi
     |C_hat - C| <= gamma(K + 1) * (sum_k |x_k| |w_kn| + |b_n|)
 
 for every kernel and summation order (the bound of a (K+1)-term float32 sum; the float32 path
-obeys it too, product roundings included). The ``vdpbf16ps`` kernel also flushes subnormal inputs
-and results to zero, which changes a term by less than ``2**-126 * max(1, |x_k|, |w_kn|)``. A bfloat16 output is that value rounded
+obeys it too, product roundings included). The ``vdpbf16ps`` and AMX kernels also flush subnormal
+inputs and results to zero, which changes a term by less than ``2**-126 * max(1, |x_k|, |w_kn|)``. A bfloat16 output is that value rounded
 to nearest even, one more relative error of ``2**-8``. Rounding float32 activations to bfloat16
 adds, relative to the float32 activations, at most ``2**-8 * sum_k |x_k| |w_kn|``.
 
 Results do not depend on ``threads`` (each element is summed in the same order however the
 work is split), but they may differ in the last bits between batch sizes M: the blocking of K
 and the accumulator layout depend on M (small M streams all of K in one block, 1-3 rows split
-the sum over several accumulators).
+the sum over several accumulators). The AMX loops start each element at its bias and add the
+32-deep tile steps in k order whatever the blocking, so there (as in ``amx-reference``, where
+this is tested bitwise) only M = 1, on ``vdpbf16ps``, sums differently.
 
 Threads
 -------
