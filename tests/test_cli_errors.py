@@ -110,3 +110,20 @@ def test_closed_pipe_ends_quietly():
     finally:
         os.close(write_end)
     assert out.returncode == 141 and out.stderr == ""
+
+
+def test_run_timeout_names_the_ranks_still_running(tmp_path):
+    script = tmp_path / "blocks.py"
+    script.write_text(
+        "import os, signal\nif os.environ['SHARDCORE_RANK'] == '1':\n    signal.pause()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "shardcore", "run", "-n", "2", "--timeout", "0.5", str(script)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert out.returncode == 124 and "Traceback" not in out.stderr
+    assert "--timeout 0.5 s passed; ranks still running: [" in out.stderr
+    assert "1]" in out.stderr

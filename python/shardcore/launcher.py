@@ -398,7 +398,11 @@ def run_script(
             try:
                 rank, code = events.get(timeout=max(0.0, min(limits)) if limits else None)
             except queue.Empty:
-                why = "timed out" if kill_at is None else "stopping the remaining ranks"
+                alive = [r for r, p in enumerate(procs) if p.poll() is None]
+                if kill_at is None:
+                    why = f"--timeout {timeout:g} s passed; ranks still running: {alive}"
+                else:
+                    why = f"stopping the remaining ranks: {alive}"
                 print(f"shardcore run: {why}", file=sys.stderr)
                 for p in procs:
                     if p.poll() is None:

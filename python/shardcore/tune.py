@@ -176,7 +176,11 @@ def _main(args) -> int:
             f"shardcore tune: error: cannot create {path.parent}: {exc.strerror}", file=sys.stderr
         )
         return 2
-    doc = tune(args.ranks, args.max_bytes, args.budget)
+    doc: dict = {}
+    for n in args.ranks:  # one world size at a time, saying so: the whole run takes minutes
+        part = tune([n], args.max_bytes, args.budget)
+        doc = {**part, "world_sizes": {**doc.get("world_sizes", {}), **part["world_sizes"]}}
+        print(f"shardcore tune: world size {n} measured", file=sys.stderr, flush=True)
     path.write_text(json.dumps(doc, indent=1))
     for n, entry in doc["world_sizes"].items():
         print(
