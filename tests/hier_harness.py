@@ -23,6 +23,9 @@ def host_ranks(layout, order=None):
 def _rank_main(fn, rank, size, host, port, timeout, conn, args):
     try:
         os.environ["SHARDCORE_HOST_ID"] = f"simulated-host-{host}"
+        if fn is None:  # args = (function, ...): it makes its own connections
+            conn.send(("ok", args[0](rank, size, port, *args[1:])))
+            return
         from torch.distributed import TCPStore
 
         from shardcore.hier import connect

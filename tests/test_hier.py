@@ -289,3 +289,64 @@ def test_a_dead_rank_on_another_host_makes_every_rank_raise():
     assert outcomes[3] == ("died", None)
     for status, value in outcomes[:3]:
         assert status == "ok" and value in ("PeerFailureError", "CommTimeoutError"), value
+
+
+def _torch_job(rank, size, port):
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    import shardcore.torch._rendezvous as rdzv
+
+    made = []
+    original = rdzv.connect_from_store
+
+    def recording(*a):
+        pair = original(*a)
+        made.extend(type(c).__name__ for c in pair)
+        return pair
+
+    rdzv.connect_from_store = recording
+    store = dist.TCPStore("127.0.0.1", port, size, False, timeout=timedelta(seconds=60))
+    dist.init_process_group("shardcore", store=store, rank=rank, world_size=size)
+    try:
+        kind = made[0] if set(made) == {made[0]} else made
+        x = torch.arange(11, dtype=torch.float32) * (rank + 1)
+        dist.all_reduce(x)
+        parts = [torch.empty(3, dtype=torch.int64) for _ in range(size)]
+        dist.all_gather(parts, torch.full((3,), rank, dtype=torch.int64))
+        y = torch.full((size, 2), float(rank))
+        z = torch.empty(size, 2)
+        dist.all_to_all_single(z, y)
+        b = torch.full((4,), float(rank))
+        dist.broadcast(b, src=size - 1)
+        if rank == 0:
+            dist.send(torch.ones(5), dst=size - 1)
+        elif rank == size - 1:
+            got = torch.zeros(5)
+            dist.recv(got, src=0)
+            assert got.sum().item() == 5
+        dist.barrier()
+        return (
+            kind,
+            x.tolist(),
+            [p.tolist() for p in parts],
+            z[:, 0].tolist(),
+            b.tolist(),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torch_backend_is_hierarchical_across_hosts():
+    """init_process_group("shardcore") over ranks of two hosts: the backend's communicator is
+    the two-level one and torch's collectives give the right answers."""
+    results = run_hosts(None, layout=[2, 2], args=(_torch_job,))
+    n = 4
+    for rank, (kind, x, parts, z, b) in enumerate(results):
+        assert kind == "HierCommunicator"
+        assert x == [float(i * sum(range(1, n + 1))) for i in range(11)]
+        assert parts == [[r] * 3 for r in range(n)]
+        assert z == [float(s) for s in range(n)]
+        assert b == [float(n - 1)] * 4
