@@ -167,7 +167,7 @@ def ratio_table(rows: list[dict], time_key: str) -> str:
             ]
             if b.startswith("shardcore"):
                 group.append(
-                    ("algorithm", [(measured(b, s) or {}).get("algorithm", "-") for s in sizes])
+                    (f"{name} algo", [(measured(b, s) or {}).get("algorithm", "-") for s in sizes])
                 )
             columns.append(group)
         for o in ours:

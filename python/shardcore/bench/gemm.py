@@ -101,7 +101,7 @@ def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _limit_blas_threads() -> str:
     try:
-        from threadpoolctl import (  # type: ignore[import-untyped]
+        from threadpoolctl import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
             threadpool_info,
             threadpool_limits,
         )
