@@ -52,16 +52,41 @@ struct Avx2Kernel {
         _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 15), _MM_HINT_T0);
       }
     }
-    for (int64_t k = 0; k < ksteps; ++k) {
+    auto step = [&](__m256 (&v0)[ROWS], __m256 (&v1)[ROWS]) __attribute__((always_inline)) {
       const __m256 w0 = load_w(wp), w1 = load_w(wp + 8);
       wp += NR;
 #pragma GCC unroll 16
       for (int r = 0; r < ROWS; ++r) {
         const __m256 x = _mm256_broadcast_ss(xp + r);
-        acc0[r] = _mm256_fmadd_ps(x, w0, acc0[r]);
-        acc1[r] = _mm256_fmadd_ps(x, w1, acc1[r]);
+        v0[r] = _mm256_fmadd_ps(x, w0, v0[r]);
+        v1[r] = _mm256_fmadd_ps(x, w1, v1[r]);
       }
       xp += ROWS;
+    };
+    // Few rows have too few independent chains for the FMA latency (one row: two chains, a step
+    // per 4-5 cycles, short of the weight stream for bf16 on Zen 3): split k round-robin over
+    // kSplit accumulator sets, summed at the end (as the AVX-512 kernels do).
+    constexpr int S = ROWS == 1 ? 4 : ROWS <= 3 ? 2 : 1;
+    if constexpr (S == 1) {
+      for (int64_t k = 0; k < ksteps; ++k) step(acc0, acc1);
+    } else {
+      __m256 e0[S - 1][ROWS], e1[S - 1][ROWS];
+#pragma GCC unroll 16
+      for (int s = 0; s < S - 1; ++s)
+        for (int r = 0; r < ROWS; ++r) e0[s][r] = e1[s][r] = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + S <= ksteps; k += S) {
+        step(acc0, acc1);
+#pragma GCC unroll 16
+        for (int s = 0; s < S - 1; ++s) step(e0[s], e1[s]);
+      }
+      for (; k < ksteps; ++k) step(acc0, acc1);
+#pragma GCC unroll 16
+      for (int s = 0; s < S - 1; ++s)
+        for (int r = 0; r < ROWS; ++r) {
+          acc0[r] = _mm256_add_ps(acc0[r], e0[s][r]);
+          acc1[r] = _mm256_add_ps(acc1[r], e1[s][r]);
+        }
     }
     if (!first) {
 #pragma GCC unroll 16
