@@ -138,6 +138,11 @@ def input_file(text: str) -> str:
     return text
 
 
+def description(doc: str | None) -> str:
+    """A module docstring as a command's ``--help`` text (reST literals as plain words)."""
+    return (doc or "").replace("``", "").strip()
+
+
 def progress_mode(setting: str) -> str:
     """What ``--progress auto|bar|lines|off`` means on this stderr: ``bar`` on a terminal,
     ``lines`` (one line per step, for logs and pipes) otherwise, or ``off``."""

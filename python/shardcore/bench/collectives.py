@@ -17,6 +17,7 @@ import time
 from ..cliargs import (
     UsageError,
     choice_list,
+    description,
     int_list,
     non_negative_int,
     output_file,
@@ -230,7 +231,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "collectives",
         help="nccl-tests-style sweep of one or more collectives",
-        description=__doc__,
+        description=description(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_sweep_arguments(p)

@@ -15,7 +15,7 @@ import argparse
 import sys
 import textwrap
 
-from ..cliargs import UsageError, choice_list, output_file, output_folder
+from ..cliargs import UsageError, choice_list, description, output_file, output_folder
 from . import metrics
 from .collectives import add_sweep_arguments, command_line, configs_from_args, machine_info
 from .report import write_json
@@ -28,7 +28,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "compare",
         help="shardcore against torch gloo, Open MPI and DeepSpeed",
-        description=__doc__,
+        description=description(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_sweep_arguments(p, sizes="8:64M", mode="in")

@@ -14,7 +14,14 @@ import argparse
 import json
 import sys
 
-from ..cliargs import UsageError, input_file, output_file, output_folder, positive_float
+from ..cliargs import (
+    UsageError,
+    description,
+    input_file,
+    output_file,
+    output_folder,
+    positive_float,
+)
 from .collectives import add_sweep_arguments, command_line, configs_from_args, machine_info, measure
 from .modelfit import fit_rows, format_fits
 from .report import bytes_verdict, format_table, write_json
@@ -25,7 +32,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "model",
         help="fit the alpha-beta model, check bytes against the ring model, draw plots",
-        description=__doc__,
+        description=description(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_sweep_arguments(p, sizes="8:64M")

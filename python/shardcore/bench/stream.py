@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ..cliargs import int_list, output_file, positive_int
+from ..cliargs import description, int_list, output_file, positive_int
 from . import metrics
 from .report import write_json
 
@@ -61,7 +61,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "stream",
         help="memory copy bandwidth with p processes (the ceiling)",
-        description=__doc__,
+        description=description(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

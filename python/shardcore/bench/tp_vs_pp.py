@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from ..cliargs import UsageError, int_list, non_negative_int, output_file, positive_int
+from ..cliargs import UsageError, description, int_list, non_negative_int, output_file, positive_int
 from . import metrics
 from .collectives import command_line, machine_info
 from .report import write_json
@@ -232,7 +232,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "tp-vs-pp",
         help="bytes per token under TP, PP and EP vs the traffic model",
-        description=__doc__,
+        description=description(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--hidden", type=positive_int, default=4096, help="hidden size h (default 4096)")
