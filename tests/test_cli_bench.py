@@ -133,3 +133,25 @@ def test_plan_output_fits_120_columns(capsys, argv):
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 120
     assert "per rank:" in out and "KV tokens" in out
+
+
+def test_tp_vs_pp_table_fits_120_columns():
+    from shardcore.bench.tp_vs_pp import format_results
+
+    cfg = dict(blocks=80, hidden=16384, dtype="float32", tokens=128, steps=20, top_k=8, experts=128)
+    cfg["algorithm"] = "two_shot"
+    row = {
+        "mode": "ep",
+        "degree": 64,
+        "per": "rank, all-to-all",
+        "formula": "2k*2(n-1)h*4/n",
+        "algorithms": ["pairwise", "flat"],
+        "measured_bytes_per_token": 12345678.9,
+        "seed_bytes_per_token": 1234567.8,
+        "ratio_to_seed": 1.0,
+        "ratio_to_exact": 1.0,
+        "comm_us_per_token_max": 12345.678,
+        "comm_ms_per_step_max": 1234.567,
+    }
+    text = format_results([row], cfg)
+    assert max(len(line) for line in text.splitlines()) <= 120

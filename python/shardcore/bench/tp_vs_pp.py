@@ -28,7 +28,7 @@ import numpy as np
 from ..cliargs import UsageError, description, int_list, non_negative_int, output_file, positive_int
 from . import metrics
 from .collectives import command_line, machine_info
-from .report import write_json
+from .report import comment, write_json
 
 
 def _timed(clock_total: list, fn, *args, **kwargs):
@@ -199,25 +199,29 @@ def summarize(mode: str, degree: int, cfg: dict, per_rank: list[dict]) -> dict:
 
 
 def format_results(results: list[dict], cfg: dict) -> str:
-    """The comparison as a table."""
+    """The comparison as a table (within 120 columns)."""
     lines = [
-        (
-            f"# synthetic stack: k={cfg['blocks']} blocks, h={cfg['hidden']}, {cfg['dtype']}, "
+        comment(
+            f"synthetic stack: k={cfg['blocks']} blocks, h={cfg['hidden']}, {cfg['dtype']}, "
             f"{cfg['tokens']} tokens/step, {cfg['steps']} steps; EP top_k={cfg['top_k']}, "
             f"E={cfg['experts']}; TP all-reduce {cfg['algorithm']}; communication only"
         ),
+        comment(
+            "bytes/token: counted by the core; model: the traffic model's figure; us/token, "
+            "ms/step: communication time of the slowest rank"
+        ),
         (
-            f"{'mode':>4} {'deg':>3} {'bytes/token':>12} {'per':>16} {'model':>11} "
-            f"{'formula':>14} {'meas/model':>10} {'meas/exact':>10} {'comm us/token':>13} "
-            f"{'comm ms/step':>12}  algorithm"
+            f"{'mode':>4} {'deg':>3} {'bytes/token':>11} {'per':>16} {'model':>9} "
+            f"{'formula':>14} {'meas/model':>10} {'meas/exact':>10} {'us/token':>9} "
+            f"{'ms/step':>8}  algorithm"
         ),
     ]
     for r in results:
         lines.append(
-            f"{r['mode']:>4} {r['degree']:>3} {r['measured_bytes_per_token']:>12.1f} "
-            f"{r['per']:>16} {r['seed_bytes_per_token']:>11.1f} {r['formula']:>14} "
+            f"{r['mode']:>4} {r['degree']:>3} {r['measured_bytes_per_token']:>11.1f} "
+            f"{r['per']:>16} {r['seed_bytes_per_token']:>9.1f} {r['formula']:>14} "
             f"{r['ratio_to_seed']:>10.4f} {r['ratio_to_exact']:>10.4f} "
-            f"{r['comm_us_per_token_max']:>13.3f} {r['comm_ms_per_step_max']:>12.3f}  "
+            f"{r['comm_us_per_token_max']:>9.3f} {r['comm_ms_per_step_max']:>8.3f}  "
             f"{','.join(r['algorithms']) or '-'}"
         )
     return "\n".join(lines) + "\n"
