@@ -159,7 +159,7 @@ def test_traffic_columns_detect_a_byte_off():
         "count": 30,
         **cols,
     }
-    assert "at 1 of 1 sizes != the ring model" in bytes_verdict([row])
+    assert "at 1 of 1 size != the ring model" in bytes_verdict([row])
     assert "sent/model" in format_table([row])
     with pytest.raises(AssertionError, match="disagree"):
         _traffic_columns("all_reduce", n, nbytes, [{"calls": 1, "sent": 0}, *exact[1:]])

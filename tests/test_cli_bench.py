@@ -70,7 +70,7 @@ def test_one_shot_bytes_follow_their_own_rule():
     rows.append({**_row("shardcore", 1 << 20), "world_size": n, **cols})
     verdict = bytes_verdict(rows)
     assert "one_shot at 2 sizes == the one-shot rule (n-1)*S" in verdict
-    assert "ring at 1 sizes == the ring model 2(n-1)/n*S" in verdict
+    assert "ring at 1 size == the ring model 2(n-1)/n*S" in verdict
     assert "exact at all 3 sizes" in verdict and "!=" not in verdict
     table = format_table(rows)
     assert max(len(line) for line in table.splitlines()) <= 120
@@ -79,7 +79,7 @@ def test_one_shot_bytes_follow_their_own_rule():
 def test_bytes_off_their_rule_are_reported():
     cols = _one_shot_columns(4, 64, extra=1)
     verdict = bytes_verdict([{**_row("shardcore", 64), "world_size": 4, **cols}])
-    assert "1 of 1 sizes != the one-shot rule" in verdict and "worst" in verdict
+    assert "1 of 1 size != the one-shot rule" in verdict and "worst" in verdict
 
 
 def _fit(r2):

@@ -92,15 +92,18 @@ def bytes_verdict(rows: list[dict]) -> str:
         algos = ", ".join(sorted({r["algorithm"] for r in group if r.get("algorithm")}))
         equal = sum(1 for r in group if r["bytes_equal_rule"])
         what = f"{algos or 'the algorithm'} at"
+        sizes = f"{len(group)} size{'s' if len(group) != 1 else ''}"
         if equal == len(group):
-            parts.append(f"{what} {len(group)} sizes == the {rule} {formula}")
+            parts.append(f"{what} {sizes} == the {rule} {formula}")
         else:
-            differ = f"{len(group) - equal} of {len(group)} sizes"
+            differ = f"{len(group) - equal} of {sizes}"
             parts.append(f"{what} {differ} != the {rule} {formula}")
     off = [r for r in measured if not r["bytes_equal_rule"]]
     line = "# bytes counted: " + "; ".join(parts)
     if not off:
-        return line + f" (exact at all {len(measured)} sizes)"
+        return line + (
+            " (exact)" if len(measured) == 1 else f" (exact at all {len(measured)} sizes)"
+        )
     worst = max(off, key=lambda r: abs(r["sent_per_rank"] / r["rule_bytes"] - 1))
     return line + (
         f" (worst {worst['sent_per_rank'] / worst['rule_bytes']:.4f}x its rule at "
