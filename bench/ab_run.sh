@@ -3,7 +3,7 @@
 # builds shardcore in place, then runs each `shardcore bench compare` of $AB_STEPS (a file of
 # "NAME|PREFIX|ARGS" lines; PREFIX e.g. "taskset -c 0,1" or "-") with JSON into $OUT, twice,
 # alternating, so that drifts of a shared host show up as a spread, not as a difference.
-#   OUT=/tmp/out WHL=/path/to/wheels AB_STEPS=bench/ab_steps.txt bash bench/ab_run.sh
+#   OUT=/tmp/out WHL=/path/to/wheels AB_STEPS=bench/ab_steps_xeon16.txt bash bench/ab_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/shardcore-ab-out}
