@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Same-run A/B of forced algorithms against the peers on a many-core host (the `device` tool):
+# Same-run A/B of forced algorithms against the peers on a many-core host:
 # builds shardcore in place, then runs each `shardcore bench compare` of $AB_STEPS (a file of
 # "NAME|PREFIX|ARGS" lines; PREFIX e.g. "taskset -c 0,1" or "-") with JSON into $OUT, twice,
 # alternating, so that drifts of a shared host show up as a spread, not as a difference.
