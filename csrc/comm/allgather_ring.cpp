@@ -11,25 +11,25 @@
 namespace shardcore {
 
 Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, size_t esz,
-                              Kind account_as, Algo algo, int64_t sym_stride, uint32_t sym_tag,
-                              int64_t sym_offset) {
+                              Kind account_as, Algo algo, const SymmetricSegment* sym_buffer) {
   const size_t block = m * esz;
+  const SymmetricPlace place = symmetric_place(sym_buffer, in, block);
   // Cross-memory attach is never the automatic choice: since the flat path reads its input once
   // and streams large outputs it was as fast on a 16-core Xeon and 1.4-1.7x faster on the 2-core
   // EPYC VM at 1-32 MiB, two ranks (docs/performance.md, session 3); algorithm="cma" forces it.
   if (algo == Algo::kAuto)
-    algo = symmetric_gather_auto(sym_stride, block, false) ? Algo::kSymmetric : Algo::kFlat;
+    algo = symmetric_gather_auto(place.stride, block, false) ? Algo::kSymmetric : Algo::kFlat;
   if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma && algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_gather (ring, flat, cma or symmetric)");
-  if (algo == Algo::kSymmetric && !sym_stride)
-    throw std::invalid_argument("all_gather: the symmetric algorithm needs an input from "
-                                "Communicator.empty/zeros");
+  if (algo == Algo::kSymmetric && !place.stride)
+    throw std::invalid_argument("all_gather: the symmetric algorithm needs an input from this "
+                                "communicator's empty/zeros");
   const bool sym = algo == Algo::kSymmetric;
-  const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz, sym ? sym_tag : 0);
+  const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz, sym ? place.tag : 0);
   if (algo == Algo::kCma || sym) {
     single_copy_gather(d, static_cast<const char*>(in), static_cast<char*>(out), block, false,
-                       account_as, sym ? sym_stride : 0, sym_offset);
+                       account_as, sym ? place.stride : 0, place.offset);
     return algo;
   }
   if (algo == Algo::kRing) {  // moved as bytes: an element may be wider than a slot

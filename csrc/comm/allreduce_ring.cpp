@@ -4,6 +4,7 @@
 // own input, and writes the result as its own message of round t, so partial sums never make an
 // extra trip through private memory. Block b's sum is formed once, in ring order, on rank b-1 and
 // then only copied, so every rank ends with bitwise identical results.
+#include <climits>
 #include <cstring>
 #include <stdexcept>
 
@@ -15,26 +16,31 @@
 namespace shardcore {
 
 Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
-                              int64_t sym_stride, uint32_t sym_tag, int32_t sym_offset) {
+                              const SymmetricSegment* sym_buffer) {
   if (!dtype_reducible(dt))
     throw std::invalid_argument(std::string("all_reduce: cannot reduce dtype ") + dtype_name(dt));
   if (op == RedOp::kNone) throw std::invalid_argument("all_reduce: no reduction op given");
   const size_t esz = dtype_size(dt);
   const size_t bytes = count * esz;
-  const bool sym_in_place = sym_stride != 0 && in == out;
+  SymmetricPlace place = symmetric_place(sym_buffer, in, bytes);
+  // The ranks compare the offset in the descriptor (int32 elements, since the symmetric algorithm
+  // needs it equal on every rank): an array at any other offset is an ordinary one.
+  if (place.stride && (place.offset % int64_t(esz) || place.offset / int64_t(esz) > INT32_MAX))
+    place = SymmetricPlace{};
+  const bool sym_in_place = place.stride != 0 && in == out;
   if (algo == Algo::kAuto) algo = choose_all_reduce(bytes, sym_in_place);
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
   const bool sym = algo == Algo::kSymmetric;
-  const Desc d = make_desc(Kind::kAllReduce, dt, op, algo, sym ? sym_offset : 0, count, esz,
-                           sym ? sym_tag : 0);
+  const Desc d = make_desc(Kind::kAllReduce, dt, op, algo, sym ? place.offset / int64_t(esz) : 0,
+                           count, esz, sym ? place.tag : 0);
   switch (algo) {
     case Algo::kSymmetric:
       if (!sym_in_place)
         throw std::invalid_argument("all_reduce: the symmetric algorithm runs in place on an array "
-                                    "from Communicator.empty/zeros");
+                                    "from this communicator's empty/zeros");
       enter(d);
-      symmetric_all_reduce(dst, count, dt, op, esz, sym_stride);
+      symmetric_all_reduce(dst, count, dt, op, esz, place.stride);
       break;
     case Algo::kRing:
       enter(d);

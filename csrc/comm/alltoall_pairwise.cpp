@@ -11,28 +11,30 @@
 namespace shardcore {
 
 Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, size_t esz, Algo algo,
-                              int64_t sym_stride, uint32_t sym_tag, int64_t sym_offset) {
+                              const SymmetricSegment* sym_buffer) {
   const size_t block = m * esz;
+  const SymmetricPlace place = symmetric_place(sym_buffer, in, size_t(size_) * block);
   // Flat when every block fits one slot (one synchronisation in all), pairwise above: flat in
   // several rounds measured no faster than pairwise's lockstep steps at 4 and 8 ranks on a
   // 16-core Xeon (two alternated runs each way, bench/results/session3/xeon16-a2a).
   if (algo == Algo::kAuto)
-    algo = symmetric_gather_auto(sym_stride, block, true)     ? Algo::kSymmetric
+    algo = symmetric_gather_auto(place.stride, block, true)   ? Algo::kSymmetric
            : size_t(size_) * block <= slot_bytes_ ? Algo::kFlat
                                                                : Algo::kPairwise;
   if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma &&
       algo != Algo::kSymmetric)
     throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_to_all (pairwise, flat, cma or symmetric)");
-  if (algo == Algo::kSymmetric && !sym_stride)
-    throw std::invalid_argument("all_to_all: the symmetric algorithm needs an input from "
-                                "Communicator.empty/zeros");
+  if (algo == Algo::kSymmetric && !place.stride)
+    throw std::invalid_argument("all_to_all: the symmetric algorithm needs an input from this "
+                                "communicator's empty/zeros");
   const bool sym = algo == Algo::kSymmetric;
-  const Desc d = make_desc(Kind::kAllToAll, dt, RedOp::kNone, algo, 0, m, esz, sym ? sym_tag : 0);
+  const Desc d = make_desc(Kind::kAllToAll, dt, RedOp::kNone, algo, 0, m, esz, sym ? place.tag : 0);
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
   if (algo == Algo::kCma || sym) {
-    single_copy_gather(d, src, dst, block, true, Kind::kAllToAll, sym ? sym_stride : 0, sym_offset);
+    single_copy_gather(d, src, dst, block, true, Kind::kAllToAll, sym ? place.stride : 0,
+                       place.offset);
     return algo;
   }
   if (algo == Algo::kPairwise) {
@@ -151,16 +153,32 @@ std::vector<int64_t> Communicator::all_to_allv_counts(const std::vector<int64_t>
   return recv;
 }
 
-void Communicator::all_to_allv_data(const void* in_v, void* out_v) {
+void Communicator::all_to_allv_data(const void* in_v, void* out_v, int64_t out_rows) {
   const int n = size_, r = rank_;
   if (allv_matrix_.size() != size_t(n) * n)
     throw std::logic_error("all_to_allv_data called without all_to_allv_counts");
-  enter(make_desc(Kind::kAllToAllV, allv_dtype_, RedOp::kNone,
-             Algo::kPairwise, 1, allv_row_elems_, allv_esz_));
+  auto M = [&](int src, int dst) { return size_t(allv_matrix_[size_t(src) * n + dst]); };
+  // Whether `out` holds what this rank receives is known only now, after the counts exchange,
+  // when every peer is committed to the data phase: each rank says so in its entry, and all
+  // give up together where any `out` is wrong (one error, the lowest such rank's, everywhere).
+  int64_t need = 0;
+  for (int p = 0; p < n; ++p) need += int64_t(M(p, r));
+  const int64_t check[3] = {out_rows != need, out_rows, need};
+  const uint64_t k = enter(make_desc(Kind::kAllToAllV, allv_dtype_, RedOp::kNone,
+                                     Algo::kPairwise, 1, allv_row_elems_, allv_esz_),
+                           check, sizeof(check));
+  for (int p = 0; p < n; ++p) {
+    int64_t theirs[3];
+    std::memcpy(theirs, p == r ? reinterpret_cast<const char*>(check) : entry_payload(p, k),
+                sizeof(theirs));
+    if (theirs[0])
+      throw std::invalid_argument("all_to_allv: rank " + std::to_string(p) + "'s out has " +
+                                  std::to_string(theirs[1]) + " rows, but it receives " +
+                                  std::to_string(theirs[2]));
+  }
   const char* in = static_cast<const char*>(in_v);
   char* out = static_cast<char*>(out_v);
   const size_t rb = allv_row_bytes_;
-  auto M = [&](int src, int dst) { return size_t(allv_matrix_[size_t(src) * n + dst]); };
   std::vector<size_t> send_off(size_t(n) + 1, 0), recv_off(size_t(n) + 1, 0);
   for (int j = 0; j < n; ++j) {
     send_off[size_t(j) + 1] = send_off[size_t(j)] + M(r, j) * rb;

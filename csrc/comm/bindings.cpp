@@ -45,31 +45,19 @@ int type_code(int type_num) {
   return -1;
 }
 
-// Where an array lives in a symmetric buffer (Communicator.empty): follows the bases to the
-// exporter (numpy.frombuffer keeps a memoryview of it). Leaves the outputs at 0 otherwise,
-// e.g. for an address passed as an integer.
-struct SymmetricPlace {
-  int64_t stride = 0;
-  uint32_t tag = 0;
-  int32_t offset = 0;  // in elements from the start of this rank's region
-  int64_t byte_offset = 0;  // the same in bytes (all_gather / all_to_all)
-};
-
-SymmetricPlace symmetric_place(py::handle obj, size_t esz) {
-  SymmetricPlace place;
-  if (!py::isinstance<py::array>(obj)) return place;
+// The symmetric buffer (Communicator.empty) an array lives in: follows the bases to the exporter
+// (numpy.frombuffer keeps a memoryview of it). nullptr otherwise, e.g. for an address passed as
+// an integer. Whether the buffer counts for a collective is the core's decision
+// (Communicator::symmetric_place: made on that communicator, holding the whole array).
+const SymmetricSegment* symmetric_buffer(py::handle obj) {
+  if (!py::isinstance<py::array>(obj)) return nullptr;
   auto* a = py::detail::array_proxy(obj.ptr());
   PyObject* base = a->base;
   while (base && py::isinstance<py::array>(base)) base = py::detail::array_proxy(base)->base;
   if (base && PyMemoryView_Check(base)) base = PyMemoryView_GET_BASE(base);
-  if (base && py::isinstance<SymmetricSegment>(base)) {
-    auto& seg = py::handle(base).cast<SymmetricSegment&>();
-    place.stride = int64_t(seg.stride());
-    place.tag = seg.tag;
-    place.offset = int32_t((a->data - seg.mine()) / int64_t(esz ? esz : 1));
-    place.byte_offset = a->data - seg.mine();
-  }
-  return place;
+  if (base && py::isinstance<SymmetricSegment>(base))
+    return &py::handle(base).cast<const SymmetricSegment&>();
+  return nullptr;
 }
 
 void raise_as(const char* cls, const char* msg) {
@@ -218,19 +206,18 @@ PyObject* fast_all_reduce(Communicator& c, PyObject* const* v) {
   if (op < 0 || !as_array(v[0], &x, true)) return kFallback;
   PyObject* out = v[2] == Py_None ? nullptr : v[2];
   char* dst = x.a->data;
-  SymmetricPlace sym;
+  const SymmetricSegment* sym = nullptr;
   if (out == nullptr || out == v[0]) {
     if (!x.writeable()) return kFallback;
     out = v[0];
-    if (x.a->base) sym = symmetric_place(v[0], x.esz);
+    if (x.a->base) sym = symmetric_buffer(v[0]);
   } else {
     if (!as_array(out, &o, true) || !o.writeable() || !same_layout(x, o) || !disjoint(x, o))
       return kFallback;
     dst = o.a->data;
   }
   if (!run_released([&] {
-        c.all_reduce(x.a->data, dst, x.count, DType(x.code), RedOp(op), Algo::kAuto, sym.stride,
-                     sym.tag, sym.offset);
+        c.all_reduce(x.a->data, dst, x.count, DType(x.code), RedOp(op), Algo::kAuto, sym);
       }))
     return nullptr;
   Py_INCREF(out);
@@ -346,15 +333,14 @@ PyObject* fast_gather(Communicator& c, PyObject* const* v, bool all_to_all) {
   // An all-gather may run in place (x is this rank's block of out); nothing else may overlap.
   const bool in_place = !all_to_all && x.a->data == o.a->data + size_t(c.rank()) * x.bytes();
   if (!disjoint(x, o) && !in_place) return kFallback;
-  const SymmetricPlace sym = x.a->base ? symmetric_place(v[0], x.esz) : SymmetricPlace{};
+  const SymmetricSegment* sym = x.a->base ? symmetric_buffer(v[0]) : nullptr;
   const size_t m = all_to_all ? x.count / size_t(n) : x.count;
   if (!run_released([&] {
         if (all_to_all)
-          c.all_to_all(x.a->data, o.a->data, m, DType(x.code), x.esz, Algo::kAuto, sym.stride,
-                       sym.tag, sym.byte_offset);
+          c.all_to_all(x.a->data, o.a->data, m, DType(x.code), x.esz, Algo::kAuto, sym);
         else
           c.all_gather(x.a->data, o.a->data, m, DType(x.code), x.esz, Kind::kAllGather,
-                       Algo::kAuto, sym.stride, sym.tag, sym.byte_offset);
+                       Algo::kAuto, sym);
       }))
     return nullptr;
   Py_INCREF(out);
@@ -523,15 +509,18 @@ void register_comm(py::module_& m) {
 
   py::class_<SymmetricSegment>(m, "SymmetricSegment", py::buffer_protocol(),
                                "Shared memory holding one equal region per rank.")
-      .def(py::init<const std::string&, int, int, size_t, bool>(), py::arg("name"),
-           py::arg("rank"), py::arg("size"), py::arg("nbytes"), py::arg("create"))
-      .def("unlink", &SymmetricSegment::unlink)
+      .def(py::init([](Communicator& c, size_t nbytes) {
+             py::gil_scoped_release nogil;
+             return new SymmetricSegment(c, nbytes);
+           }),
+           py::arg("comm"), py::arg("nbytes"),
+           "Collective: every rank maps the buffer, or every rank raises the same error.")
       .def_property_readonly("stride", &SymmetricSegment::stride)
       .def_property_readonly("address", [](const SymmetricSegment& s) {
         return reinterpret_cast<uintptr_t>(s.mine());
       })
       .def_property_readonly("nbytes", &SymmetricSegment::bytes)
-      .def_readwrite("tag", &SymmetricSegment::tag)
+      .def_property_readonly("tag", &SymmetricSegment::tag)
       .def_buffer([](SymmetricSegment& s) {
         return py::buffer_info(s.mine(), 1, py::format_descriptor<uint8_t>::format(), 1,
                                {py::ssize_t(s.bytes())}, {py::ssize_t(1)});
@@ -580,11 +569,10 @@ void register_comm(py::module_& m) {
             Algo used;
             const char* src = addr(in);
             char* dst = addr(out);
-            const SymmetricPlace sym = symmetric_place(in, dtype_size(DType(dt)));
+            const SymmetricSegment* sym = symmetric_buffer(in);
             {
               py::gil_scoped_release nogil;
-              used = c.all_reduce(src, dst, count, DType(dt), RedOp(op), Algo(algo), sym.stride,
-                                  sym.tag, sym.offset);
+              used = c.all_reduce(src, dst, count, DType(dt), RedOp(op), Algo(algo), sym);
             }
             return algo_name(used);
           },
@@ -605,12 +593,11 @@ void register_comm(py::module_& m) {
             Algo used;
             const char* src = addr(in);
             char* dst = addr(out);
-            const SymmetricPlace sym = symmetric_place(in, esz);
+            const SymmetricSegment* sym = symmetric_buffer(in);
             {
               py::gil_scoped_release nogil;
               used = c.all_gather(src, dst, m, DType(dt), esz,
-                                  internal ? Kind::kInternal : Kind::kAllGather, Algo(algo),
-                                  sym.stride, sym.tag, sym.byte_offset);
+                                  internal ? Kind::kInternal : Kind::kAllGather, Algo(algo), sym);
             }
             return algo_name(used);
           },
@@ -622,12 +609,11 @@ void register_comm(py::module_& m) {
              uint32_t algo) {
             const char* src = addr(in);
             char* dst = addr(out);
-            const SymmetricPlace sym = symmetric_place(in, esz);
+            const SymmetricSegment* sym = symmetric_buffer(in);
             Algo used;
             {
               py::gil_scoped_release nogil;
-              used = c.all_to_all(src, dst, m, DType(dt), esz, Algo(algo), sym.stride, sym.tag,
-                                  sym.byte_offset);
+              used = c.all_to_all(src, dst, m, DType(dt), esz, Algo(algo), sym);
             }
             return algo_name(used);
           },
@@ -641,12 +627,13 @@ void register_comm(py::module_& m) {
           py::call_guard<py::gil_scoped_release>())
       .def(
           "all_to_allv_data",
-          [](Communicator& c, py::handle in, py::handle out) {
+          [](Communicator& c, py::handle in, py::handle out, int64_t out_rows) {
             const char* src = addr(in);
             char* dst = addr(out);
             py::gil_scoped_release nogil;
-            c.all_to_allv_data(src, dst);
-          })
+            c.all_to_allv_data(src, dst, out_rows);
+          },
+          py::arg("inp"), py::arg("out"), py::arg("out_rows"))
       .def(
           "broadcast",
           [](Communicator& c, py::handle buf, size_t count, uint32_t dt, size_t esz, int root) {

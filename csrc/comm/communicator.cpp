@@ -111,8 +111,12 @@ const char* algo_name(Algo a) {
 // ---------------------------------------------------------------------------------------------
 // Segment layout and connection
 
+namespace {
+std::atomic<uint64_t> g_next_id{1};
+}  // namespace
+
 Communicator::Communicator(const std::string& name, int rank, int size, const Options& opt)
-    : name_(name), rank_(rank), size_(size) {
+    : name_(name), rank_(rank), size_(size), id_(g_next_id.fetch_add(1)) {
   if (size < 1) throw std::invalid_argument("world size must be >= 1, got " + std::to_string(size));
   if (rank < 0 || rank >= size)
     throw std::invalid_argument("rank " + std::to_string(rank) + " is outside [0, " +
@@ -137,8 +141,18 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
   spin_ns_ = opt.spin_us >= 0 ? uint64_t(opt.spin_us * 1e3) : oversubscribed_ ? 0 : kSpinMinNs;
   yield_ns_ = oversubscribed_ ? kYieldPhaseNs : 0;
   if (opt.yield_us >= 0) yield_ns_ = uint64_t(opt.yield_us * 1e3);
-  // Fault injection for the tests of the error model: die in the middle of a collective.
+  // Fault injection for the tests of the error model: die in the middle of a collective, or
+  // at a step of setting up (fault_point).
   if (const char* k = getenv("SHARDCORE_FAULT_KILL_AT_ROUND")) fault_kill_round_ = strtoull(k, nullptr, 10);
+  if (const char* f = getenv("SHARDCORE_FAULT_AT")) {
+    const std::string spec(f);
+    const size_t a = spec.find(':'), b = spec.rfind(':');
+    if (a != std::string::npos && b > a && spec.substr(a + 1, b - a - 1) == std::to_string(rank)) {
+      fault_step_ = spec.substr(0, a);
+      const std::string action = spec.substr(b + 1);
+      fault_signal_ = action == "stop" ? SIGSTOP : action == "kill" ? SIGKILL : 0;
+    }
+  }
   uint64_t deadline = now_ns() + timeout_ns_;
 
   auto layout = [&](size_t slot, size_t p2p) {
@@ -150,69 +164,28 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     total_bytes_ = p2p_offset_ + size_t(size_) * size_ * p2p_nbuf_ * mailbox_stride();
   };
 
-  int fd = -1;
+  UniqueFd fd;
   if (rank == 0) {
     layout(opt.slot_bytes, opt.p2p_bytes);
-    fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd < 0)
-      throw std::runtime_error("cannot create shared-memory segment " + name + ": " + strerror(errno));
-    if (ftruncate(fd, off_t(total_bytes_)) != 0) {
-      int e = errno;
-      ::close(fd);
-      shm_unlink(name.c_str());
-      throw std::runtime_error("cannot size segment " + name + ": " + strerror(e));
-    }
-    // Reserve the pages now: a full /dev/shm then fails here with a clear message instead of
-    // killing a rank with SIGBUS in the middle of a collective.
-    int e = posix_fallocate(fd, 0, off_t(total_bytes_));
-    if (e != 0 && e != EOPNOTSUPP && e != EINVAL) {
-      ::close(fd);
-      shm_unlink(name.c_str());
-      throw std::runtime_error("not enough shared memory for " + std::to_string(total_bytes_) +
-                               " bytes in /dev/shm: " + strerror(e));
-    }
+    std::string err;
+    fd = create_unnamed_memory(total_bytes_, &err);
+    if (!fd) throw std::runtime_error("segment " + name + ": " + err);
   } else {
-    // Rank 0 may not have created the segment yet: poll with a growing back-off.
-    long backoff_ns = 20'000;
-    for (;;) {
-      fd = shm_open(name.c_str(), O_RDWR, 0);
-      if (fd >= 0) {
-        struct stat st;
-        if (fstat(fd, &st) == 0 && size_t(st.st_size) >= sizeof(Header)) break;
-        ::close(fd);
-        fd = -1;
-      } else if (errno != ENOENT) {
-        throw std::runtime_error("cannot open segment " + name + ": " + strerror(errno));
-      }
-      if (now_ns() > deadline)
-        throw Timeout("rank " + std::to_string(rank) + " timed out waiting for rank 0 to create " + name);
-      timespec ts{0, backoff_ns};
-      nanosleep(&ts, nullptr);
-      backoff_ns = std::min(backoff_ns * 2, 2'000'000L);
-    }
+    fd = join(deadline);
     // Read the geometry rank 0 chose (its options win, so all ranks agree).
-    void* h = mmap(nullptr, sizeof(Header), PROT_READ, MAP_SHARED, fd, 0);
-    if (h == MAP_FAILED) {
-      ::close(fd);
+    struct stat st;
+    if (fstat(fd.get(), &st) != 0 || size_t(st.st_size) < sizeof(Header))
+      throw std::runtime_error("segment " + name + ": rank 0 sent a descriptor of something else");
+    void* h = mmap(nullptr, sizeof(Header), PROT_READ, MAP_SHARED, fd.get(), 0);
+    if (h == MAP_FAILED)
       throw std::runtime_error("cannot map segment header: " + std::string(strerror(errno)));
-    }
     const Header* hdr = static_cast<const Header*>(h);
-    long backoff = 20'000;
-    while (hdr->magic.load(std::memory_order_acquire) != kMagic) {
-      if (now_ns() > deadline) {
-        munmap(h, sizeof(Header));
-        ::close(fd);
-        throw Timeout("segment " + name + " was never initialised by rank 0");
-      }
-      timespec ts{0, backoff};
-      nanosleep(&ts, nullptr);
-      backoff = std::min(backoff * 2, 2'000'000L);
-    }
-    if (hdr->version != kVersion || int(hdr->world_size) != size) {
+    // Rank 0 initialises the header before it hands the segment out.
+    if (hdr->magic.load(std::memory_order_acquire) != kMagic || hdr->version != kVersion ||
+        int(hdr->world_size) != size) {
       std::string msg = "segment " + name + " was created for world size " +
                         std::to_string(hdr->world_size) + ", this rank expects " + std::to_string(size);
       munmap(h, sizeof(Header));
-      ::close(fd);
       throw std::invalid_argument(msg);
     }
     nbuf_ = hdr->nbuf;
@@ -222,14 +195,12 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     sym_chunk_bytes_ = hdr->sym_chunk_bytes;
     layout(hdr->slot_bytes, hdr->p2p_bytes);
     munmap(h, sizeof(Header));
+    if (size_t(st.st_size) != total_bytes_)
+      throw std::runtime_error("segment " + name + " has another size than its header says");
   }
-  void* p = mmap(nullptr, total_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  int map_errno = errno;
-  ::close(fd);
-  if (p == MAP_FAILED) {
-    if (rank == 0) shm_unlink(name.c_str());
-    throw std::runtime_error("cannot map segment " + name + ": " + strerror(map_errno));
-  }
+  void* p = mmap(nullptr, total_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED)
+    throw std::runtime_error("cannot map segment " + name + ": " + strerror(errno));
   base_ = static_cast<char*>(p);
   header_ = reinterpret_cast<Header*>(base_);
   if (rank == 0) {
@@ -254,20 +225,27 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     sym_chunk_bytes_ = symmetric_chunk_bytes();
     header_->sym_chunk_bytes = sym_chunk_bytes_;
     header_->magic.store(kMagic, std::memory_order_release);
+    fault_point("created");
+    try {
+      if (size > 1) serve_joiners(fd.get(), deadline);
+    } catch (...) {
+      munmap(base_, total_bytes_);
+      base_ = nullptr;
+      throw;
+    }
   }
+  fd.reset();  // the mapping keeps the memory; nothing else refers to it
   rb(rank_).pid.store(int32_t(getpid()), std::memory_order_relaxed);
   rb(rank_).base_addr = reinterpret_cast<uint64_t>(base_);
   rb(rank_).state.store(1, std::memory_order_release);
+  fault_point("mapped");
   uint64_t attached = header_->attached.value.fetch_add(1, std::memory_order_acq_rel) + 1;
   if (attached == uint64_t(size)) {
-    // Everyone has it mapped: from now on a crash of any rank leaves nothing in /dev/shm.
-    shm_unlink(name.c_str());
     if (header_->attached.waiters.load()) futex_wake_all(&header_->attached.value);
   } else {
     try {
       wait_geq(header_->attached, uint64_t(size), -1);
     } catch (...) {
-      shm_unlink(name.c_str());
       munmap(base_, total_bytes_);
       base_ = nullptr;
       throw;
@@ -325,7 +303,12 @@ void Communicator::cma_read(int peer, char* local, uint64_t remote, size_t bytes
   }
 }
 
+void Communicator::fault_point(const char* step) const {
+  if (fault_signal_ && fault_step_ == step) raise(fault_signal_);
+}
+
 void Communicator::close() {
+  peer_socks_.clear();
   if (!base_) return;
   rb(rank_).state.store(2, std::memory_order_release);
   munmap(base_, total_bytes_);

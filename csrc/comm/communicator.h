@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "comm/dtypes.h"
+#include "comm/rendezvous.h"
 #include "comm/shm_sync.h"
 
 namespace shardcore {
@@ -103,11 +104,22 @@ struct TrafficCounts {
 struct Header;
 struct RankBlock;
 struct EntryLine;
+class SymmetricSegment;
+
+// Where a collective's input lives in a symmetric buffer of the communicator running it:
+// the distance between two ranks' copies (0: an ordinary array), which buffer (its tag, equal on
+// every rank), and the input's byte offset from the start of this rank's region.
+struct SymmetricPlace {
+  int64_t stride = 0;
+  uint32_t tag = 0;
+  int64_t offset = 0;
+};
 
 class Communicator {
  public:
-  // Rank 0 creates the segment `name` (O_EXCL, mode 0600); the others attach to it. Returns once
-  // every rank has mapped it; the last rank to map it unlinks the name.
+  // Rank 0 creates the segment, memory without a name, and hands it to the others through a
+  // socket at the abstract address `name` (rendezvous.h), which exists only while rank 0 waits
+  // for them. Returns once every rank has mapped it. Nothing of it outlives the processes.
   Communicator(const std::string& name, int rank, int size, const Options& opt);
   ~Communicator();
   Communicator(const Communicator&) = delete;
@@ -122,34 +134,55 @@ class Communicator {
   size_t two_shot_max() const { return two_shot_max_; }
   void set_timeout(double seconds) { timeout_ns_ = uint64_t(seconds * 1e9); }
   double timeout() const { return double(timeout_ns_) / 1e9; }
+  // Unique among the communicators this process ever made (a closed one's is never reused).
+  uint64_t id() const { return id_; }
 
   void barrier();
-  // `sym_stride` != 0 says that `in` lives in a symmetric buffer whose peers' copies are that
-  // many bytes apart (rank r+1's at in + stride); `sym_tag` identifies buffer and offset, and must
-  // agree across ranks. In place on a symmetric buffer, large messages skip the copy in and out.
+  // `sym` is the symmetric buffer `in` lives in (nullptr: none). It counts only where it was
+  // made on this communicator and holds the whole input (symmetric_place); any other array,
+  // another communicator's buffer included, is an ordinary one. In place on a symmetric buffer,
+  // large messages skip the copy in and out.
   Algo all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
-                  int64_t sym_stride = 0, uint32_t sym_tag = 0, int32_t sym_offset = 0);
+                  const SymmetricSegment* sym = nullptr);
   void reduce_scatter(const void* in, void* out, size_t count_per_rank, DType dt, RedOp op);
   // algo: kRing (the model's reference), kFlat (each block written once, read by all), kCma
   // (read from the peers' private inputs) or kSymmetric (read where the inputs live); kAuto
-  // picks by size (all_gather in allgather_ring.cpp). `sym_stride` != 0 says that `in` lives in
-  // a symmetric buffer (stride and tag as for all_reduce), `sym_offset` bytes from the start of
-  // this rank's region; the ranks' inputs may sit at different offsets of the same buffer (an
-  // in-place all-gather into a symmetric output).
+  // picks by size (all_gather in allgather_ring.cpp). `sym` as for all_reduce; the ranks' inputs
+  // may sit at different offsets of the same buffer (an in-place all-gather into a symmetric
+  // output).
   Algo all_gather(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
                   Kind account = Kind::kAllGather, Algo algo = Algo::kAuto,
-                  int64_t sym_stride = 0, uint32_t sym_tag = 0, int64_t sym_offset = 0);
+                  const SymmetricSegment* sym = nullptr);
   // algo: kPairwise (n-1 steps of one peer each), kFlat (each round, a piece of every peer's
   // block in one slot, read by all at once; a single round when every block fits), kCma or
   // kSymmetric as for all_gather; kAuto picks by size.
   Algo all_to_all(const void* in, void* out, size_t count_per_rank, DType dt, size_t esz,
-                  Algo algo = Algo::kAuto, int64_t sym_stride = 0, uint32_t sym_tag = 0,
-                  int64_t sym_offset = 0);
+                  Algo algo = Algo::kAuto, const SymmetricSegment* sym = nullptr);
   // all_to_allv in two collectives: the counts exchange (returns what this rank receives from
   // each peer, in rows), then the data, which uses the count matrix the first call gathered.
+  // `out_rows` is the first dimension of `out`: where it is not what some rank receives, every
+  // rank throws the same invalid_argument and nothing moves (the ranks compare in the data
+  // phase's entry), and the communicator stays usable.
   std::vector<int64_t> all_to_allv_counts(const std::vector<int64_t>& send_counts,
                                           size_t row_elems, DType dt, size_t esz);
-  void all_to_allv_data(const void* in, void* out);
+  void all_to_allv_data(const void* in, void* out, int64_t out_rows);
+
+  // Collective: every rank gets a descriptor of the same `bytes` of zero-filled shared memory,
+  // which rank 0 creates without a name and sends to the others over the connection sockets;
+  // or every rank throws the same runtime_error (`what` names the allocation) and the
+  // communicator stays usable.
+  UniqueFd share_memory(size_t bytes, const std::string& what);
+  // Collective: returns where every rank's `local_error` is empty; otherwise every rank throws
+  // the same runtime_error, the lowest failing rank's message. The communicator stays usable.
+  void agree(const std::string& local_error);
+  // Where `bytes` at `p` sit in `sym` if it is a symmetric buffer of this communicator that
+  // holds them whole; an ordinary array's place (stride 0) otherwise.
+  SymmetricPlace symmetric_place(const SymmetricSegment* sym, const void* p, size_t bytes) const;
+  // The tag of this communicator's next symmetric buffer (SymmetricSegment numbers them).
+  uint32_t next_symmetric_tag() { return ++symmetric_buffers_; }
+  // Test hook: SHARDCORE_FAULT_AT="step:rank:kill|stop" raises SIGKILL or SIGSTOP in that rank
+  // when it reaches `step` of setting up a communicator or a symmetric buffer.
+  void fault_point(const char* step) const;
   void broadcast(void* buf, size_t count, DType dt, size_t esz, int root);
   void send(const void* buf, size_t count, DType dt, size_t esz, int dst, int64_t tag);
   void recv(void* buf, size_t count, DType dt, size_t esz, int src, int64_t tag);
@@ -203,6 +236,10 @@ class Communicator {
   void publish_consumed(uint64_t round);
   std::string describe(const Desc& d) const;
   void account(Kind k, Algo a, uint64_t sent, uint64_t recv);
+  // Connection (rendezvous.cpp): rank 0 hands `memory` to every other rank; the others return
+  // the descriptor they received. Both keep the connection (peer_socks_).
+  void serve_joiners(int memory, uint64_t deadline);
+  UniqueFd join(uint64_t deadline);
   // Throws invalid_argument unless `p` is another rank of this communicator ("send: dst" ...).
   void check_peer(int p, const char* what) const;
 
@@ -222,6 +259,13 @@ class Communicator {
 
   std::string name_;
   int rank_, size_;
+  uint64_t id_;
+  // Rank 0: the connection to each other rank; the others: [0], the one to rank 0.
+  std::vector<UniqueFd> peer_socks_;
+  uint64_t shares_ = 0;  // share_memory calls (numbers the descriptors sent)
+  uint32_t symmetric_buffers_ = 0;
+  std::string fault_step_;  // SHARDCORE_FAULT_AT, for this rank
+  int fault_signal_ = 0;
   char* base_ = nullptr;
   size_t total_bytes_ = 0;
   Header* header_ = nullptr;

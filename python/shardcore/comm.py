@@ -108,7 +108,6 @@ class Communicator:
         self._core = core
         self._nsplits = 0
         self.group_ranks = list(group_ranks) if group_ranks is not None else list(range(core.size))
-        self._nsymmetric = 0
         # The common calls of the hot methods go straight to the core through C (vectorcall)
         # objects set on the instance, shadowing the methods below, which take every other call
         # and are where argument errors are raised. A subclass's own override stays in charge.
@@ -229,8 +228,11 @@ class Communicator:
     def empty(self, shape, dtype=np.float32) -> np.ndarray:
         """A zero-filled array in shared memory, at the same place on every rank (collective).
 
-        Every rank must call it with the same shape and dtype. In-place collectives on such
-        arrays read the peers' copies where they live instead of copying through the slots.
+        Every rank must call it with the same shape and dtype. In-place collectives of this
+        communicator on such arrays read the peers' copies where they live instead of copying
+        through the slots (on any other communicator they are ordinary arrays). Either every
+        rank gets its array or every rank raises the same error, and the communicator stays
+        usable; the memory never has a name, so nothing of it outlives the processes.
         """
         dtype = np.dtype(dtype)
         if dtype.hasobject:
@@ -242,27 +244,15 @@ class Communicator:
         )
         if any(d < 0 for d in shape):
             raise ValueError(f"empty: negative dimension in shape {shape}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes >= 1 << 62:
+            raise ValueError(f"empty: {nbytes} bytes per rank do not fit in memory")
         mine = np.array([nbytes], np.int64)
         sizes = np.empty(self.size, np.int64)
         self._core.all_gather(mine, sizes, 1, 5, 8, True)
         if len(set(sizes.tolist())) != 1:
             raise ValueError(f"empty: ranks asked for different sizes in bytes: {sizes.tolist()}")
-        index = self._nsymmetric
-        self._nsymmetric += 1
-        name = f"{self.name}.m{index}"
-        seg = (
-            _core.SymmetricSegment(name, self.rank, self.size, nbytes, self.rank == 0)
-            if self.rank == 0
-            else None
-        )
-        self._core.barrier()
-        if seg is None:
-            seg = _core.SymmetricSegment(name, self.rank, self.size, nbytes, False)
-        self._core.barrier()
-        if self.rank == 0:
-            seg.unlink()
-        seg.tag = index + 1
+        seg = _core.SymmetricSegment(self._core, nbytes)
         return np.frombuffer(seg, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape)
 
     def zeros(self, shape, dtype=np.float32) -> np.ndarray:
@@ -383,21 +373,24 @@ class Communicator:
                 f"all_to_allv: send counts add up to {sum(counts)} rows but x has {x.shape[0]}"
             )
         if out is not None:
+            # Everything but the number of rows, which the counts exchange tells, is checked
+            # here, before any rank is committed to the call.
             _require_array(out, "all_to_allv: out")
             _require_writeable(out, "all_to_allv: out")
             if out.dtype != x.dtype:
                 raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
+            if out.ndim != x.ndim or out.shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    f"all_to_allv: out has shape {out.shape}; it needs rows of shape "
+                    f"{x.shape[1:]}, as x has"
+                )
             _check_disjoint(x, out, "all_to_allv")
         row = math.prod(x.shape[1:])
         recv = list(self._core.all_to_allv_counts(counts, row, code, x.dtype.itemsize))
-        shape = (sum(recv),) + x.shape[1:]
         if out is None:
-            out = np.empty(shape, x.dtype)
-        elif out.shape != shape:
-            msg = f"all_to_allv: out has shape {out.shape}, the received rows need {shape}"
-            self._core.abort(msg)  # the peers are already committed to the data phase
-            raise ValueError(msg)
-        self._core.all_to_allv_data(x, out)
+            out = np.empty((sum(recv),) + x.shape[1:], x.dtype)
+        # A wrong number of rows in any rank's out: every rank raises the same ValueError.
+        self._core.all_to_allv_data(x, out, out.shape[0])
         return out, recv
 
     def broadcast(self, x: np.ndarray, root: int = 0) -> np.ndarray:
