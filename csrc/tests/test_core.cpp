@@ -45,6 +45,7 @@
 #include "comm/copy.h"
 #include "comm/dtypes.h"
 #include "comm/reduce.h"
+#include "comm/rendezvous.h"
 #include "comm/symmetric.h"
 
 using namespace shardcore;
@@ -340,10 +341,14 @@ std::string fresh_name() {
   return strf("/shardcore-ctest-%d-%d", int(getpid()), ++seq);
 }
 
+// A named segment in /dev/shm, or a rank 0 still listening at the communicator's address.
 bool segment_exists(const std::string& name) {
   int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd >= 0) close(fd);
-  return fd >= 0;
+  bool retry = false;
+  std::string err;
+  const UniqueFd listener = connect_to(name, &retry, &err);
+  return fd >= 0 || bool(listener);
 }
 
 Options small_options() {
@@ -764,7 +769,7 @@ void collectives_on_rank(Communicator& c, int n, RankRecord& rec, bool quick, co
           }
           c.reset_traffic();
           Algo used = algo == Algo::kSymmetric
-                          ? c.all_reduce(x, x, count, t.dt, op, algo, int64_t(sym->stride()), 7, 64)
+                          ? c.all_reduce(x, x, count, t.dt, op, algo, sym)
                           : c.all_reduce(x, in_place ? x : reinterpret_cast<char*>(out.data()), count, t.dt, op, algo);
           if (algo == Algo::kSymmetric && bytes) std::memcpy(buf.data(), x, bytes);
           const std::vector<uint8_t>& res = in_place ? buf : out;
@@ -917,7 +922,7 @@ void collectives_on_rank(Communicator& c, int n, RankRecord& rec, bool quick, co
     }
     CHECK(ok, "wrong receive counts");
     std::vector<uint8_t> out(total * rb, 0xcd);
-    c.all_to_allv_data(in.data(), out.data());
+    c.all_to_allv_data(in.data(), out.data(), int64_t(total));
     size_t at = 0;
     uint64_t sent = 0, received = 0;
     for (int q = 0; q < n; ++q) {
@@ -940,26 +945,6 @@ void collectives_on_rank(Communicator& c, int n, RankRecord& rec, bool quick, co
   g_ctx = base;
 }
 
-// A barrier between rank threads, outside the communicator under test.
-struct HostBarrier {
-  std::mutex mu;
-  std::condition_variable cv;
-  int n, waiting = 0;
-  uint64_t gen = 0;
-  explicit HostBarrier(int count) : n(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> l(mu);
-    const uint64_t g = gen;
-    if (++waiting == n) {
-      waiting = 0;
-      ++gen;
-      cv.notify_all();
-    } else {
-      cv.wait(l, [&] { return gen != g; });
-    }
-  }
-};
-
 void test_collectives(bool quick) {
   // Region size: the largest all_reduce input (1031 float64) plus the 64-byte offset.
   const size_t sym_bytes = 1031 * 8 + 64;
@@ -967,30 +952,12 @@ void test_collectives(bool quick) {
   if (sizes.empty()) sizes = quick ? std::vector<int>{1, 2, 3, 8} : std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8};
   for (int n : sizes) {
     std::vector<RankRecord> recs(static_cast<size_t>(n));
-    const std::string sym_name = fresh_name();
-    HostBarrier hb(n);
     run_ranks(n, small_options(), [&](Communicator& c) {
-      // The sequence the Python layer follows: rank 0 creates, the others attach, rank 0 unlinks.
-      // A failure still passes both host barriers, so no thread waits there forever.
-      std::unique_ptr<SymmetricSegment> sym;
-      std::string error;
-      auto map = [&](bool create) {
-        try {
-          sym = std::make_unique<SymmetricSegment>(sym_name, c.rank(), n, sym_bytes, create);
-        } catch (const std::exception& e) {
-          error = e.what();
-        }
-      };
-      if (c.rank() == 0) map(true);
-      hb.wait();
-      if (c.rank() != 0) map(false);
-      hb.wait();
-      if (c.rank() == 0 && sym) sym->unlink();
-      if (!sym) throw std::runtime_error("symmetric segment: " + error);
-      collectives_on_rank(c, n, recs[size_t(c.rank())], quick, sym.get());
+      // A collective allocation: rank 0 creates memory without a name and hands it out.
+      SymmetricSegment sym(c, sym_bytes);
+      collectives_on_rank(c, n, recs[size_t(c.rank())], quick, &sym);
     }, "collectives");
     g_ctx = strf("collectives n=%d", n);
-    CHECK(!segment_exists(sym_name), "symmetric segment left behind");
     for (int q = 1; q < n; ++q)
       CHECK(recs[size_t(q)].identical == recs[0].identical, "rank %d's results differ from rank 0's", q);
     // Summed over ranks, ring, two-shot and symmetric all-reduce send 2(n-1) times the buffer
@@ -1229,6 +1196,11 @@ void test_errors() {
       EXPECT_THROW(std::invalid_argument, c.recv(b, 4, DType::kUInt8, 1, 5, 0));
       EXPECT_THROW(std::invalid_argument, c.all_to_allv_counts({1}, 1, DType::kUInt8, 1));
       EXPECT_THROW(std::invalid_argument, c.all_to_allv_counts({1, -1}, 1, DType::kUInt8, 1));
+      // An out of the wrong length on one rank, known after the counts exchange: every rank
+      // throws, and nothing breaks.
+      uint8_t in[2] = {1, 2}, out[2] = {};
+      c.all_to_allv_counts({1, 1}, 1, DType::kUInt8, 1);
+      EXPECT_THROW(std::invalid_argument, c.all_to_allv_data(in, out, c.rank() == 1 ? 3 : 2));
       c.barrier();  // none of the above broke the communicator
     }, "bad arguments");
   }
