@@ -20,7 +20,11 @@ def _still_usable(c) -> bool:
     x = np.full(5, c.rank + 1.0)
     c.all_reduce(x)
     got, recv = c.all_to_allv(np.arange(2 * c.size, dtype=np.int64), [2] * c.size)
-    return x.tolist() == [c.size * (c.size + 1) / 2] * 5 and recv == [2] * c.size and len(got) == 2 * c.size
+    return (
+        x.tolist() == [c.size * (c.size + 1) / 2] * 5
+        and recv == [2] * c.size
+        and len(got) == 2 * c.size
+    )
 
 
 def _allv_wrong_rows(c, bad_ranks):
@@ -48,14 +52,26 @@ def _allv_local_errors(c):
     x = np.ones((2 * c.size, 3), np.float32)
     counts = [2] * c.size
     bad = {
-        "out_row_shape": (ValueError, lambda: c.all_to_allv(x, counts, out=np.empty((2 * c.size, 4), np.float32))),
-        "out_ndim": (ValueError, lambda: c.all_to_allv(x, counts, out=np.empty(6 * c.size, np.float32))),
+        "out_row_shape": (
+            ValueError,
+            lambda: c.all_to_allv(x, counts, out=np.empty((2 * c.size, 4), np.float32)),
+        ),
+        "out_ndim": (
+            ValueError,
+            lambda: c.all_to_allv(x, counts, out=np.empty(6 * c.size, np.float32)),
+        ),
         "out_dtype": (TypeError, lambda: c.all_to_allv(x, counts, out=np.empty((2 * c.size, 3)))),
         "out_readonly": (ValueError, lambda: c.all_to_allv(x, counts, out=_read_only_like(x))),
-        "out_strided": (ValueError, lambda: c.all_to_allv(x, counts, out=np.empty((2 * c.size, 6), np.float32)[:, ::2])),
+        "out_strided": (
+            ValueError,
+            lambda: c.all_to_allv(x, counts, out=np.empty((2 * c.size, 6), np.float32)[:, ::2]),
+        ),
         "out_overlap": (ValueError, lambda: c.all_to_allv(x, counts, out=x)),
         "counts_len": (ValueError, lambda: c.all_to_allv(x, counts + [0])),
-        "counts_negative": (ValueError, lambda: c.all_to_allv(x, [-1, 2 * c.size + 1] + [0] * (c.size - 2))),
+        "counts_negative": (
+            ValueError,
+            lambda: c.all_to_allv(x, [-1, 2 * c.size + 1] + [0] * (c.size - 2)),
+        ),
         "counts_sum": (ValueError, lambda: c.all_to_allv(x, [1] * c.size)),
         "counts_float": (TypeError, lambda: c.all_to_allv(x, [2.0] * c.size)),
         "x_0d": (ValueError, lambda: c.all_to_allv(np.array(1.0, np.float32), counts)),

@@ -24,7 +24,9 @@ def _abstract_addresses() -> set[str]:
     with open("/proc/net/unix") as f:
         next(f)
         return {
-            parts[-1][1:] for parts in (line.split() for line in f) if len(parts) >= 8 and parts[-1][0] == "@"
+            parts[-1][1:]
+            for parts in (line.split() for line in f)
+            if len(parts) >= 8 and parts[-1][0] == "@"
         }
 
 

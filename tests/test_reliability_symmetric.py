@@ -51,20 +51,32 @@ def _collectives(s, members, buf, label, failures, algos):
             x[:] = _inp(tag + 1, world, size)
             got = s.all_gather(x)
             algos.add(("all_gather", label, size, off, s.last_algorithm))
-            _check(failures, f"all_gather {where}", got,
-                   np.concatenate([_inp(tag + 1, w, size) for w in members]))
+            _check(
+                failures,
+                f"all_gather {where}",
+                got,
+                np.concatenate([_inp(tag + 1, w, size) for w in members]),
+            )
             m = size - size % n
             y = buf[off : off + m]
             y[:] = _inp(tag + 2, world, m)
             got = s.all_to_all(y)
             algos.add(("all_to_all", label, size, off, s.last_algorithm))
             b = m // n
-            _check(failures, f"all_to_all {where}", got,
-                   np.concatenate([_inp(tag + 2, w, m)[me * b : (me + 1) * b] for w in members]))
+            _check(
+                failures,
+                f"all_to_all {where}",
+                got,
+                np.concatenate([_inp(tag + 2, w, m)[me * b : (me + 1) * b] for w in members]),
+            )
             y[:] = _inp(tag + 3, world, m)
             got = s.reduce_scatter(y)
-            _check(failures, f"reduce_scatter {where}", got,
-                   sum(_inp(tag + 3, w, m) for w in members)[me * b : (me + 1) * b])
+            _check(
+                failures,
+                f"reduce_scatter {where}",
+                got,
+                sum(_inp(tag + 3, w, m) for w in members)[me * b : (me + 1) * b],
+            )
             x[:] = _inp(tag + 4, world, size)
             s.broadcast(x, root=n - 1)
             _check(failures, f"broadcast {where}", x, _inp(tag + 4, members[n - 1], size))
@@ -110,7 +122,10 @@ def _foreign_buffers(c, split_index):
     for name, call in (
         ("all_reduce", lambda: s.all_reduce(world_buf[:PAD], algorithm="symmetric")),
         ("all_gather", lambda: s.all_gather(world_buf[:PAD], algorithm="symmetric")),
-        ("all_to_all", lambda: s.all_to_all(world_buf[: PAD - PAD % s.size], algorithm="symmetric")),
+        (
+            "all_to_all",
+            lambda: s.all_to_all(world_buf[: PAD - PAD % s.size], algorithm="symmetric"),
+        ),
     ):
         try:
             call()

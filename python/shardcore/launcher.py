@@ -111,15 +111,21 @@ def _make_error(failure: RankFailure, failures: list[RankFailure]) -> LaunchErro
 
 
 def _root_cause(failures: list[RankFailure]) -> RankFailure:
-    """The failure that explains the others: a death, then a real error, then a peer's report."""
+    """The failure that explains the others: a death, a real error, a timeout, a peer's report.
+
+    A rank whose wait timed out aborts the communicator, so its peers raise PeerFailureError
+    about it, and their reports may arrive first: the timeout is the cause, whatever the order.
+    """
 
     def priority(f: RankFailure) -> int:
         if f.killed:
-            return 3
+            return 4
         if f.exc_type is None:
             return 0
-        if f.exc_type in ("PeerFailureError", "CommTimeoutError"):
+        if f.exc_type == "CommTimeoutError":
             return 2
+        if f.exc_type == "PeerFailureError":
+            return 3
         return 1
 
     return min(failures, key=lambda f: (priority(f), f.order))
