@@ -1,4 +1,5 @@
-"""Every Python example in README.md and docs/*.md runs as written.
+"""Every Python example in README.md and docs/*.md runs as written, and every ``shardcore``
+command they show is one the command line accepts.
 
 The ```python blocks of one page run in order, in one fresh interpreter (a later block may use
 what an earlier one defined), with a scratch folder as the working directory. A block that
@@ -12,6 +13,7 @@ The reason is required, and the number of such blocks is kept small (MAX_SKIPPED
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,36 @@ def test_the_block_finder():
         ]
     finally:
         page.unlink()
+
+
+def shardcore_commands(path: Path) -> list[str]:
+    """The ``shardcore`` command lines of a page: inline code and lines of code blocks (with
+    their continuation lines), without prompts, comments or ``taskset`` prefixes."""
+    text = path.read_text(encoding="utf-8")
+    found = re.findall(r"`([^`\n]*shardcore (?:run|plan|generate|bench|tune) [^`\n]+)`", text)
+    blocks = re.findall(r"^\s*```[^\n]*\n(.*?)^\s*```", text, re.MULTILINE | re.DOTALL)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    found += [line for line in lines if re.match(r"\s*(\$ )?(\.venv/bin/)?shardcore \w", line)]
+    commands = []
+    for text in found:
+        text = text.split(" #")[0].split("&&")[-1]
+        text = text[text.index("shardcore ") :].strip()
+        # placeholders of a synopsis, elided arguments, shell variables
+        if not any(mark in text for mark in ("[", "|", "...", "$")):
+            commands.append(text)
+    return commands
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_shardcore_commands_parse(page, capsys):
+    from shardcore.cli import _command, build_parser
+
+    for command in shardcore_commands(page):
+        argv = shlex.split(command)[1:]
+        try:
+            build_parser(_command(argv)).parse_args(argv)
+        except SystemExit as exc:
+            err = capsys.readouterr().err
+            if "no such" in err or "does not exist" in err:
+                continue  # a path of the example's own machine (a checkpoint made before)
+            raise AssertionError(f"{page.name}: `{command}` is rejected: {err}") from exc
