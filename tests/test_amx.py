@@ -90,6 +90,15 @@ def test_reference_rows_do_not_depend_on_batch_size():
     np.testing.assert_array_equal(kernels.matmul(x[280:300], pw, b), full[280:300])
 
 
+@pytest.mark.parametrize("kernel", kernels.available_kernels() + [REFERENCE])
+def test_exact_product_check(kernel):
+    # What the amx family must pass at detection to be offered (dispatch.cpp); every bf16
+    # kernel passes it.
+    from shardcore import _core
+
+    assert _core.gemm_check_exact(kernel) == ""
+
+
 def test_reference_is_by_name_only():
     assert REFERENCE not in kernels.available_kernels()
     pw = kernels.PackedWeight(np.ones((3, 5), np.float32), "bfloat16", kernel=REFERENCE)

@@ -66,6 +66,11 @@ void register_gemm(py::module_& m) {
     gemm::gemm(impl, ptr(packed), K, N, ptr(x), xd, M, static_cast<const float*>(ptr(bias)),
                reinterpret_cast<void*>(out), od, threads);
   }, "out[M,N] = x[M,K] @ W + bias with a packed W; GIL released.");
+  m.def("gemm_check_exact", [](const std::string& kernel) {
+    const auto& impl = gemm::impl_for(gemm::family_by_name(kernel), DType::bf16);
+    py::gil_scoped_release release;
+    return gemm::check_exact_products(impl);
+  }, "The bf16 kernel's products checked on exact small integers: what differed, or ''.");
   m.def("gemm_peak_gflops", [](const std::string& kernel, const std::string& dtype) {
     const auto& f = gemm::family_by_name(kernel);
     const DType d = parse_dtype(dtype);

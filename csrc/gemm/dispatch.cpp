@@ -68,8 +68,28 @@ AmxStatus probe_amx() {
 #endif
 }
 
+// The AMX status after the self-check: tile code that computes wrong products is not offered.
+AmxStatus checked_amx() {
+  AmxStatus s = probe_amx();
+#if defined(SHARDCORE_X86) && defined(SHARDCORE_AMX)
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512bf16");
+  if (s.usable && !avx512) {
+    s.usable = false;
+    s.why = "the CPU has AMX-BF16 but not all of AVX-512F/BW/VL/DQ and AVX512_BF16";
+  }
+  if (s.usable) {
+    const std::string bad = check_exact_products(*amx_family().bf16);
+    if (!bad.empty()) s.usable = false, s.why = "self-check failed: " + bad;
+  }
+#endif
+  return s;
+}
+
 const AmxStatus& amx_status() {
-  static const AmxStatus s = probe_amx();
+  static const AmxStatus s = checked_amx();
   return s;
 }
 
@@ -82,7 +102,7 @@ std::vector<const Family*> detect() {
                       __builtin_cpu_supports("fma");
   const bool avx512bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
 #if defined(SHARDCORE_AMX)
-  if (avx512bf16 && amx_status().usable) out.push_back(&amx_family());
+  if (amx_status().usable) out.push_back(&amx_family());
 #endif
   if (avx512bf16) out.push_back(&avx512bf16_family());
   if (avx512) out.push_back(&avx512_family());
@@ -299,5 +319,43 @@ void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const vo
     for (int64_t i = 0; i < M * N; ++i) o[i] = f32_to_bf16(c[i]);
   }
 }
+
+std::string check_exact_products(const Impl& impl) {
+  constexpr int64_t K = 100, N = 40;
+  std::vector<uint16_t> w(static_cast<size_t>(K * N));
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < N; ++j)
+      w[static_cast<size_t>(k * N + j)] = f32_to_bf16(static_cast<float>((k * 5 + j * 11) % 7 - 3));
+  std::vector<float> bias(static_cast<size_t>(N));
+  for (int64_t j = 0; j < N; ++j) bias[static_cast<size_t>(j)] = static_cast<float>(j % 5 - 2);
+  std::vector<unsigned char> packed(impl.packed_bytes(K, N) + 64);
+  void* pw = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+  impl.pack(w.data(), K, N, N, 1, pw);
+  for (const int64_t M : {int64_t{1}, int64_t{4}, int64_t{33}}) {
+    std::vector<float> x(static_cast<size_t>(M * K)), c(static_cast<size_t>(M * N));
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t k = 0; k < K; ++k)
+        x[static_cast<size_t>(i * K + k)] = static_cast<float>((i * 7 + k * 3) % 9 - 4);
+    gemm(impl, pw, K, N, x.data(), DType::f32, M, bias.data(), c.data(), DType::f32, 1);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        int64_t want = j % 5 - 2;
+        for (int64_t k = 0; k < K; ++k)
+          want += ((i * 7 + k * 3) % 9 - 4) * ((k * 5 + j * 11) % 7 - 3);
+        const float got = c[static_cast<size_t>(i * N + j)];
+        if (got != static_cast<float>(want)) {
+          char buf[200];
+          std::snprintf(buf, sizeof buf,
+                        "%s got %g instead of %lld at M=%lld row %lld column %lld",
+                        impl.name, static_cast<double>(got), static_cast<long long>(want),
+                        static_cast<long long>(M), static_cast<long long>(i),
+                        static_cast<long long>(j));
+          return buf;
+        }
+      }
+  }
+  return "";
+}
+
 
 }  // namespace shardcore::gemm

@@ -39,4 +39,10 @@ double peak_gflops(const Family& f, DType dtype);
 void gemm(const Impl& impl, const void* packed_w, int64_t K, int64_t N, const void* x,
           DType x_dtype, int64_t M, const float* bias, void* out, DType out_dtype, int threads);
 
+// Runs a bf16 Impl on small integer products that float32 holds exactly (one row, a small M, and
+// two row blocks with edges in M, K and N, with bias) and compares them with the exact result;
+// returns what differed, or "" when all match. Microseconds; the amx family must pass it at
+// detection to be offered.
+std::string check_exact_products(const Impl& impl);
+
 }  // namespace shardcore::gemm
