@@ -35,10 +35,7 @@ from ..errors import PeerFailureError
 from .interhost import Link
 from .topology import Topology
 
-# Large all-reduces run in chunks of this many bytes, so that the gloo thread moves chunk i
-# between hosts while this thread reduces chunk i+1 in shared memory. 4 MiB keeps a chunk well
-# above gloo's per-message cost (tens of microseconds) and the pipeline at least a few deep at 16 MiB.
-PIPELINE_CHUNK_BYTES = 4 << 20
+from .model import PIPELINE_CHUNK_BYTES
 
 _KINDS = (
     "barrier",
@@ -52,6 +49,16 @@ _KINDS = (
     "recv",
     "internal",
 )
+
+
+def _check_algorithm(algorithm: str | None, what: str, intra: tuple) -> None:
+    """Across hosts the phases inside a host choose their own algorithm: the names a
+    single-host communicator takes are accepted (as hints for nothing), others are errors."""
+    known = ("hierarchical", "flat") if what == "all_reduce" else ("hierarchical",)
+    if algorithm is not None and algorithm not in known + intra:
+        raise ValueError(
+            f"{what}: unknown algorithm {algorithm!r}; known: {', '.join(known + intra)}"
+        )
 
 
 def _local_totals(comm: Communicator) -> tuple[int, int]:
@@ -92,6 +99,8 @@ class HierCommunicator:
         self._local_index = topology.local_index(rank)
         self._closed = False
         self._nsplits = 0
+        # all-reduce pipeline chunk (bytes); the byte rules in .model take the same value
+        self.chunk_bytes = PIPELINE_CHUNK_BYTES
         self._last: str | None = None
         self._counters = {k: [0, 0, 0, 0, 0] for k in _KINDS}
         self._algorithms: dict[str, dict[str, int]] = {k: {} for k in _KINDS}
@@ -224,10 +233,7 @@ class HierCommunicator:
         _require_array(x, "all_reduce: x")
         dtype_code(x.dtype, "all_reduce", reducible=True)
         op_code(op, "all_reduce")
-        if algorithm not in (None, "hierarchical", "flat"):
-            raise ValueError(
-                f"all_reduce: unknown algorithm {algorithm!r} across hosts; known: hierarchical, flat"
-            )
+        _check_algorithm(algorithm, "all_reduce", ("ring", "one_shot", "two_shot", "symmetric"))
         if out is None:
             _require_writeable(x, "all_reduce: x (in place; pass out= for a read-only input)")
             out = x
@@ -237,7 +243,8 @@ class HierCommunicator:
                 _check_disjoint(x, out, "all_reduce")
                 np.copyto(out, x)
         flat = out.reshape(-1)
-        with self._collective("all_reduce", algorithm or "hierarchical"):
+        algorithm = "flat" if algorithm == "flat" else "hierarchical"
+        with self._collective("all_reduce", algorithm):
             if algorithm == "flat":
                 if flat.size:
                     self._world.all_reduce(flat, op)
@@ -257,7 +264,7 @@ class HierCommunicator:
             q = n // nlocal
             # Shards of at most PIPELINE_CHUNK_BYTES / L elements: chunk i crosses hosts on the
             # gloo thread while this one reduce-scatters chunk i+1.
-            per = max(1, PIPELINE_CHUNK_BYTES // (flat.itemsize * nlocal))
+            per = max(1, self.chunk_bytes // (flat.itemsize * nlocal))
             pending: deque = deque()
             for start in range(0, q, per):
                 count = min(per, q - start)
@@ -339,10 +346,7 @@ class HierCommunicator:
         self, x: np.ndarray, out: np.ndarray | None = None, algorithm: str | None = None
     ) -> np.ndarray:
         """Concatenate every rank's ``x`` along axis 0 (0-d arrays: a vector), in rank order."""
-        if algorithm not in (None, "hierarchical"):
-            raise ValueError(
-                f"all_gather: unknown algorithm {algorithm!r} across hosts; known: hierarchical"
-            )
+        _check_algorithm(algorithm, "all_gather", ("ring", "flat", "cma", "symmetric"))
         _require_array(x, "all_gather: x")
         dtype_code(x.dtype, "all_gather")
         n = self.size
@@ -392,10 +396,7 @@ class HierCommunicator:
         self, x: np.ndarray, out: np.ndarray | None = None, algorithm: str | None = None
     ) -> np.ndarray:
         """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i."""
-        if algorithm not in (None, "hierarchical"):
-            raise ValueError(
-                f"all_to_all: unknown algorithm {algorithm!r} across hosts; known: hierarchical"
-            )
+        _check_algorithm(algorithm, "all_to_all", ("pairwise", "flat", "cma", "symmetric"))
         _require_array(x, "all_to_all: x")
         dtype_code(x.dtype, "all_to_all")
         n = self.size

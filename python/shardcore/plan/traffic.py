@@ -45,7 +45,7 @@ communicators (``merge_traffic``), leaving out the ``internal`` kind (shardcore'
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -157,6 +157,8 @@ class _Op:
     sent: tuple  # bytes per member
     recv: tuple
     times: int = 1
+    elements: int = 0  # all-reduce: the buffer's elements
+    itemsize: float = 0
 
 
 @dataclass
@@ -186,6 +188,8 @@ def _all_reduce(
         tuple(sent(elements, n, i) * b for i in range(n)),
         tuple(recv(elements, n, i) * b for i in range(n)),
         times,
+        elements,
+        b,
     )
 
 
@@ -337,8 +341,12 @@ def predict_traffic(
     micro_batches: int = 1,
     expert_ids: Callable[[int, int, int, int], Any] | None = None,
     all_reduce_algorithm: str = "ring",
+    hosts: Sequence[int] | None = None,
 ) -> TrafficPrediction:
     """Bytes and calls per rank and collective kind for a run (see the module docstring).
+
+    ``hosts`` (host index of each rank): every entry also gets ``inter_sent``/``inter_recv``,
+    the bytes that cross hosts when the run's communicator spans them (shardcore.hier).
 
     ``all_reduce_algorithm``: "ring" (the seed's model) or "symmetric" (the core's in-place
     all-reduce on symmetric buffers, which the runtime uses); they differ only when the buffer
@@ -372,6 +380,13 @@ def predict_traffic(
         expert_ids,
         all_reduce_algorithm,
     )
+    inter_notes: set = set()
+
+    def add_inter(rank: int, kind: str, sent: float, recv: float, times: int) -> None:
+        entry = ranks[rank][kind]
+        entry["inter_sent"] = entry.get("inter_sent", 0) + sent * times
+        entry["inter_recv"] = entry.get("inter_recv", 0) + recv * times
+
     for op in ops:
         if op.kind == "p2p":
             add(op.group[0], "send", op.sent[0], 0, op.times)
@@ -379,6 +394,14 @@ def predict_traffic(
         else:
             for i, rank in enumerate(op.group):
                 add(rank, op.kind, op.sent[i], op.recv[i], op.times)
+        if hosts is not None:
+            for rank, kind, sent, recv in _inter_host(op, hosts, inter_notes):
+                add_inter(rank, kind, sent, recv, op.times)
+    if hosts is not None:
+        for r in ranks:
+            for entry in r.values():
+                entry.setdefault("inter_sent", 0)
+                entry.setdefault("inter_recv", 0)
     exact = not (plan.config.ep > 1 and plan.model.is_moe and expert_ids is None)
     for r in ranks:
         for entry in r.values():
@@ -386,7 +409,39 @@ def predict_traffic(
                 if float(entry[key]).is_integer():
                     entry[key] = int(entry[key])
     notes = [] if exact else ["all_to_allv rows estimated from uniform routing"]
+    notes += sorted(inter_notes)
     return TrafficPrediction(ranks=ranks, exact=exact, notes=notes)
+
+
+def _inter_host(op: _Op, hosts, notes: set):
+    """(rank, kind, sent, recv) between hosts for one op, as the multi-host communicator moves
+    it: ranks of a group that lie on one host share memory; a group across hosts runs the
+    two-level algorithms (shardcore.hier.model)."""
+    from ..hier.model import all_gather_inter, all_reduce_inter
+
+    group_hosts = [hosts[r] for r in op.group]
+    if len(set(group_hosts)) == 1:
+        return
+    if op.kind == "p2p":
+        yield op.group[0], "send", op.sent[0], 0
+        yield op.group[1], "recv", 0, op.recv[0]
+        return
+    # the sub-group's hosts in order of their first member; members in group order
+    order: dict = {}
+    for i, h in enumerate(group_hosts):
+        order.setdefault(h, []).append(i)
+    sizes = [len(m) for m in order.values()]
+    for i, rank in enumerate(op.group):
+        local = order[group_hosts[i]].index(i)
+        if op.kind == "all_reduce":
+            n = all_reduce_inter(op.elements, int(op.itemsize), sizes, local)
+            yield rank, op.kind, n, n
+        elif op.kind == "all_gather":
+            block = op.sent[i] / (len(op.group) - 1)
+            n = all_gather_inter(int(block), sizes, local)
+            yield rank, op.kind, n, n
+        else:
+            notes.add(f"{op.kind} across hosts: inter-host bytes not predicted")
 
 
 def step_collectives(plan, rank: int, tokens: int = 1, dtype: str | None = None) -> list:

@@ -91,39 +91,23 @@ def _rank_main(
 
 
 def _sum_traffic(parts: Sequence[Traffic]) -> Traffic:
+    keys = ("calls", "sent", "recv")
+    if any("inter_sent" in v for part in parts for v in part.values()):
+        keys += ("inter_sent", "inter_recv")  # a run across hosts
     total: Traffic = {}
     for part in parts:
         for kind, counters in part.items():
-            slot = total.setdefault(kind, {"calls": 0, "sent": 0, "recv": 0})
-            for key in ("calls", "sent", "recv"):
+            slot = total.setdefault(kind, dict.fromkeys(keys, 0))
+            for key in keys:
                 slot[key] += int(counters.get(key, 0))
     return total
 
 
-def generate(
-    checkpoint_dir,
-    input_ids,
-    plan=None,
-    tp: int = 1,
-    pp: int = 1,
-    dp: int = 1,
-    ep: int = 1,
-    max_new_tokens: int = 8,
-    dtype: str = "float32",
-    micro_batches: int | None = None,
-    timeout: float | None = None,
-    backend: str = "auto",
-    _failure: FailureInjection | None = None,
-) -> GenerateResult:
-    """Greedy generation of ``max_new_tokens`` tokens for each prompt of ``input_ids``.
-
-    The placement comes from ``plan`` (a shardcore.plan.Plan for this checkpoint) or from a plan
-    made here for tp/pp/dp/ep worker processes. One rank runs in this process; more run on
-    worker processes started by shardcore.launch. ``micro_batches``: prefill chunks for the
-    pipeline (default pp). ``dtype``: float32 or bfloat16 weights, activations and messages.
-    ``backend``: the local GEMMs on shardcore's kernels ("kernels"), NumPy ("numpy") or the
-    kernels when the C++ core is built ("auto"). ``_failure``: test hook (FailureInjection).
-    """
+def _prepare(
+    checkpoint_dir, input_ids, plan, tp, pp, dp, ep, max_new_tokens, dtype, micro_batches, backend
+):
+    """Checked arguments of a run: (dir, prompts, precision, backend, checkpoint, plan,
+    layouts, micro-batches)."""
     checkpoint_dir = os.fspath(checkpoint_dir)
     prompts = _as_batch(input_ids)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -151,6 +135,38 @@ def generate(
     micro = lay0.pp if micro_batches is None else micro_batches
     if not isinstance(micro, int) or micro < 1:
         raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
+    return checkpoint_dir, prompts, precision, backend, ckpt, plan, layouts, micro
+
+
+def generate(
+    checkpoint_dir,
+    input_ids,
+    plan=None,
+    tp: int = 1,
+    pp: int = 1,
+    dp: int = 1,
+    ep: int = 1,
+    max_new_tokens: int = 8,
+    dtype: str = "float32",
+    micro_batches: int | None = None,
+    timeout: float | None = None,
+    backend: str = "auto",
+    _failure: FailureInjection | None = None,
+) -> GenerateResult:
+    """Greedy generation of ``max_new_tokens`` tokens for each prompt of ``input_ids``.
+
+    The placement comes from ``plan`` (a shardcore.plan.Plan for this checkpoint) or from a plan
+    made here for tp/pp/dp/ep worker processes. One rank runs in this process; more run on
+    worker processes started by shardcore.launch. ``micro_batches``: prefill chunks for the
+    pipeline (default pp). ``dtype``: float32 or bfloat16 weights, activations and messages.
+    ``backend``: the local GEMMs on shardcore's kernels ("kernels"), NumPy ("numpy") or the
+    kernels when the C++ core is built ("auto"). ``_failure``: test hook (FailureInjection).
+    """
+    checkpoint_dir, prompts, precision, backend, ckpt, plan, layouts, micro = _prepare(
+        checkpoint_dir, input_ids, plan, tp, pp, dp, ep, max_new_tokens, dtype, micro_batches,
+        backend,
+    )
+    lay0 = layouts[0]
     record = ckpt.config.is_moe
     world = len(layouts)
     if world == 1 and _failure is None:
@@ -185,6 +201,13 @@ def generate(
             ),
             timeout=timeout,
         )
+    return _result(outputs, plan, ckpt, layouts, prompts, max_new_tokens, micro, dtype, record)
+
+
+def _result(
+    outputs, plan, ckpt, layouts, prompts, max_new_tokens, micro, dtype, record, hosts=None
+) -> GenerateResult:
+    """The GenerateResult of every rank's output, beside the plan's prediction."""
     reporting = sorted((o for o in outputs if o.reports), key=lambda o: o.dp_index)
     routing = [o.routing for o in outputs] if record else None
     predicted = predict_run(
@@ -197,6 +220,7 @@ def generate(
         micro,
         dtype,
         routing=routing,
+        hosts=hosts,
     )
     return GenerateResult(
         tokens=np.concatenate([o.tokens for o in reporting]),

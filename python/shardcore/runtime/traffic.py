@@ -39,11 +39,16 @@ COUNT_BYTES = 8  # routing counts and the core's row counts are int64
 Traffic = dict[str, dict[str, int]]
 
 
+INTER_FIELDS = ("inter_sent", "inter_recv")
+
+
 def normalise(traffic: dict[str, dict]) -> Traffic:
-    """{kind: {calls, sent, recv}} for every kind in KINDS (zeros where absent), ints."""
-    return {
-        k: {f: int(traffic.get(k, {}).get(f, 0)) for f in ("calls", "sent", "recv")} for k in KINDS
-    }
+    """{kind: {calls, sent, recv}} for every kind in KINDS (zeros where absent), ints; with
+    inter_sent/inter_recv too when the traffic has them (a run across hosts)."""
+    fields = ("calls", "sent", "recv")
+    if any(f in v for v in traffic.values() for f in INTER_FIELDS):
+        fields += INTER_FIELDS
+    return {k: {f: int(traffic.get(k, {}).get(f, 0)) for f in fields} for k in KINDS}
 
 
 def expert_ids_from_routing(layouts: Sequence[RankLayout], routing, n_prefill_chunks: int):
@@ -77,8 +82,12 @@ def predict_run(
     micro_batches: int,
     dtype: str,
     routing=None,
+    hosts=None,
 ) -> list[Traffic]:
-    """Per-rank traffic of a run of ``generate``: the plan's prediction plus the extras above."""
+    """Per-rank traffic of a run of ``generate``: the plan's prediction plus the extras above.
+
+    ``hosts`` (host index of each rank): also the inter-host bytes of a run across hosts.
+    """
     from ..plan import predict_traffic
     from .groups import ALL_REDUCE_ALGORITHM
 
@@ -95,6 +104,7 @@ def predict_run(
         micro_batches=micro_batches,
         expert_ids=expert_ids,
         all_reduce_algorithm=ALL_REDUCE_ALGORITHM,
+        hosts=hosts,
     )
     if not prediction.exact:
         raise ValueError("an EP run's traffic prediction needs the routing the ranks report")
