@@ -6,7 +6,7 @@ non-contiguous inputs and outputs, on 1 to 8 ranks. Every rank runs each operati
 shardcore default group and on a gloo group over the same ranks and compares bitwise (integer
 valued data). Non-contiguous cases are compared with gloo on contiguous copies (gloo itself
 does not handle every non-contiguous layout). The rendezvous is a TCPStore (env://, as under
-torchrun): a receive from any source needs its queues.
+torchrun) and SHARDCORE_TORCH_ANY_SOURCE=1 is set: a receive from any source needs both.
 """
 
 from __future__ import annotations
@@ -281,6 +281,23 @@ def case_monitored_barrier_missing(rank, world, gloo):
     raise AssertionError("monitored_barrier passed without rank 1")
 
 
+def case_any_source_not_enabled_everywhere(rank, world, gloo):
+    """A group made with the opt-in on rank 0 only: rank 0's recv(src=None) says so at once."""
+    import os
+
+    from shardcore.torch import UnsupportedError
+
+    os.environ["SHARDCORE_TORCH_ANY_SOURCE"] = "1" if rank == 0 else "0"
+    group = dist.new_group(backend="shardcore")
+    if rank == 0:
+        try:
+            dist.recv(torch.empty(1), group=group)
+        except UnsupportedError as e:
+            return str(e)
+        raise AssertionError("recv(src=None) did not raise")
+    return True
+
+
 def _table(rank, world, gloo, dtypes):
     case_reductions(rank, world, gloo, dtypes, ALL_OPS)
     case_rooted(rank, world, gloo, dtypes)
@@ -305,7 +322,8 @@ _SOME = [torch.bfloat16, torch.int64, torch.uint8, torch.bool]
     + [(w, _SOME) for w in (5, 6, 7, 8)],
     ids=lambda v: str(v) if isinstance(v, int) else f"{len(v)}dtypes",
 )
-def test_ops_match_gloo(world, dtypes, tmp_path):
+def test_ops_match_gloo(world, dtypes, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDCORE_TORCH_ANY_SOURCE", "1")
     assert (
         run_ranks(world, _table, dtypes, tmp_path=tmp_path, tcp_port=free_port()) == [True] * world
     )
@@ -316,3 +334,11 @@ def test_monitored_barrier_names_the_missing_rank(tmp_path):
     results = run_ranks(2, case_monitored_barrier_missing, tmp_path=tmp_path, tcp_port=free_port())
     assert results[1] == "absent"
     assert "Rank 1 failed to pass monitoredBarrier in 1000 ms" in results[0], results[0]
+
+
+@pytest.mark.timeout(120)
+def test_any_source_needs_the_opt_in_on_every_rank(tmp_path):
+    results = run_ranks(
+        2, case_any_source_not_enabled_everywhere, tmp_path=tmp_path, tcp_port=free_port()
+    )
+    assert "SHARDCORE_TORCH_ANY_SOURCE=1 on every rank" in results[0], results[0]

@@ -1,7 +1,8 @@
 """Receiving from any source (``recv`` with ``src=None``) over communicators that only receive
-from a named rank and have no probe.
+from a named rank and have no probe. Opt-in: with ``SHARDCORE_TORCH_ANY_SOURCE=1`` set on every
+rank when a group is created, that group serves it.
 
-Every send of a group announces itself before its data goes out: ``"<source> <tag>"`` is
+Every send of such a group announces itself before its data goes out: ``"<source> <tag>"`` is
 pushed onto the receiver's queue in the group's rendezvous store (a push does not wait for a
 reply, a few microseconds). The receiver's inbox thread drains that queue as announcements
 arrive, so the store only holds what the receiver has not seen yet. A receive from any source
@@ -13,8 +14,11 @@ send thread per group), so the k-th announcement from a rank is its k-th message
 from a named rank cancels the oldest pending announcement from that rank or, when that has not
 arrived yet, the next one to arrive. No step waits on a clock except the overall deadline.
 
-Needs a store with queues (TCPStore, as torchrun, env:// and tcp:// give; HashStore). Over a
-FileStore (file://) nothing is announced and ``recv(src=None)`` raises on the rank calling it.
+Why opt-in: on a machine whose cores are all busy with spinning ranks, the store's server
+thread and the inbox thread that every message wakes cost more than the message (a ping-pong
+of 8 bytes on the 2-core VM went from ~0.15 ms to ~1-3 ms), and few programs receive from any
+source. Needs a store with queues (TCPStore: torchrun, env://, tcp://); a FileStore (file://)
+has none.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 from shardcore.errors import CommTimeoutError
 
+ENV = "SHARDCORE_TORCH_ANY_SOURCE"
 _STOP = b"stop"
 # The inbox thread's own connection waits as long as it takes; receives have their deadline.
 _INBOX_WAIT = timedelta(days=365)
@@ -36,9 +41,12 @@ _INBOX_WAIT = timedelta(days=365)
 class AnySource:
     """The announcements of one rank of one group (create it on every rank of the group)."""
 
-    def __init__(self, store: Any, rank: int, timeout_s: float):
+    def __init__(self, store: Any, rank: int, size: int, timeout_s: float):
+        """Call on every rank before the group's ranks first meet (its flag is then visible to
+        every peer by the time any of them receives)."""
         self._store = store
         self._rank = rank
+        self._size = size
         self._timeout_s = timeout_s
         # A group re-created over the same store gets fresh queues (every rank of a group
         # creates it the same number of times, so the per-rank counters agree).
@@ -49,6 +57,9 @@ class AnySource:
             self.supported = True
         except (NotImplementedError, RuntimeError):
             self.supported = False
+        if self.supported:
+            store.add(f"{self._prefix}on/{rank}", 1)
+        self._peers_checked = False
         self._push_store: Any = None  # own connections: a blocking wait on the group's
         self._inbox: threading.Thread | None = None  # store must not hold a push back
         self._arrivals: queue.SimpleQueue = queue.SimpleQueue()
@@ -87,14 +98,27 @@ class AnySource:
         else:
             self._debt[src] += 1  # its announcement is still on the way
 
-    def next_source(self, tag: int) -> int:
-        """The rank whose message with ``tag`` to receive next; waits for one to be announced."""
+    def unready(self) -> str | None:
+        """Why a receive from any source cannot work in this group, or None."""
         if not self.supported:
-            raise NotImplementedError(
+            return (
                 "recv from any source (src=None) needs a rendezvous store with queues "
                 "(TCPStore: torchrun, env:// or tcp://); this group was created over a store "
                 "without them (file://)"
             )
+        if not self._peers_checked:
+            peers = [r for r in range(self._size) if r != self._rank]
+            if not self._store.check([f"{self._prefix}on/{r}" for r in peers]):
+                return (
+                    f"recv from any source (src=None) needs {ENV}=1 on every rank of the "
+                    "group when it is created (the peers' sends must announce themselves); "
+                    f"rank {self._rank} has it, some peer has not"
+                )
+            self._peers_checked = True
+        return None
+
+    def next_source(self, tag: int) -> int:
+        """The rank whose message with ``tag`` to receive next; waits for one to be announced."""
         self._start_inbox()
         deadline = time.monotonic() + self._timeout_s
         self._take_arrived()

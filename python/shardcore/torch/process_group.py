@@ -23,8 +23,7 @@ from torch._C._distributed_c10d import ReduceOp
 from shardcore._dtypes import OPS as CORE_OPS
 from shardcore._dtypes import dtype_code as core_dtype_code
 
-from . import _reduce
-from ._anysource import AnySource
+from . import _anysource, _reduce
 from ._dtypes import FLOATING, INTEGRAL, MOVABLE, REDUCIBLE, dtype_names, numpy_view, torch_view
 from ._work import DONE, CompletedWork, Lane
 
@@ -151,9 +150,9 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
     or into ``out=``). Collectives run on the calling thread. ``send``/``recv`` run on two
     per-group threads, through ``p2p_comm`` (a second communicator over the same ranks; default
     ``comm``), so that exchange patterns (every rank sends, then receives) cannot deadlock on
-    the bounded shared-memory mailboxes. ``store`` (the group's rendezvous store) carries the
-    announcements that let ``recv`` take a message from any source; without it, or over a store
-    without queues, ``recv(src=None)`` raises.
+    the bounded shared-memory mailboxes. ``any_source`` (an ``_anysource.AnySource``, made
+    when ``SHARDCORE_TORCH_ANY_SOURCE=1``) lets ``recv`` take a message from any source; without
+    it ``recv(src=None)`` raises.
     """
 
     def __init__(
@@ -162,7 +161,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         rank: int,
         size: int,
         p2p_comm: Any = None,
-        store: Any = None,
+        any_source: Any = None,
         timeout: timedelta | None = None,
     ):
         super().__init__(rank, size)  # type: ignore[call-arg]  # torch's stubs list other overloads
@@ -179,11 +178,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         if timeout is None or timeout <= timedelta(0):
             timeout = timedelta(seconds=float(getattr(self._p2p, "timeout", 600.0)))
         self._timeout = timeout
-        self._any_source = (
-            AnySource(store, rank, timeout.total_seconds())
-            if store is not None and size > 1
-            else None
-        )
+        self._any_source = any_source
 
     # ---- identity ------------------------------------------------------------------------
 
@@ -614,14 +609,17 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         t = _single(tensors, "recv")
         _check_tensor(t, "recv")
         any_source = self._any_source
-        if any_source is None or not any_source.supported:
-            why = (
-                "a group of one rank has no other rank to receive from"
-                if self._size == 1
-                else "this group has no rendezvous store with queues (TCPStore: torchrun, "
-                "env:// or tcp://; file:// has none)"
+        if self._size == 1:
+            raise _unsupported("recv from any source in a group of one rank (no other rank)")
+        if any_source is None:
+            raise _unsupported(
+                f"recv from any source (src=None) unless {_anysource.ENV}=1 is set on every "
+                "rank when the group is created (each send then announces itself through the "
+                "rendezvous store, which costs send/recv latency)"
             )
-            raise _unsupported(f"recv from any source (src=None) here: {why}")
+        why = any_source.unready()
+        if why is not None:
+            raise UnsupportedError(f"shardcore: {why}")
         buf = _output_buffer(t)
         out = numpy_view(buf).reshape(-1)
         comm = self._p2p
