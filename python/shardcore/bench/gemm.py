@@ -73,8 +73,8 @@ def add_gemm_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--kernel",
         default=None,
-        help="kernel family: generic, avx2, avx512 or avx512bf16 where the CPU has it "
-        "(default: the one chosen at import)",
+        help="kernel family, one of those this CPU runs (shardcore.kernels.available_kernels(); "
+        "a wrong name lists them) (default: the one chosen at import)",
     )
     p.add_argument(
         "--threads", type=positive_int, default=1, help="threads for shardcore (default 1)"
