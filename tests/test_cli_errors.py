@@ -127,3 +127,20 @@ def test_run_timeout_names_the_ranks_still_running(tmp_path):
     assert out.returncode == 124 and "Traceback" not in out.stderr
     assert "--timeout 0.5 s passed; ranks still running: [" in out.stderr
     assert "1]" in out.stderr
+
+
+def test_closed_pipe_with_short_output():
+    """Output that fits the buffer meets the closed pipe only when flushed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "shardcore", "plan", "qwen3-8b", "--devices", "1", "-tp", "1"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141 and out.stderr == ""

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):  # a command whose options were not loaded: cannot happen
         parser.error(f"cannot run {args.command!r}")
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return status
     except UsageError as exc:
         print(f"{_prog(args)}: error: {exc}", file=sys.stderr)
         return 2
