@@ -6,6 +6,8 @@
 //   SC_TILE_STORE(t, p, stride) tilestored
 //   SC_TILE_DP(c, a, b)         tdpbf16ps: C[m][n] += A[m][2k] B[k][2n] + A[m][2k+1] B[k][2n+1]
 //   SC_TILE_RELEASE()           tilerelease (back to the init state: no tile data to save)
+// and optionally SC_ROUND_TO_BF16(src, n, dst), n floats to bf16 (nearest even; subnormals may
+// become zero, as tdpbf16ps reads them as zero anyway), else a scalar loop.
 // Tile numbers are literals (the intrinsics paste them into the instruction). gemm_amx.cpp maps
 // them to the instructions; gemm_amx_reference.cpp to a portable model of their documented
 // semantics, so that these loops, the packing and every edge case are tested on any CPU.
@@ -28,6 +30,11 @@
 #if !defined(SC_TILE_CONFIG) || !defined(SC_TILE_ZERO) || !defined(SC_TILE_LOAD) || \
     !defined(SC_TILE_STORE) || !defined(SC_TILE_DP) || !defined(SC_TILE_RELEASE)
 #error "define the SC_TILE_* operations before including amx_loops.h"
+#endif
+
+#if !defined(SC_ROUND_TO_BF16)
+#define SC_ROUND_TO_BF16(src, n, dst) \
+  for (int64_t i_ = 0; i_ < (n); ++i_) (dst)[i_] = f32_to_bf16((src)[i_])
 #endif
 
 namespace shardcore::gemm::amx {
@@ -77,8 +84,7 @@ inline void pack_x(const RunArgs& a, int64_t r0, int64_t rows, int64_t rows_padd
     if (a.x_dtype == DType::bf16) {
       std::memcpy(d, static_cast<const uint16_t*>(a.x) + (r0 + r) * a.K + pc, 2 * kin);
     } else {
-      const float* s = static_cast<const float*>(a.x) + (r0 + r) * a.K + pc;
-      for (int64_t k = 0; k < kin; ++k) d[k] = f32_to_bf16(s[k]);
+      SC_ROUND_TO_BF16(static_cast<const float*>(a.x) + (r0 + r) * a.K + pc, kin, d);
     }
     std::memset(d + kin, 0, 2 * (kc - kin));
   }
