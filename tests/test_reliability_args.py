@@ -164,3 +164,157 @@ def test_an_allocation_of_different_sizes_fails_on_every_rank_alike():
     errors = {e for e, _ in results}
     assert len(errors) == 1 and "different sizes" in errors.pop()
     assert all(usable for _, usable in results)
+
+
+def _read_only(n):
+    r = np.ones(n, np.float32)
+    r.setflags(write=False)
+    return r
+
+
+# (name, the good call every other rank makes, the bad call, what the bad rank raises). The bad
+# ones checked in Python and those the core checks before entering (one_shot too large, a forced
+# symmetric or cma path without its buffer) alike.
+BAD_CALLS = [
+    (
+        "ar_dtype",
+        lambda c: c.all_reduce(np.ones(8)),
+        lambda c: c.all_reduce(np.ones(4, np.complex64)),
+        TypeError,
+    ),
+    (
+        "ar_op",
+        lambda c: c.all_reduce(np.ones(8)),
+        lambda c: c.all_reduce(np.ones(8), op="mean"),
+        ValueError,
+    ),
+    (
+        "ar_algo",
+        lambda c: c.all_reduce(np.ones(8)),
+        lambda c: c.all_reduce(np.ones(8), algorithm="x"),
+        ValueError,
+    ),
+    (
+        "ar_strided",
+        lambda c: c.all_reduce(np.ones(8)),
+        lambda c: c.all_reduce(np.ones((4, 4))[:, 1]),
+        ValueError,
+    ),
+    (
+        "ar_read_only",
+        lambda c: c.all_reduce(np.ones(8, np.float32)),
+        lambda c: c.all_reduce(_read_only(8)),
+        ValueError,
+    ),
+    (
+        "ar_out_shape",
+        lambda c: c.all_reduce(np.ones(8)),
+        lambda c: c.all_reduce(np.ones(8), out=np.empty(9)),
+        ValueError,
+    ),
+    ("ar_list", lambda c: c.all_reduce(np.ones(8)), lambda c: c.all_reduce([1.0, 2.0]), TypeError),
+    (
+        "ar_one_shot_too_big",
+        lambda c: c.all_reduce(np.ones(1 << 18, np.float32)),
+        lambda c: c.all_reduce(np.ones(1 << 18, np.float32), algorithm="one_shot"),
+        ValueError,
+    ),
+    (
+        "ar_symmetric_plain",
+        lambda c: c.all_reduce(np.ones(8)),
+        lambda c: c.all_reduce(np.ones(8), algorithm="symmetric"),
+        ValueError,
+    ),
+    (
+        "rs_rows",
+        lambda c: c.reduce_scatter(np.ones(2 * c.size)),
+        lambda c: c.reduce_scatter(np.ones(2 * c.size + 1)),
+        ValueError,
+    ),
+    (
+        "ag_object",
+        lambda c: c.all_gather(np.ones(2)),
+        lambda c: c.all_gather(np.array([None, 1])),
+        TypeError,
+    ),
+    (
+        "ag_out_dtype",
+        lambda c: c.all_gather(np.ones(2)),
+        lambda c: c.all_gather(np.ones(2), out=np.empty(2 * c.size, np.float32)),
+        TypeError,
+    ),
+    (
+        "ag_symmetric_plain",
+        lambda c: c.all_gather(np.ones(2)),
+        lambda c: c.all_gather(np.ones(2), algorithm="symmetric"),
+        ValueError,
+    ),
+    (
+        "a2a_rows",
+        lambda c: c.all_to_all(np.ones(c.size)),
+        lambda c: c.all_to_all(np.ones(c.size + 1)),
+        ValueError,
+    ),
+    (
+        "a2a_symmetric_plain",
+        lambda c: c.all_to_all(np.ones(c.size)),
+        lambda c: c.all_to_all(np.ones(c.size), algorithm="symmetric"),
+        ValueError,
+    ),
+    (
+        "allv_sum",
+        lambda c: c.all_to_allv(np.ones((c.size, 2)), [1] * c.size),
+        lambda c: c.all_to_allv(np.ones((c.size + 1, 2)), [1] * c.size),
+        ValueError,
+    ),
+    (
+        "allv_len",
+        lambda c: c.all_to_allv(np.ones((c.size, 2)), [1] * c.size),
+        lambda c: c.all_to_allv(np.ones((c.size, 2)), [c.size]),
+        ValueError,
+    ),
+    (
+        "allv_out_rows_shape",
+        lambda c: c.all_to_allv(np.ones((c.size, 2)), [1] * c.size),
+        lambda c: c.all_to_allv(np.ones((c.size, 2)), [1] * c.size, out=np.empty((c.size, 3))),
+        ValueError,
+    ),
+    (
+        "bcast_root",
+        lambda c: c.broadcast(np.ones(4)),
+        lambda c: c.broadcast(np.ones(4), root=c.size),
+        ValueError,
+    ),
+    ("empty_negative", lambda c: c.empty(16), lambda c: c.empty(-1), ValueError),
+    ("empty_object", lambda c: c.empty(16), lambda c: c.empty(16, object), TypeError),
+    ("split_color", lambda c: c.split(0), lambda c: c.split(-2), ValueError),
+]
+
+
+def _bad_calls(c, bad_ranks):
+    outcomes = {}
+    for name, good, bad, _ in BAD_CALLS:
+        call = bad if c.rank in bad_ranks else good
+        try:
+            result = call(c)
+            outcomes[name] = ("ok", None)
+            if hasattr(result, "close"):  # a sub-communicator from split
+                result.close()
+        except Exception as exc:  # noqa: BLE001 - every outcome is compared below
+            outcomes[name] = (type(exc).__name__, str(exc))
+        outcomes[name + " usable"] = _still_usable(c)
+    return outcomes
+
+
+@pytest.mark.parametrize("n,bad", [(2, (1,)), (3, (0, 2)), (3, (0, 1, 2)), (8, (6,))])
+def test_a_bad_argument_on_any_rank_fails_every_rank_and_breaks_nothing(n, bad):
+    results = shardcore.launch(_bad_calls, n, args=(bad,))
+    for name, _, _, raised in BAD_CALLS:
+        for rank, outcomes in enumerate(results):
+            kind, msg = outcomes[name]
+            if rank in bad:
+                assert kind == raised.__name__, (name, rank, kind, msg)
+            else:  # the peers of a bad rank: told which rank, and why
+                assert kind == "ValueError", (name, rank, kind, msg)
+                assert f"rank {min(bad)} rejected its arguments" in msg, (name, rank, msg)
+            assert outcomes[name + " usable"], (name, rank)

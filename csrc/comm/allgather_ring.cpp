@@ -20,10 +20,10 @@ Algo Communicator::all_gather(const void* in, void* out, size_t m, DType dt, siz
   if (algo == Algo::kAuto)
     algo = symmetric_gather_auto(place.stride, block, false) ? Algo::kSymmetric : Algo::kFlat;
   if (algo != Algo::kRing && algo != Algo::kFlat && algo != Algo::kCma && algo != Algo::kSymmetric)
-    throw std::invalid_argument(std::string("all_gather: algorithm '") + algo_name(algo) +
+    reject(Kind::kAllGather, std::string("all_gather: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_gather (ring, flat, cma or symmetric)");
   if (algo == Algo::kSymmetric && !place.stride)
-    throw std::invalid_argument("all_gather: the symmetric algorithm needs an input from this "
+    reject(Kind::kAllGather, "all_gather: the symmetric algorithm needs an input from this "
                                 "communicator's empty/zeros");
   const bool sym = algo == Algo::kSymmetric;
   const Desc d = make_desc(Kind::kAllGather, dt, RedOp::kNone, algo, 0, m, esz, sym ? place.tag : 0);

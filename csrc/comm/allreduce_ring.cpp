@@ -18,8 +18,8 @@ namespace shardcore {
 Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt, RedOp op, Algo algo,
                               const SymmetricSegment* sym_buffer) {
   if (!dtype_reducible(dt))
-    throw std::invalid_argument(std::string("all_reduce: cannot reduce dtype ") + dtype_name(dt));
-  if (op == RedOp::kNone) throw std::invalid_argument("all_reduce: no reduction op given");
+    reject(Kind::kAllReduce, std::string("all_reduce: cannot reduce dtype ") + dtype_name(dt));
+  if (op == RedOp::kNone) reject(Kind::kAllReduce, "all_reduce: no reduction op given");
   const size_t esz = dtype_size(dt);
   const size_t bytes = count * esz;
   SymmetricPlace place = symmetric_place(sym_buffer, in, bytes);
@@ -37,7 +37,7 @@ Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt,
   switch (algo) {
     case Algo::kSymmetric:
       if (!sym_in_place)
-        throw std::invalid_argument("all_reduce: the symmetric algorithm runs in place on an array "
+        reject(Kind::kAllReduce, "all_reduce: the symmetric algorithm runs in place on an array "
                                     "from this communicator's empty/zeros");
       enter(d);
       symmetric_all_reduce(dst, count, dt, op, esz, place.stride);
@@ -48,7 +48,7 @@ Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt,
       break;
     case Algo::kOneShot:
       if (bytes > kInlineBytes && bytes > slot_bytes_)
-        throw std::invalid_argument("all_reduce: one_shot needs the message (" + std::to_string(bytes) +
+        reject(Kind::kAllReduce, "all_reduce: one_shot needs the message (" + std::to_string(bytes) +
                                     " bytes) to fit in one slot (" + std::to_string(slot_bytes_) + " bytes)");
       one_shot_all_reduce(src, dst, count, dt, op, esz, d);
       break;
@@ -57,7 +57,7 @@ Algo Communicator::all_reduce(const void* in, void* out, size_t count, DType dt,
       two_shot_all_reduce(src, dst, count, dt, op, esz);
       break;
     default:
-      throw std::invalid_argument(std::string("all_reduce: algorithm '") + algo_name(algo) +
+      reject(Kind::kAllReduce, std::string("all_reduce: algorithm '") + algo_name(algo) +
                                   "' does not apply to all_reduce");
   }
   return algo;

@@ -23,10 +23,10 @@ Algo Communicator::all_to_all(const void* in, void* out, size_t m, DType dt, siz
                                                                : Algo::kPairwise;
   if (algo != Algo::kPairwise && algo != Algo::kFlat && algo != Algo::kCma &&
       algo != Algo::kSymmetric)
-    throw std::invalid_argument(std::string("all_to_all: algorithm '") + algo_name(algo) +
+    reject(Kind::kAllToAll, std::string("all_to_all: algorithm '") + algo_name(algo) +
                                 "' does not apply to all_to_all (pairwise, flat, cma or symmetric)");
   if (algo == Algo::kSymmetric && !place.stride)
-    throw std::invalid_argument("all_to_all: the symmetric algorithm needs an input from this "
+    reject(Kind::kAllToAll, "all_to_all: the symmetric algorithm needs an input from this "
                                 "communicator's empty/zeros");
   const bool sym = algo == Algo::kSymmetric;
   const Desc d = make_desc(Kind::kAllToAll, dt, RedOp::kNone, algo, 0, m, esz, sym ? place.tag : 0);
@@ -123,9 +123,9 @@ std::vector<int64_t> Communicator::all_to_allv_counts(const std::vector<int64_t>
                                                       size_t row_elems, DType dt, size_t esz) {
   const int n = size_, r = rank_;
   if (send_counts.size() != size_t(n))
-    throw std::invalid_argument("all_to_allv: need one send count per rank");
+    reject(Kind::kAllToAllV, "all_to_allv: need one send count per rank");
   for (int64_t v : send_counts)
-    if (v < 0) throw std::invalid_argument("all_to_allv: send counts must be >= 0");
+    if (v < 0) reject(Kind::kAllToAllV, "all_to_allv: send counts must be >= 0");
   // root = 0 marks the counts phase, root = 1 the data phase of the same call.
   enter(make_desc(Kind::kAllToAllV, dt, RedOp::kNone,
              Algo::kPairwise, 0, row_elems, esz));

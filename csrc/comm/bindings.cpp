@@ -657,6 +657,17 @@ void register_comm(py::module_& m) {
             py::gil_scoped_release nogil;
             c.recv(p, count, DType(dt), esz, src, tag);
           })
+      .def(
+          "reject",
+          [](Communicator& c, const std::string& kind, const std::string& why) {
+            int k = 0;
+            while (k < int(Kind::kCount) && kind != kind_name(Kind(k))) ++k;
+            if (k == int(Kind::kCount)) throw py::value_error("reject: no collective '" + kind + "'");
+            py::gil_scoped_release nogil;
+            c.reject(Kind(k), why);
+          },
+          py::arg("kind"), py::arg("why"),
+          "Collective: this rank's call of `kind` has bad arguments; every rank's raises.")
       .def("abort", &Communicator::abort)
       .def("close", &Communicator::close)
       .def("reset_traffic", &Communicator::reset_traffic)

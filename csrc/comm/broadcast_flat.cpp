@@ -12,7 +12,7 @@ namespace shardcore {
 
 void Communicator::broadcast(void* buf, size_t count, DType dt, size_t esz, int root) {
   if (root < 0 || root >= size_)
-    throw std::invalid_argument("broadcast: root " + std::to_string(root) + " is outside [0, " +
+    reject(Kind::kBroadcast, "broadcast: root " + std::to_string(root) + " is outside [0, " +
                                 std::to_string(size_) + ")");
   enter(make_desc(Kind::kBroadcast, dt, RedOp::kNone, Algo::kFlat,
              root, count, esz));

@@ -34,7 +34,7 @@ void Communicator::single_copy_gather(const Desc& d, const char* in, char* out, 
                                       int64_t sym_offset) {
   const bool symmetric = sym_stride != 0;
   if (!symmetric && !cma_)
-    throw std::invalid_argument(std::string(kind_name(kind)) +
+    reject(kind, std::string(kind_name(kind)) +
                                 ": algorithm 'cma' is not available here (SHARDCORE_CMA=0, or the "
                                 "kernel does not let the ranks read each other's memory)");
   const int n = size_, r = rank_;

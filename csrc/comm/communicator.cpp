@@ -47,6 +47,10 @@ constexpr uint64_t kYieldPhaseNs = 1'000'000;
 constexpr uint64_t kSpinMinNs = 50'000;
 constexpr uint64_t kSpinMaxNs = 2'000'000;
 
+// The descriptor's algorithm byte of a rejected call (Communicator::reject); no Algo has it.
+constexpr uint8_t kRejectedAlgo = 0xff;
+static_assert(size_t(Algo::kCount) < kRejectedAlgo, "kRejectedAlgo is no algorithm");
+
 enum AbortReason : int { kReasonUser = 1, kReasonMismatch = 2, kReasonTimeout = 3, kReasonPeer = 4 };
 
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
@@ -551,9 +555,22 @@ uint64_t Communicator::enter(const Desc& d, const void* payload, size_t payload_
   mine.desc = d;
   if (payload_bytes) std::memcpy(mine.payload, payload, payload_bytes);
   counter_publish(mine.seq, k);
+  for (int p : all_peers_) wait_geq(entry(p, k).seq, k, p);
+  // A rank that rejected its arguments: every rank gives up on this call, all in step (each has
+  // entered it, so the next call starts afresh), with the lowest rejecting rank's reason.
+  for (int p = 0; p < size_; ++p) {
+    const EntryLine& e = entry(p, k);
+    if (e.desc.algo != kRejectedAlgo) continue;
+    // A one-round path claimed a slot before entering; its previous readers are done with it.
+    for (SlotUse& u : slot_use_)
+      if (u.round > round_) u = SlotUse{};
+    if (d.algo == kRejectedAlgo) throw Rejected(reject_why_);
+    throw Rejected(std::string(kind_name(Kind(d.kind))) + ": rank " + std::to_string(p) +
+                   " rejected its arguments (" + std::string(e.payload, strnlen(e.payload, kInlineBytes)) +
+                   ")");
+  }
   for (int p : all_peers_) {
     EntryLine& theirs = entry(p, k);
-    wait_geq(theirs.seq, k, p);
     const Desc& o = theirs.desc;
     if (std::memcmp(&o, &d, sizeof(Desc)) != 0) {
       fail(kReasonMismatch, "collective mismatch at call #" + std::to_string(k) + ": rank " +
@@ -565,6 +582,14 @@ uint64_t Communicator::enter(const Desc& d, const void* payload, size_t payload_
 }
 
 const char* Communicator::entry_payload(int r, uint64_t k) const { return entry(r, k).payload; }
+
+void Communicator::reject(Kind kind, const std::string& why) {
+  reject_why_ = why;
+  char reason[kInlineBytes] = {};
+  std::memcpy(reason, why.data(), std::min(why.size(), kInlineBytes - 1));
+  enter(Desc{uint8_t(kind), 0, 0, kRejectedAlgo, 0, 0, 0, 0}, reason, kInlineBytes);
+  throw std::logic_error("reject: the entry did not see its own rejection");  // never reached
+}
 
 void Communicator::acquire_slot(uint64_t round, const std::vector<int>& readers) {
   SlotUse& u = slot_use_[round % nbuf_];

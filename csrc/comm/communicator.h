@@ -35,6 +35,9 @@ namespace shardcore {
 struct PeerFailure : std::runtime_error { using std::runtime_error::runtime_error; };
 struct Mismatch : std::runtime_error { using std::runtime_error::runtime_error; };
 struct Timeout : std::runtime_error { using std::runtime_error::runtime_error; };
+// A collective that some rank rejected (Communicator::reject): every rank's call of it throws
+// this, and the communicator stays usable.
+struct Rejected : std::invalid_argument { using std::invalid_argument::invalid_argument; };
 
 // What traffic is accounted under; "internal" is shardcore's own bookkeeping (split, counts).
 enum class Kind : uint32_t {
@@ -187,6 +190,12 @@ class Communicator {
   void send(const void* buf, size_t count, DType dt, size_t esz, int dst, int64_t tag);
   void recv(void* buf, size_t count, DType dt, size_t esz, int src, int64_t tag);
 
+  // Collective, for a call of kind `k` whose arguments this rank found wrong (`why`): instead of
+  // returning alone and leaving its peers waiting in the call, the rank enters it marked as
+  // rejected; every rank's call then throws Rejected (this rank's with `why`, the others' naming
+  // it) and the communicator stays usable. Never returns.
+  [[noreturn]] void reject(Kind k, const std::string& why);
+
   // Marks the communicator failed for every rank (first reason wins) and closes nothing.
   void abort(const std::string& reason);
   void close();
@@ -284,6 +293,7 @@ class Communicator {
   // Whether the automatic choice reads a symmetric input directly (all_gather / all_to_all).
   bool symmetric_gather_auto(int64_t sym_stride, size_t block, bool all_to_all) const;
   uint64_t fault_kill_round_ = 0;  // test hook: SIGKILL self when posting this round
+  std::string reject_why_;         // the reason of this rank's reject() in progress
 
   uint64_t coll_seq_ = 0;  // collectives entered
   uint64_t round_ = 0;     // data rounds completed

@@ -11,8 +11,8 @@ namespace shardcore {
 
 void Communicator::reduce_scatter(const void* in, void* out, size_t m, DType dt, RedOp op) {
   if (!dtype_reducible(dt))
-    throw std::invalid_argument(std::string("reduce_scatter: cannot reduce dtype ") + dtype_name(dt));
-  if (op == RedOp::kNone) throw std::invalid_argument("reduce_scatter: no reduction op given");
+    reject(Kind::kReduceScatter, std::string("reduce_scatter: cannot reduce dtype ") + dtype_name(dt));
+  if (op == RedOp::kNone) reject(Kind::kReduceScatter, "reduce_scatter: no reduction op given");
   size_t esz = dtype_size(dt);
   enter(make_desc(Kind::kReduceScatter, dt, op, Algo::kRing, 0,
              m * size_t(size_), esz));

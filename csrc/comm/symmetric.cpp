@@ -16,7 +16,7 @@ SymmetricSegment::SymmetricSegment(Communicator& comm, size_t bytes)
     : rank_(comm.rank()), size_(comm.size()), owner_(comm.id()), bytes_(bytes) {
   const size_t page = 4096;
   if (bytes > (SIZE_MAX / 2) / size_t(size_))  // the same on every rank: all throw
-    throw std::invalid_argument("symmetric buffer: " + std::to_string(bytes) +
+    comm.reject(Kind::kInternal, "symmetric buffer: " + std::to_string(bytes) +
                                 " bytes per rank do not fit in memory");
   stride_ = ((bytes ? bytes : 1) + page - 1) / page * page;
   total_ = stride_ * size_t(size_);

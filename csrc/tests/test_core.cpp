@@ -1196,6 +1196,9 @@ void test_errors() {
       EXPECT_THROW(std::invalid_argument, c.recv(b, 4, DType::kUInt8, 1, 5, 0));
       EXPECT_THROW(std::invalid_argument, c.all_to_allv_counts({1}, 1, DType::kUInt8, 1));
       EXPECT_THROW(std::invalid_argument, c.all_to_allv_counts({1, -1}, 1, DType::kUInt8, 1));
+      // A bad argument on one rank alone: that rank rejects the call, and every rank's throws.
+      if (c.rank() == 0) EXPECT_THROW(Rejected, c.broadcast(b, 4, DType::kUInt8, 1, 2));
+      else EXPECT_THROW(Rejected, c.broadcast(b, 4, DType::kUInt8, 1, 0));
       // An out of the wrong length on one rank, known after the counts exchange: every rank
       // throws, and nothing breaks.
       uint8_t in[2] = {1, 2}, out[2] = {};

@@ -207,19 +207,23 @@ class Communicator:
         algorithm: str | None = None,
     ) -> np.ndarray:
         """Reduce ``x`` element-wise over all ranks; in place unless ``out`` is given."""
-        _require_array(x, "all_reduce: x")
-        code = dtype_code(x.dtype, "all_reduce", reducible=True)
-        opc = op_code(op, "all_reduce")
-        algo = self._algorithm_code(
-            algorithm, ("ring", "one_shot", "two_shot", "symmetric"), "all_reduce"
-        )
-        if out is None:
-            _require_writeable(x, "all_reduce: x (in place; pass out= for a read-only input)")
-            out = x
-        else:
-            _check_out(out, x.dtype, x.shape, "all_reduce: out")
-            if out is not x and not (_addr(out) == _addr(x)):
-                _check_disjoint(x, out, "all_reduce")
+        try:
+            _require_array(x, "all_reduce: x")
+            code = dtype_code(x.dtype, "all_reduce", reducible=True)
+            opc = op_code(op, "all_reduce")
+            algo = self._algorithm_code(
+                algorithm, ("ring", "one_shot", "two_shot", "symmetric"), "all_reduce"
+            )
+            if out is None:
+                _require_writeable(x, "all_reduce: x (in place; pass out= for a read-only input)")
+                out = x
+            else:
+                _check_out(out, x.dtype, x.shape, "all_reduce: out")
+                if out is not x and not (_addr(out) == _addr(x)):
+                    _check_disjoint(x, out, "all_reduce")
+        except Exception as exc:
+            self._reject("all_reduce", exc)
+            raise
         # (the core recognises an x that lives in a symmetric buffer by itself)
         self._core.all_reduce(x, out, x.size, code, opc, algo)
         return out
@@ -234,19 +238,23 @@ class Communicator:
         rank gets its array or every rank raises the same error, and the communicator stays
         usable; the memory never has a name, so nothing of it outlives the processes.
         """
-        dtype = np.dtype(dtype)
-        if dtype.hasobject:
-            raise TypeError(f"empty: dtype {dtype} cannot live in shared memory")
-        shape = (
-            tuple(int(d) for d in np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist())
-            if not isinstance(shape, int)
-            else (int(shape),)
-        )
-        if any(d < 0 for d in shape):
-            raise ValueError(f"empty: negative dimension in shape {shape}")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes >= 1 << 62:
-            raise ValueError(f"empty: {nbytes} bytes per rank do not fit in memory")
+        try:
+            dtype = np.dtype(dtype)
+            if dtype.hasobject:
+                raise TypeError(f"empty: dtype {dtype} cannot live in shared memory")
+            shape = (
+                tuple(int(d) for d in np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist())
+                if not isinstance(shape, int)
+                else (int(shape),)
+            )
+            if any(d < 0 for d in shape):
+                raise ValueError(f"empty: negative dimension in shape {shape}")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes >= 1 << 62:
+                raise ValueError(f"empty: {nbytes} bytes per rank do not fit in memory")
+        except Exception as exc:
+            self._reject("internal", exc)
+            raise
         mine = np.array([nbytes], np.int64)
         sizes = np.empty(self.size, np.int64)
         self._core.all_gather(mine, sizes, 1, 5, 8, True)
@@ -263,19 +271,23 @@ class Communicator:
         self, x: np.ndarray, op: str = "sum", out: np.ndarray | None = None
     ) -> np.ndarray:
         """Reduce ``x`` (size*m rows) over all ranks and return this rank's m rows."""
-        _require_array(x, "reduce_scatter: x")
-        code = dtype_code(x.dtype, "reduce_scatter", reducible=True)
-        opc = op_code(op, "reduce_scatter")
-        if x.ndim == 0 or x.shape[0] % self.size:
-            raise ValueError(
-                f"reduce_scatter: x has shape {x.shape}; its first dimension must be "
-                f"a multiple of the communicator size {self.size}"
-            )
-        shape = (x.shape[0] // self.size,) + x.shape[1:]
-        if out is None:
-            out = np.empty(shape, x.dtype)
-        else:
-            _check_out(out, x.dtype, shape, "reduce_scatter: out")
+        try:
+            _require_array(x, "reduce_scatter: x")
+            code = dtype_code(x.dtype, "reduce_scatter", reducible=True)
+            opc = op_code(op, "reduce_scatter")
+            if x.ndim == 0 or x.shape[0] % self.size:
+                raise ValueError(
+                    f"reduce_scatter: x has shape {x.shape}; its first dimension must be "
+                    f"a multiple of the communicator size {self.size}"
+                )
+            shape = (x.shape[0] // self.size,) + x.shape[1:]
+            if out is None:
+                out = np.empty(shape, x.dtype)
+            else:
+                _check_out(out, x.dtype, shape, "reduce_scatter: out")
+        except Exception as exc:
+            self._reject("reduce_scatter", exc)
+            raise
         self._core.reduce_scatter(x, out, out.size, code, opc)
         return out
 
@@ -288,20 +300,38 @@ class Communicator:
         traffic model's reference), "cma" (read from the peers' memory with process_vm_readv) or
         "symmetric" (``x`` from ``empty``/``zeros``: read where it lives). None: by size.
         """
-        algo = self._algorithm_code(algorithm, ("ring", "flat", "cma", "symmetric"), "all_gather")
-        _require_array(x, "all_gather: x")
-        code = dtype_code(x.dtype, "all_gather")
-        shape = (self.size * x.shape[0],) + x.shape[1:] if x.ndim else (self.size,)
-        if out is None:
-            out = np.empty(shape, x.dtype)
-        else:
-            _check_out(out, x.dtype, shape, "all_gather: out")
-            if x.size and np.may_share_memory(x, out):
-                # in place: x is this rank's block of out
-                if _addr(x) != _addr(out) + self.rank * x.nbytes:
-                    raise ValueError("all_gather: out must not overlap the input")
+        try:
+            algo = self._algorithm_code(
+                algorithm, ("ring", "flat", "cma", "symmetric"), "all_gather"
+            )
+            _require_array(x, "all_gather: x")
+            code = dtype_code(x.dtype, "all_gather")
+            shape = (self.size * x.shape[0],) + x.shape[1:] if x.ndim else (self.size,)
+            if out is None:
+                out = np.empty(shape, x.dtype)
+            else:
+                _check_out(out, x.dtype, shape, "all_gather: out")
+                if x.size and np.may_share_memory(x, out):
+                    # in place: x is this rank's block of out
+                    if _addr(x) != _addr(out) + self.rank * x.nbytes:
+                        raise ValueError("all_gather: out must not overlap the input")
+        except Exception as exc:
+            self._reject("all_gather", exc)
+            raise
         self._core.all_gather(x, out, x.size, code, x.dtype.itemsize, False, algo)
         return out
+
+    def _reject(self, kind: str, exc: Exception) -> None:
+        """This rank's arguments to collective ``kind`` are wrong (``exc``): tell the others.
+
+        Collective, instead of returning alone while the peers wait in the call: every rank's
+        call raises (the peers a ValueError naming this rank and ``exc``) and the communicator
+        stays usable. The caller then raises ``exc``.
+        """
+        try:
+            self._core.reject(kind, f"{type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001 - this rank's own rejection, or a failed communicator
+            pass
 
     @staticmethod
     def _algorithm_code(algorithm: str | None, allowed: tuple, what: str) -> int:
@@ -322,21 +352,25 @@ class Communicator:
         piece of every peer's block goes through one slot and every peer is read at once), "cma"
         or "symmetric" (as for ``all_gather``). None: by size.
         """
-        algo = self._algorithm_code(
-            algorithm, ("pairwise", "flat", "cma", "symmetric"), "all_to_all"
-        )
-        _require_array(x, "all_to_all: x")
-        code = dtype_code(x.dtype, "all_to_all")
-        if x.ndim == 0 or x.shape[0] % self.size:
-            raise ValueError(
-                f"all_to_all: x has shape {x.shape}; its first dimension must be a "
-                f"multiple of the communicator size {self.size}"
+        try:
+            algo = self._algorithm_code(
+                algorithm, ("pairwise", "flat", "cma", "symmetric"), "all_to_all"
             )
-        if out is None:
-            out = np.empty_like(x)
-        else:
-            _check_out(out, x.dtype, x.shape, "all_to_all: out")
-            _check_disjoint(x, out, "all_to_all")
+            _require_array(x, "all_to_all: x")
+            code = dtype_code(x.dtype, "all_to_all")
+            if x.ndim == 0 or x.shape[0] % self.size:
+                raise ValueError(
+                    f"all_to_all: x has shape {x.shape}; its first dimension must be a "
+                    f"multiple of the communicator size {self.size}"
+                )
+            if out is None:
+                out = np.empty_like(x)
+            else:
+                _check_out(out, x.dtype, x.shape, "all_to_all: out")
+                _check_disjoint(x, out, "all_to_all")
+        except Exception as exc:
+            self._reject("all_to_all", exc)
+            raise
         self._core.all_to_all(x, out, x.size // self.size, code, x.dtype.itemsize, algo)
         return out
 
@@ -348,43 +382,49 @@ class Communicator:
         Returns ``(result, recv_counts)``: the rows received, in source-rank order, and how many
         came from each rank.
         """
-        _require_array(x, "all_to_allv: x")
-        code = dtype_code(x.dtype, "all_to_allv")
-        if x.ndim == 0:
-            raise ValueError("all_to_allv: x must have at least one dimension (rows)")
-        if isinstance(send_counts, (list, tuple)):
-            try:
-                counts = [operator.index(c) for c in send_counts]
-            except TypeError:
-                raise TypeError(
-                    f"all_to_allv: send counts must be integers, got {send_counts!r}"
-                ) from None
-        else:
-            arr = np.asarray(send_counts)
-            if arr.dtype.kind not in "iu":
-                raise TypeError(f"all_to_allv: send counts must be integers, got {send_counts!r}")
-            counts = arr.reshape(-1).tolist()
-        if len(counts) != self.size:
-            raise ValueError(f"all_to_allv: {len(counts)} send counts for {self.size} ranks")
-        if min(counts) < 0:
-            raise ValueError(f"all_to_allv: negative send count in {counts}")
-        if sum(counts) != x.shape[0]:
-            raise ValueError(
-                f"all_to_allv: send counts add up to {sum(counts)} rows but x has {x.shape[0]}"
-            )
-        if out is not None:
-            # Everything but the number of rows, which the counts exchange tells, is checked
-            # here, before any rank is committed to the call.
-            _require_array(out, "all_to_allv: out")
-            _require_writeable(out, "all_to_allv: out")
-            if out.dtype != x.dtype:
-                raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
-            if out.ndim != x.ndim or out.shape[1:] != x.shape[1:]:
+        try:
+            _require_array(x, "all_to_allv: x")
+            code = dtype_code(x.dtype, "all_to_allv")
+            if x.ndim == 0:
+                raise ValueError("all_to_allv: x must have at least one dimension (rows)")
+            if isinstance(send_counts, (list, tuple)):
+                try:
+                    counts = [operator.index(c) for c in send_counts]
+                except TypeError:
+                    raise TypeError(
+                        f"all_to_allv: send counts must be integers, got {send_counts!r}"
+                    ) from None
+            else:
+                arr = np.asarray(send_counts)
+                if arr.dtype.kind not in "iu":
+                    raise TypeError(
+                        f"all_to_allv: send counts must be integers, got {send_counts!r}"
+                    )
+                counts = arr.reshape(-1).tolist()
+            if len(counts) != self.size:
+                raise ValueError(f"all_to_allv: {len(counts)} send counts for {self.size} ranks")
+            if min(counts) < 0:
+                raise ValueError(f"all_to_allv: negative send count in {counts}")
+            if sum(counts) != x.shape[0]:
                 raise ValueError(
-                    f"all_to_allv: out has shape {out.shape}; it needs rows of shape "
-                    f"{x.shape[1:]}, as x has"
+                    f"all_to_allv: send counts add up to {sum(counts)} rows but x has {x.shape[0]}"
                 )
-            _check_disjoint(x, out, "all_to_allv")
+            if out is not None:
+                # Everything but the number of rows, which the counts exchange tells, is checked
+                # here, before any rank is committed to the call.
+                _require_array(out, "all_to_allv: out")
+                _require_writeable(out, "all_to_allv: out")
+                if out.dtype != x.dtype:
+                    raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
+                if out.ndim != x.ndim or out.shape[1:] != x.shape[1:]:
+                    raise ValueError(
+                        f"all_to_allv: out has shape {out.shape}; it needs rows of shape "
+                        f"{x.shape[1:]}, as x has"
+                    )
+                _check_disjoint(x, out, "all_to_allv")
+        except Exception as exc:
+            self._reject("all_to_allv", exc)
+            raise
         row = math.prod(x.shape[1:])
         recv = list(self._core.all_to_allv_counts(counts, row, code, x.dtype.itemsize))
         if out is None:
@@ -395,13 +435,17 @@ class Communicator:
 
     def broadcast(self, x: np.ndarray, root: int = 0) -> np.ndarray:
         """Copy root's ``x`` into every rank's ``x`` (in place); returns ``x``."""
-        _require_array(x, "broadcast: x")
-        code = dtype_code(x.dtype, "broadcast")
-        root = int(root)
-        if not 0 <= root < self.size:
-            raise ValueError(f"broadcast: root {root} is outside [0, {self.size})")
-        if self.rank != root:
-            _require_writeable(x, "broadcast: x")
+        try:
+            _require_array(x, "broadcast: x")
+            code = dtype_code(x.dtype, "broadcast")
+            root = int(root)
+            if not 0 <= root < self.size:
+                raise ValueError(f"broadcast: root {root} is outside [0, {self.size})")
+            if self.rank != root:
+                _require_writeable(x, "broadcast: x")
+        except Exception as exc:
+            self._reject("broadcast", exc)
+            raise
         self._core.broadcast(x, x.size, code, x.dtype.itemsize, root)
         return x
 
@@ -437,10 +481,14 @@ class Communicator:
         Every rank must call it. Ranks with color None get None. Sub-communicators have their own
         segments and run concurrently with each other and with this one.
         """
-        if color is not None:
-            color = int(color)
-            if color < 0:
-                raise ValueError(f"split: color must be >= 0 or None, got {color}")
+        try:
+            if color is not None:
+                color = int(color)
+                if color < 0:
+                    raise ValueError(f"split: color must be >= 0 or None, got {color}")
+        except Exception as exc:
+            self._reject("internal", exc)
+            raise
         mine = np.array([-1 if color is None else color, int(key), self.rank], np.int64)
         table = np.empty(3 * self.size, np.int64)
         self._core.all_gather(mine, table, 3, 5, 8, True)
