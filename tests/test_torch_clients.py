@@ -174,10 +174,15 @@ def case_transformers_tp(rank, world, gloo, path):
 
     import transformers
 
-    os.environ["LOCAL_RANK"] = str(rank)
+    # what torchrun sets: transformers sizes its mesh by them
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world)
+    )
     model = transformers.AutoModelForCausalLM.from_pretrained(
         path, distributed_config=transformers.DistributedConfig(tp_plan="auto")
     )
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert q.to_local().shape[0] * world == q.shape[0], "q_proj is not sharded"
     ids = torch.tensor([[5, 17, 3, 99, 42, 7], [1, 2, 3, 4, 5, 6]])
     # the cache's keyword is `cache` in current transformers (`past_key_values` before 5.24)
     params = inspect.signature(model.forward).parameters

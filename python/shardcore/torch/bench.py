@@ -1,12 +1,18 @@
 """``dist.all_reduce`` on the shardcore backend against gloo, in the same run.
 
     python -m shardcore.torch.bench --world-size 2 --sizes 8,2M,32M
+    python -m shardcore.torch.bench --world-size 2 --transformers [--model DIR]
 
 Rows per message size: the median time of one ``dist.all_reduce`` on a "shardcore" group, on a
 "gloo" group over the same ranks, and of the raw ``Communicator.all_reduce`` on a NumPy array
 of the same size (the torch backend's overhead is the difference). Each iteration's time is the slowest rank's;
 the backends take turns in rounds so that a change in machine load hits them alike.
 ``compare_all_reduce`` is the function ``shardcore bench compare`` can call.
+
+``--transformers``: a transformers tensor-parallel forward (``tp_plan="auto"``) of a prompt
+(prefill) and of one token after it (a decode step, on the prefill's cache), with "shardcore"
+and then "gloo" as the default backend, in alternating runs (fresh rank processes each run) so
+that a change in load hits both; a tiny random Qwen3 unless ``--model`` names a checkpoint.
 """
 
 from __future__ import annotations
@@ -206,6 +212,133 @@ def backend_layer_overhead(dtype: str = "float32", iters: int = 200_000) -> dict
     return {"backend_layer": layer - null_call, "torch_frontend": frontend}
 
 
+def _tp_rank(
+    rank: int,
+    world: int,
+    store_path: str,
+    backend: str,
+    model_dir: str,
+    prompt_len: int,
+    iters: int,
+    queue,
+) -> None:
+    try:
+        import inspect
+
+        import torch
+
+        torch.set_num_threads(1)
+        import torch.distributed as dist
+        import transformers
+
+        import shardcore.torch  # noqa: F401  registers the backend
+
+        # what torchrun sets: transformers sizes its tensor-parallel mesh by them
+        os.environ.update(
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world)
+        )
+        dist.init_process_group(
+            backend, init_method=f"file://{store_path}", rank=rank, world_size=world
+        )
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_dir, distributed_config=transformers.DistributedConfig(tp_plan="auto")
+        )
+        model.eval()
+        # the cache's keyword is `cache` in current transformers (`past_key_values` before 5.24)
+        keyword = (
+            "cache"
+            if "cache" in inspect.signature(model.forward).parameters
+            else ("past_key_values")
+        )
+        vocab = model.config.vocab_size
+        prompt = (torch.arange(prompt_len).reshape(1, -1) * 7919) % vocab
+        token = torch.tensor([[1]])
+
+        def prefill():
+            cache = transformers.DynamicCache()
+            model(prompt, use_cache=True, **{keyword: cache})
+            return cache
+
+        times: dict[str, list[float]] = {"prefill": [], "decode": []}
+        with torch.no_grad():
+            for i in range(iters + 2):  # two warm-up calls of each
+                dist.barrier()
+                t0 = time.perf_counter()
+                cache = prefill()
+                t1 = time.perf_counter()
+                dist.barrier()
+                t2 = time.perf_counter()
+                model(token, use_cache=True, **{keyword: cache})
+                t3 = time.perf_counter()
+                if i >= 2:
+                    times["prefill"].append(t1 - t0)
+                    times["decode"].append(t3 - t2)
+        stacked = torch.tensor([times["prefill"], times["decode"]], dtype=torch.float64)
+        dist.all_reduce(stacked, op=dist.ReduceOp.MAX)  # the slowest rank per call
+        dist.destroy_process_group()
+        queue.put((rank, "ok", {"prefill": stacked[0].tolist(), "decode": stacked[1].tolist()}))
+    except BaseException:  # noqa: BLE001  re-raised by the parent with the rank
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def compare_transformers_tp(
+    world_size: int = 2,
+    model_dir: str | None = None,
+    prompt_len: int = 32,
+    iters: int = 20,
+    rounds: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Median seconds of a transformers TP prefill and decode step per backend.
+
+    Returns ``{"shardcore": {"prefill": s, "decode": s}, "gloo": {...}}``: the median over
+    every timed call of every round of the slowest rank's time. ``model_dir`` defaults to a
+    tiny random Qwen3 (``shardcore.runtime.tiny``). The backends alternate, round by round.
+    """
+    if world_size < 2:
+        raise ValueError(f"world_size must be >= 2, got {world_size}")
+    from ..bench.runners import collect_spawned
+
+    samples: dict[str, dict[str, list[float]]] = {
+        b: {"prefill": [], "decode": []} for b in ("shardcore", "gloo")
+    }
+    with tempfile.TemporaryDirectory(prefix="shardcore-torch-bench-tp-") as tmp:
+        if model_dir is None:
+            from ..runtime.tiny import make_tiny_checkpoint
+
+            model_dir = make_tiny_checkpoint(os.path.join(tmp, "qwen3"), "qwen3")
+        for rnd in range(rounds):
+            for backend in samples:
+                store = os.path.join(tmp, f"store-{rnd}-{backend}")
+                results = collect_spawned(
+                    _tp_rank,
+                    lambda r, s=store, b=backend: (
+                        r,
+                        world_size,
+                        s,
+                        b,
+                        model_dir,
+                        prompt_len,
+                        iters,
+                    ),
+                    world_size,
+                    f"transformers TP benchmark ({backend})",
+                )
+                for phase in ("prefill", "decode"):
+                    samples[backend][phase].extend(results[0][phase])
+    return {
+        b: {phase: statistics.median(v) for phase, v in phases.items()}
+        for b, phases in samples.items()
+    }
+
+
+def _format_tp(results: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'phase':>8} {'shardcore ms':>13} {'gloo ms':>9} {'gloo/shardcore':>15}"]
+    for phase in ("prefill", "decode"):
+        sc, gl = results["shardcore"][phase], results["gloo"][phase]
+        lines.append(f"{phase:>8} {sc * 1e3:>13.3f} {gl * 1e3:>9.3f} {gl / sc:>14.2f}x")
+    return "\n".join(lines)
+
+
 def _format(results: dict[int, dict[str, float]]) -> str:
     lines = [
         (
@@ -242,7 +375,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the group's method alone and the core on the pointer",
     )
+    parser.add_argument(
+        "--transformers",
+        action="store_true",
+        help="time a transformers TP prefill and decode step instead of dist.all_reduce",
+    )
+    parser.add_argument("--model", default=None, help="checkpoint directory (--transformers)")
+    parser.add_argument("--prompt-len", type=int, default=32, help="prefill tokens")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per backend")
     args = parser.parse_args(argv)
+    if args.transformers:
+        tp = compare_transformers_tp(
+            args.world_size, args.model, args.prompt_len, args.iters or 20, args.rounds
+        )
+        print(
+            f"transformers tp_plan='auto' forward, {args.world_size} ranks, prompt of "
+            f"{args.prompt_len} tokens then one decode step; median of the slowest rank over "
+            f"{args.rounds} alternating runs per backend; {os.cpu_count()} CPUs"
+        )
+        print(_format_tp(tp))
+        return 0
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     results = compare_all_reduce(sizes, args.iters, args.world_size, args.dtype, args.breakdown)
     print(
