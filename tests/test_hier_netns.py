@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import subprocess
-import sys
 
 import pytest
+
+from shardcore.bench.hosts import NamespacedHosts, unavailable
 
 pytest.importorskip("torch")
 
@@ -25,95 +24,24 @@ WORKER = os.path.join(HERE, "hier_netns_worker.py")
 PORT = 29517
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
-
-
-def _namespaces_available() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to make network namespaces"
-    for tool in ("ip", "unshare"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (iproute2 / util-linux)"
-    probe = f"scp{secrets.token_hex(3)}"
-    r = _ip("netns", "add", probe, check=False)
-    if r.returncode:
-        return f"cannot make a network namespace: {r.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
-    return None
-
-
-class Hosts:
-    """``count`` namespaced hosts joined by a bridge; ``address(h)`` is host h's address."""
-
-    def __init__(self, count: int):
-        self.tag = secrets.token_hex(3)
-        self.names = [f"sc{self.tag}h{h}" for h in range(count)]
-        self.switch = f"sc{self.tag}sw"
-        _ip("netns", "add", self.switch)
-        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "br0", "up")
-        for h, ns in enumerate(self.names):
-            _ip("netns", "add", ns)
-            a, b = f"sc{self.tag}a{h}", f"sc{self.tag}b{h}"
-            _ip("link", "add", a, "type", "veth", "peer", "name", b)
-            _ip("link", "set", a, "netns", ns)
-            _ip("link", "set", b, "netns", self.switch)
-            _ip("-n", self.switch, "link", "set", b, "master", "br0")
-            _ip("-n", self.switch, "link", "set", b, "up")
-            _ip("-n", ns, "addr", "add", f"{self.address(h)}/24", "dev", a)
-            _ip("-n", ns, "link", "set", a, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-
-    @staticmethod
-    def address(h: int) -> str:
-        return f"198.18.0.{h + 1}"
-
-    def start(self, h: int, nnodes: int, nproc: int, args, out: str, comm_timeout: float):
-        """Host h's launcher, in its namespaces with its own /dev/shm; after it exits the host
-        lists what is left in its /dev/shm into <out>/shm<h>.txt."""
-        launcher = [
-            sys.executable,
-            "-c",
-            "import sys; from shardcore.cli import main; sys.exit(main())",
-            "run",
-            "--nnodes",
-            str(nnodes),
-            "--node-rank",
-            str(h),
-            "--master-addr",
-            self.address(0),
-            "--master-port",
-            str(PORT),
-            "--comm-timeout",
-            str(comm_timeout),
-            "-n",
-            str(nproc),
-            WORKER,
-            *args,
-        ]
-        script = (
-            'mount -t tmpfs -o size=512m tmpfs /dev/shm && "$@"; rc=$?; '
-            f'ls -A /dev/shm > "{out}/shm{h}.txt"; exit $rc'
-        )
-        cmd = ["ip", "netns", "exec", self.names[h], "unshare", "--ipc", "--mount",
-               "--propagation", "private", "sh", "-c", script, "sh", *launcher]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def close(self) -> None:
-        for ns in [*self.names, self.switch]:
-            _ip("netns", "del", ns, check=False)
+def start_host(hosts: NamespacedHosts, h: int, nnodes: int, nproc: int, args, out: str,
+               comm_timeout: float):
+    """Host h's launcher; after it exits, what is left in its /dev/shm goes to <out>/shm<h>.txt."""
+    command = hosts.launcher(h, nnodes, nproc, [WORKER, *args], PORT, comm_timeout)
+    return hosts.start(
+        h, command, f"{out}/shm{h}.txt", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 @pytest.fixture
 def hosts_factory():
-    why = _namespaces_available()
+    why = unavailable()
     if why is not None:
         pytest.skip(why)
     made = []
 
-    def make(count: int) -> Hosts:
-        h = Hosts(count)
+    def make(count: int) -> NamespacedHosts:
+        h = NamespacedHosts(count)
         made.append(h)
         return h
 
@@ -122,11 +50,11 @@ def hosts_factory():
         h.close()
 
 
-def run_job(hosts: Hosts, layout, scenario: str, tmp_path, comm_timeout: float = 60.0):
+def run_job(hosts: NamespacedHosts, layout, scenario: str, tmp_path, comm_timeout: float = 60.0):
     """Start one launcher per host; returns (exit codes, outputs, per-rank records, shm lists)."""
     out = str(tmp_path)
     procs = [
-        hosts.start(h, len(layout), n, [scenario, out], out, comm_timeout)
+        start_host(hosts, h, len(layout), n, [scenario, out], out, comm_timeout)
         for h, n in enumerate(layout)
     ]
     codes, outputs = [], []
