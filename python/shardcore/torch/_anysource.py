@@ -14,10 +14,10 @@ send thread per group), so the k-th announcement from a rank is its k-th message
 from a named rank cancels the oldest pending announcement from that rank or, when that has not
 arrived yet, the next one to arrive. No step waits on a clock except the overall deadline.
 
-Why opt-in: on a machine whose cores are all busy with spinning ranks, the store's server
-thread and the inbox thread that every message wakes cost more than the message (a ping-pong
-of 8 bytes on the 2-core VM went from ~0.15 ms to ~1-3 ms), and few programs receive from any
-source. Needs a store with queues (TCPStore: torchrun, env://, tcp://); a FileStore (file://)
+Why opt-in: every message also wakes the store's server thread and the receiver's inbox
+thread, which on a machine whose cores are busy with the ranks costs more than the message (an
+8-byte ping-pong on the shared 2-core VM took about twice as long per round trip), and few
+programs receive from any source. Needs a store with queues (TCPStore: torchrun, env://, tcp://); a FileStore (file://)
 has none.
 """
 
