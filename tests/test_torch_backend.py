@@ -23,7 +23,7 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
-from shardcore.errors import CollectiveMismatchError, PeerFailureError
+from shardcore.errors import CollectiveMismatchError, PeerFailureError  # noqa: E402
 
 R = dist.ReduceOp
 REDUCIBLE = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64]
@@ -692,3 +692,18 @@ def test_bench_compare_all_reduce_runs_both_backends():
     for row in results.values():
         assert set(row) == {"shardcore", "gloo", "raw", "group_method", "core_pointer"}
         assert all(v > 0 for v in row.values())
+
+
+@pytest.mark.timeout(240)
+def test_bench_compare_transformers_tp_runs_both_backends(tmp_path):
+    """The transformers TP benchmark returns a median per backend per phase (timings unchecked)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from shardcore.runtime.tiny import make_tiny_checkpoint
+    from shardcore.torch.bench import compare_transformers_tp
+
+    path = make_tiny_checkpoint(tmp_path / "qwen3", "qwen3")
+    results = compare_transformers_tp(2, path, prompt_len=4, iters=1, rounds=1)
+    assert sorted(results) == ["gloo", "shardcore"]
+    for row in results.values():
+        assert sorted(row) == ["decode", "prefill"] and all(v > 0 for v in row.values())

@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 import traceback
+from typing import Any
 
 KINDS = ("shardcore", "gloo", "raw")
 # --breakdown: the shardcore call with torch's frontend skipped (the group's method called
@@ -240,9 +241,12 @@ def _tp_rank(
         dist.init_process_group(
             backend, init_method=f"file://{store_path}", rank=rank, world_size=world
         )
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            model_dir, distributed_config=transformers.DistributedConfig(tp_plan="auto")
-        )
+        tp: dict[str, Any]
+        if hasattr(transformers, "DistributedConfig"):
+            tp = {"distributed_config": transformers.DistributedConfig(tp_plan="auto")}
+        else:  # transformers before DistributedConfig
+            tp = {"tp_plan": "auto"}
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **tp)
         model.eval()
         # the cache's keyword is `cache` in current transformers (`past_key_values` before 5.24)
         keyword = (
@@ -281,6 +285,19 @@ def _tp_rank(
         queue.put((rank, "error", traceback.format_exc()))
 
 
+# The random Qwen3 timed when no checkpoint is given: small enough to make in a second, with
+# heads, KV heads and MLP width that 2, 4 and 8 ranks divide.
+RANDOM_MODEL: dict[str, Any] = {
+    "hidden_size": 512,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 4,
+    "vocab_size": 4096,
+}
+
+
 def compare_transformers_tp(
     world_size: int = 2,
     model_dir: str | None = None,
@@ -292,7 +309,7 @@ def compare_transformers_tp(
 
     Returns ``{"shardcore": {"prefill": s, "decode": s}, "gloo": {...}}``: the median over
     every timed call of every round of the slowest rank's time. ``model_dir`` defaults to a
-    tiny random Qwen3 (``shardcore.runtime.tiny``). The backends alternate, round by round.
+    random Qwen3 of ``RANDOM_MODEL``'s sizes. The backends alternate, round by round.
     """
     if world_size < 2:
         raise ValueError(f"world_size must be >= 2, got {world_size}")
@@ -305,7 +322,7 @@ def compare_transformers_tp(
         if model_dir is None:
             from ..runtime.tiny import make_tiny_checkpoint
 
-            model_dir = make_tiny_checkpoint(os.path.join(tmp, "qwen3"), "qwen3")
+            model_dir = make_tiny_checkpoint(os.path.join(tmp, "qwen3"), "qwen3", **RANDOM_MODEL)
         for rnd in range(rounds):
             for backend in samples:
                 store = os.path.join(tmp, f"store-{rnd}-{backend}")

@@ -393,7 +393,7 @@ class ShardcoreProcessGroup(dist.ProcessGroup):
         root = self._root(opts.rootRank if opts is not None else 0, what)
         outputs: list = []
         if self._rank == root:
-            outputs = _single(output_lists, what)
+            outputs = list(output_lists[0]) if len(output_lists) == 1 else []
             if len(outputs) != self._size:
                 raise ValueError(
                     f"shardcore {what}: the root needs {self._size} output tensors, "
