@@ -57,6 +57,20 @@ def _collectives(s, members, buf, label, failures, algos):
                 got,
                 np.concatenate([_inp(tag + 1, w, size) for w in members]),
             )
+            # In place: x is this rank's block of an output in the buffer.
+            out = buf[off : off + n * size]
+            if out.size == n * size:
+                x = out[me * size : (me + 1) * size]
+                x[:] = _inp(tag + 7, world, size)
+                s.all_gather(x, out=out)
+                algos.add(("all_gather_in_place", label, size, off, s.last_algorithm))
+                _check(
+                    failures,
+                    f"all_gather in place {where}",
+                    out,
+                    np.concatenate([_inp(tag + 7, w, size) for w in members]),
+                )
+                x = buf[off : off + size]
             m = size - size % n
             y = buf[off : off + m]
             y[:] = _inp(tag + 2, world, m)
