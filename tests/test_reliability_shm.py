@@ -34,6 +34,14 @@ def _shm_names(stem: str) -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(stem)}
 
 
+def _fork() -> int:
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns when a multi-threaded process forks; a child here only connects,
+        # allocates and exits with os._exit (as launch()'s workers do).
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        return os.fork()
+
+
 def _rank_main(name: str, rank: int, size: int, fault: str, buffers: int) -> None:
     """A rank in a forked child: connect, split, allocate; never returns."""
     code = 1
@@ -72,14 +80,6 @@ def _kill_all_at(name: str, size: int, fault: str, stopped_rank: int, buffers: i
         for pid in pids:
             os.waitpid(pid, 0)
     return during
-
-
-def _fork() -> int:
-    with warnings.catch_warnings():
-        # Python >= 3.12 warns when a multi-threaded process forks; a child here only connects,
-        # allocates and exits with os._exit (as launch()'s workers do).
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-        return os.fork()
 
 
 def _fresh_name() -> str:
@@ -149,9 +149,10 @@ def _connect_and_close(name: str, rank: int, size: int) -> int:
     return total
 
 
-def test_unrelated_processes_meet_by_name_and_leave_no_address():
+@pytest.mark.parametrize("suffix", ["", ".0c1" * 40])  # a name too long for sun_path: hashed
+def test_unrelated_processes_meet_by_name_and_leave_no_address(suffix):
     """connect() needs nothing but the name; once connected, nothing is bound or named."""
-    name = _fresh_name()
+    name = _fresh_name() + suffix
     pid = _fork()
     if pid == 0:
         code = 1
