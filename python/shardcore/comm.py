@@ -128,7 +128,12 @@ class Communicator:
         p2p_bytes: int | None = None,
         group_ranks: Sequence[int] | None = None,
     ) -> Communicator:
-        """Join segment ``name`` as ``rank`` of ``size``; rank 0 creates it. Returns when all joined.
+        """Join communicator ``name`` as ``rank`` of ``size``; returns when every rank has joined.
+
+        The processes need to agree on nothing but the name: rank 0 creates the shared memory (never
+        named, so nothing outlives the processes) and hands it to the others through a Unix
+        socket at an abstract address made from ``name``, which exists only while rank 0 waits
+        for them. The ranks must share a network namespace.
 
         ``timeout`` (seconds, default $SHARDCORE_TIMEOUT or 600) bounds every wait;
         ``slot_bytes`` (default $SHARDCORE_SLOT_BYTES or 512 KiB) is the chunk size of the
@@ -177,7 +182,7 @@ class Communicator:
 
     @property
     def name(self) -> str:
-        """Name of the shared-memory segment (unlinked once every rank has mapped it)."""
+        """The communicator's name: where its ranks meet (the memory itself has no name)."""
         return self._core.name
 
     @property
