@@ -29,6 +29,52 @@ from test_torch_backend import (  # noqa: E402  (the shared multi-process harnes
 )
 
 R = dist.ReduceOp
+RESTRICTED = "shardcore_methods_only"
+
+
+class MethodsOnly:
+    """A communicator with only the methods a multi-host communicator offers (the torch layer
+    must build everything on these), and no C++ core behind it (so no fast path)."""
+
+    METHODS = (
+        "all_reduce",
+        "reduce_scatter",
+        "all_gather",
+        "all_to_all",
+        "all_to_allv",
+        "broadcast",
+        "send",
+        "recv",
+        "barrier",
+        "abort",
+        "close",
+    )
+
+    def __init__(self, comm):
+        for name in self.METHODS:
+            setattr(self, name, getattr(comm, name))
+        self.rank, self.size, self.timeout = comm.rank, comm.size, comm.timeout
+
+
+def _restricted_group(store, rank, size, timeout):
+    """The shardcore backend's factory, with both communicators restricted to MethodsOnly."""
+    import os
+
+    from shardcore.torch import _anysource
+    from shardcore.torch._rendezvous import connect_from_store
+    from shardcore.torch.process_group import ShardcoreProcessGroup
+
+    any_source = None
+    if size > 1 and os.environ.get(_anysource.ENV) == "1":
+        any_source = _anysource.AnySource(store, rank, size, 120.0)
+    coll, p2p = connect_from_store(store, rank, size, timeout)
+    return ShardcoreProcessGroup(
+        MethodsOnly(coll), rank, size, p2p_comm=MethodsOnly(p2p), any_source=any_source
+    )
+
+
+if RESTRICTED.upper() not in dist.Backend._plugins:
+    dist.Backend.register_backend(RESTRICTED, _restricted_group, devices=["cpu"])
 INTEGRAL = [torch.int32, torch.int64, torch.uint8, torch.int8, torch.bool]
 ALL_OPS = [R.SUM, R.AVG, R.MAX, R.MIN, R.PRODUCT, R.BAND, R.BOR, R.BXOR]
 
@@ -327,6 +373,17 @@ def test_ops_match_gloo(world, dtypes, tmp_path, monkeypatch):
     assert (
         run_ranks(world, _table, dtypes, tmp_path=tmp_path, tcp_port=free_port()) == [True] * world
     )
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("world", [3, 4])
+def test_ops_on_the_communicator_methods_alone(world, tmp_path, monkeypatch):
+    """The same table on a communicator with only the methods a multi-host one has."""
+    monkeypatch.setenv("SHARDCORE_TORCH_ANY_SOURCE", "1")
+    results = run_ranks(
+        world, _table, _SOME, tmp_path=tmp_path, tcp_port=free_port(), backend=RESTRICTED
+    )
+    assert results == [True] * world
 
 
 @pytest.mark.timeout(120)
