@@ -46,7 +46,7 @@ def _rank_main(fn, rank, size, host, port, timeout, conn, args):
         os._exit(0)
 
 
-def run_hosts(fn, layout, *, order=None, timeout=60.0, args=()):
+def run_hosts(fn, layout, *, order=None, timeout=120.0, args=()):
     """Results of ``fn(comm, *args)`` on every rank, in rank order; raises on any rank's error."""
     outcomes = run_hosts_raw(fn, layout, order=order, timeout=timeout, args=args)
     errors = [f"rank {r}: {v}" for r, (status, v) in enumerate(outcomes) if status != "ok"]
@@ -55,7 +55,7 @@ def run_hosts(fn, layout, *, order=None, timeout=60.0, args=()):
     return [v for _, v in outcomes]
 
 
-def run_hosts_raw(fn, layout, *, order=None, timeout=60.0, args=()):
+def run_hosts_raw(fn, layout, *, order=None, timeout=120.0, args=()):
     """Each rank's ("ok", result), ("error", text), ("died", None) or ("hung", None)."""
     from torch.distributed import TCPStore
 

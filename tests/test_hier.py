@@ -16,7 +16,7 @@ from hier_harness import run_hosts, run_hosts_raw
 
 pytest.importorskip("torch")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(400)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 REDUCE_DTYPES = [np.float32, np.float64, np.float16, BF16, np.int32, np.int64]
@@ -104,11 +104,12 @@ def _collectives(comm, seed):
             want = np.concatenate([(data(r, count, np.float32, seed) * 100).astype(dtype) for r in range(n)])
             assert np.array_equal(g, want), f"all_gather {dtype} {count}"
             blocks = [(data(rank * n + d, count, np.float32, seed) * 100).astype(dtype) for d in range(n)]
-            a = comm.all_to_all(np.concatenate(blocks))
             want = np.concatenate(
                 [(data(s * n + rank, count, np.float32, seed) * 100).astype(dtype) for s in range(n)]
             )
-            assert np.array_equal(a, want), f"all_to_all {dtype} {count}"
+            for algorithm in (None, "direct"):
+                a = comm.all_to_all(np.concatenate(blocks), algorithm=algorithm)
+                assert np.array_equal(a, want), f"all_to_all {algorithm} {dtype} {count}"
             for root in {0, n - 1, n // 2}:
                 b = x.copy() if rank == root else np.zeros_like(x)
                 comm.broadcast(b, root=root)

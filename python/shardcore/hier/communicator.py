@@ -10,8 +10,8 @@ Byte model per rank, for a buffer of S bytes, H hosts of L ranks each (uniform h
   over H ranks, 2(H-1)/H * S/L (flat ring over all n = H*L ranks: 2(n-1)/n * S).
 - reduce_scatter (S = the whole input): intra reduce-scatter of S; inter (H-1)/H * S/L.
 - all_gather (b bytes per rank): inter (H-1) * b; intra all-gather of H * b.
-- all_to_all (S per rank): blocks for the same host through shared memory, the others,
-  (n-L)/n * S, between hosts.
+- all_to_all (S per rank): the blocks regrouped inside the host by destination local index,
+  then (n-L)/n * S between hosts, one message per other host on each rail.
 - broadcast (S): the root's rail sends S to each other host (the root S * (H-1)), then each
   host broadcasts in shared memory.
 Uneven hosts (3 + 5 ranks) run the same phases with the smallest host's count of rails: the
@@ -395,8 +395,15 @@ class HierCommunicator:
     def all_to_all(
         self, x: np.ndarray, out: np.ndarray | None = None, algorithm: str | None = None
     ) -> np.ndarray:
-        """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i."""
-        _check_algorithm(algorithm, "all_to_all", ("pairwise", "flat", "cma", "symmetric"))
+        """Send block j (rows) of ``x`` to rank j; block i of the result came from rank i.
+
+        ``algorithm``: "aggregated" (default on hosts of equal size: one message per other
+        host, gathered inside the host first) or "direct" (blocks for this host's ranks through
+        shared memory while gloo moves each block for another host).
+        """
+        _check_algorithm(
+            algorithm, "all_to_all", ("aggregated", "direct", "pairwise", "flat", "cma", "symmetric")
+        )
         _require_array(x, "all_to_all: x")
         dtype_code(x.dtype, "all_to_all")
         n = self.size
@@ -411,11 +418,33 @@ class HierCommunicator:
             _check_out(out, x.dtype, x.shape, "all_to_all: out")
             _check_disjoint(x, out, "all_to_all")
         blk = x.size // n
-        with self._collective("all_to_all"):
-            if blk:
+        topo = self.topology
+        aggregate = topo.uniform and self.local.size > 1 and algorithm != "direct"
+        with self._collective("all_to_all", "aggregated" if aggregate else "direct"):
+            if blk and aggregate:
+                self._aggregated_all_to_all(x.reshape(n, blk), out.reshape(n, blk))
+            elif blk:
                 counts = [1] * n  # one row of blk elements for each rank
                 self._exchange(x.reshape(n, blk), counts, out.reshape(n, blk), counts)
         return out
+
+    def _aggregated_all_to_all(self, xb: np.ndarray, ob: np.ndarray) -> None:
+        """Uniform hosts: gather inside the host, per destination local index, the blocks of
+        every local rank (a shared-memory all-to-all), then one message per other host on each
+        rail. A rank sends H-1 messages between hosts instead of n-L, the same bytes."""
+        topo = self.topology
+        nhosts, nlocal, blk = topo.nhosts, self.local.size, xb.shape[1]
+        # index[j, h] = the rank with local index j on host h
+        index = np.array([[topo.hosts[h][j] for h in range(nhosts)] for j in range(nlocal)])
+        # to local rank j: the blocks for (h, j) of every host h, in host order
+        inside = self.local.all_to_all(xb[index].reshape(-1)).reshape(nlocal, nhosts, blk)
+        # inside[i, h] = what local rank i sends to (h, me); to host h go all of inside[:, h]
+        send = np.ascontiguousarray(inside.transpose(1, 0, 2))
+        recv = np.empty_like(send)
+        counts = [nlocal * blk] * nhosts
+        assert self._rail is not None
+        self._rail.wait(self._rail.all_to_allv_async(send, counts, recv, counts))
+        ob[index.T] = recv  # recv[h, i] came from (h, i)
 
     def _exchange(self, xb, send_counts, ob, recv_counts) -> None:
         """Rows of xb go to each rank by send_counts; ob gets recv_counts rows from each rank.
