@@ -118,3 +118,46 @@ def test_a_cut_link_makes_every_rank_raise_within_the_timeout(hosts_factory, tmp
     for r in records.values():
         assert r["error"] in ("PeerFailureError", "CommTimeoutError"), r
     assert shm == [[], []]
+
+
+def test_generate_across_namespaced_hosts(hosts_factory, tmp_path):
+    """python -m shardcore.runtime.distributed under shardcore run --nnodes 2: TP inside each
+    host, PP across; tokens equal the one-process run, inter-host bytes equal the prediction."""
+    from runtime_fixtures import make_checkpoint, prompts
+
+    from shardcore.runtime import generate
+
+    ckpt = make_checkpoint(tmp_path / "qwen3", "qwen3")
+    ids = prompts(2, 5)
+    reference = generate(ckpt, ids, max_new_tokens=3)
+    hosts = hosts_factory(2)
+    target = ["-m", "shardcore.runtime.distributed", ckpt, "-tp", "2", "-pp", "2",
+              "--max-new-tokens", "3", "--json"]
+    for row in ids:
+        target += ["--prompt-ids", ",".join(str(int(t)) for t in row)]
+    procs = [
+        hosts.start(
+            h,
+            hosts.launcher(h, 2, 2, target, PORT, 60.0),
+            f"{tmp_path}/shm{h}.txt",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for h in range(2)
+    ]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    report = json.loads(outputs[0][0].strip().splitlines()[-1])
+    assert report["tokens"] == reference.tokens.tolist()
+    assert report["hosts"] == [0, 0, 1, 1]
+    crossed = 0
+    for got, want in zip(report["traffic"], report["predicted"]):
+        for kind in got:
+            for key in ("calls", "sent", "recv", "inter_sent", "inter_recv"):
+                assert got[kind][key] == want[kind][key], (kind, key)
+            crossed += got[kind]["inter_sent"]
+    assert crossed > 0  # the pipeline's activations and token ids cross hosts
+    for h in range(2):
+        with open(f"{tmp_path}/shm{h}.txt") as f:
+            assert f.read().split() == []
