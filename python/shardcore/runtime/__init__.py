@@ -1,8 +1,10 @@
 """Run a decoder checkpoint sharded by TP, PP, DP and EP on shardcore worker processes.
 
-``generate(checkpoint_dir, input_ids, tp=2, pp=2)`` loads each rank's shard of a Hugging Face
-Qwen3 / Qwen3-MoE / Llama-style checkpoint, prefills and decodes greedily, and returns the
-tokens, the logits of every step and each rank's traffic beside the traffic predicted for it.
+``Engine(checkpoint_dir, tp=2, pp=2)`` loads each rank's shard of a Hugging Face Qwen3 /
+Qwen3-MoE / Llama-style checkpoint once, on long-lived workers, and serves ``generate``
+requests (token ids or text, greedy or sampled); ``generate(checkpoint_dir, input_ids, tp=2)``
+is the one-call form. Both return the tokens, the logits of every step and each rank's traffic
+beside the traffic predicted for it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import TYPE_CHECKING
 # the core: name -> submodule that defines it.
 _LAZY = {
     "Checkpoint": "checkpoint",
+    "Engine": "server",
+    "Sampling": "sampling",
+    "TextTokenizer": "text",
     "ModelConfig": "config",
     "FailureInjection": "engine",
     "RankLayout": "layout",
@@ -29,13 +34,19 @@ if TYPE_CHECKING:
     from .engine import FailureInjection
     from .layout import RankLayout, build_layouts, host_plan, layouts_from_plan
     from .runner import GenerateResult, generate
+    from .sampling import Sampling
+    from .server import Engine
+    from .text import TextTokenizer
 
 __all__ = [
     "Checkpoint",
+    "Engine",
     "FailureInjection",
     "GenerateResult",
     "ModelConfig",
     "RankLayout",
+    "Sampling",
+    "TextTokenizer",
     "build_layouts",
     "generate",
     "host_plan",

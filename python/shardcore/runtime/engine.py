@@ -1,9 +1,12 @@
-"""Prefill and greedy decode of a batch of requests on one rank: the pipeline's schedule.
+"""Prefill and decode of a batch of requests on one rank: the pipeline's schedule.
 
 Prefill splits the prompts along the sequence into micro-batches (chunks of positions): a stage
 works on chunk c + 1 while the next stage works on chunk c (GPipe fill), and the KV cache makes
 chunk c + 1 attend to the earlier ones. Decode passes one new token per request through the
-stages; the last stage picks the greedy token and sends it back to the first stage.
+stages; the last stage picks the token (greedy or sampled, ``sampling.Sampler``) and sends it
+back to the first stage. With stop ids, a replica of one stage ends its decode as soon as every
+sequence has produced one; a pipeline decodes to max_new_tokens (its middle stages never see the
+tokens), and the outputs are cut at the stop either way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from .layout import RankLayout, split_even
 from .model import RoutingRecord, StageModel
 from .ops import Precision
+from .sampling import Sampler, finished_rows
 
 # Message tags: activations move forward, chosen tokens move back from the last stage.
 TAG_ACTIVATIONS = 1
@@ -29,8 +33,9 @@ class RankOutput:
     rank: int
     dp_index: int
     reports: bool  # TP index 0 of the last stage: the rank whose outputs are the replica's
-    tokens: np.ndarray | None = None  # [batch, max_new_tokens]
-    logits: np.ndarray | None = None  # [max_new_tokens, batch, vocab]: what chose each token
+    tokens: np.ndarray | None = None  # [batch, steps]
+    logits: np.ndarray | None = None  # [steps, batch, vocab]: what chose each token
+    steps: int = 0  # decode steps this replica ran (max_new_tokens unless it stopped early)
     traffic: dict = field(default_factory=dict)
     routing: list[list[RoutingRecord]] = field(default_factory=list)  # per forward
 
@@ -71,8 +76,14 @@ def run_requests(
     micro_batches: int,
     comm=None,
     failure: FailureInjection | None = None,
+    sampler: Sampler | None = None,
+    stop_ids: tuple[int, ...] = (),
+    stop_early: bool = False,
 ) -> RankOutput:
-    """Prefill ``prompts`` [B, S] then decode greedily; returns this rank's RankOutput."""
+    """Prefill ``prompts`` [B, S] then decode (greedily without a ``sampler``) up to
+    ``max_new_tokens`` tokens; returns this rank's RankOutput. ``stop_early``: end the decode
+    when every sequence has produced one of ``stop_ids`` (only where every rank that takes part
+    in this replica's decode sees the tokens: one stage, no EP group across replicas)."""
     precision: Precision = model.precision
     b, s = prompts.shape
     out = RankOutput(
@@ -134,6 +145,8 @@ def run_requests(
     generated = np.zeros((b, max_new_tokens), np.int64)
     all_logits = []
     token = None
+    steps = max_new_tokens
+    stop_early = stop_early and bool(stop_ids) and layout.pp == 1
     for step in range(max_new_tokens):
         if step > 0:
             token = exchange_tokens(token)
@@ -144,10 +157,14 @@ def run_requests(
         if layout.is_last_stage:
             if step_logits is None:
                 raise RuntimeError("the last stage computed no logits")
-            token = np.argmax(step_logits, axis=-1)
+            token = np.argmax(step_logits, axis=-1) if sampler is None else sampler(step_logits)
             generated[:, step] = token
             all_logits.append(step_logits)
+            if stop_early and finished_rows(generated, step, stop_ids).all():
+                steps = step + 1
+                break
+    out.steps = steps
     if out.reports:
-        out.tokens = generated
+        out.tokens = generated[:, :steps]
         out.logits = np.stack(all_logits)
     return out

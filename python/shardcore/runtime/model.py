@@ -135,11 +135,21 @@ class StageModel:
             else:
                 lw.mlp = self._swiglu(ckpt, p + "mlp.", layout.intermediate)
             self.layers[i] = lw
-        # KV cache of this rank's requests and KV heads: [batch, kv heads held, max_len, head_dim].
-        self.k_cache = {
-            i: np.zeros((batch, self.n_kv, max_len, d), np.float32) for i in layout.layers
-        }
-        self.v_cache = {i: np.zeros_like(c) for i, c in self.k_cache.items()}
+        self.k_cache: dict[int, np.ndarray] = {}
+        self.v_cache: dict[int, np.ndarray] = {}
+        self.max_len = 0
+        self.allocate_cache(batch, max_len)
+
+    def allocate_cache(self, batch: int, max_len: int) -> None:
+        """A KV cache for ``batch`` sequences of up to ``max_len`` positions (the one held is
+        kept when it has that batch and is long enough: a request writes every position it
+        reads). Shape per layer: [batch, kv heads held, max_len, head_dim]."""
+        held = next(iter(self.k_cache.values()), None)
+        if held is not None and held.shape[0] == batch and self.max_len >= max_len:
+            return
+        shape = (batch, self.n_kv, max_len, self.cfg.head_dim)
+        self.k_cache = {i: np.zeros(shape, np.float32) for i in self.layout.layers}
+        self.v_cache = {i: np.zeros(shape, np.float32) for i in self.layout.layers}
         self.max_len = max_len
 
     def _swiglu(self, ckpt: Checkpoint, prefix: str, cols) -> ExpertWeights:

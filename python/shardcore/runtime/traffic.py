@@ -45,7 +45,7 @@ INTER_FIELDS = ("inter_sent", "inter_recv")
 def normalise(traffic: dict[str, dict]) -> Traffic:
     """{kind: {calls, sent, recv}} for every kind in KINDS (zeros where absent), ints; with
     inter_sent/inter_recv too when the traffic has them (a run across hosts)."""
-    fields = ("calls", "sent", "recv")
+    fields: tuple[str, ...] = ("calls", "sent", "recv")
     if any(f in v for v in traffic.values() for f in INTER_FIELDS):
         fields += INTER_FIELDS
     return {k: {f: int(traffic.get(k, {}).get(f, 0)) for f in fields} for k in KINDS}

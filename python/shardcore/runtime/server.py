@@ -1,0 +1,338 @@
+"""``Engine``: a checkpoint loaded once on long-lived worker ranks, serving many requests.
+
+    with Engine("tiny-qwen3", tp=2) as engine:
+        a = engine.generate([[5, 17, 42]], max_new_tokens=8)
+        b = engine.generate(["some text"], temperature=0.8, top_p=0.9, seed=1)
+
+Each rank reads and packs its shard of the weights when the engine starts (in this process
+when the plan has one rank, on worker processes otherwise; ``workers.WorkerPool``) and keeps
+them, with its communicators and symmetric workspace, until ``close``. A request's prompts may
+differ in length: prompts of one length form one batch, and the batches run one after the
+other. Every batch is the same computation as ``generate`` on those prompts, so its tokens,
+logits and traffic (checked against the plan's prediction) are the ones a separate run gives.
+
+A worker that raises or dies fails the request in flight with the launcher's LaunchError
+naming the rank; the engine is then broken (its communicator was aborted), its workers are
+stopped, and every later request raises the same error at once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .engine import FailureInjection
+from .groups import AxisGroup, single
+from .model import StageModel
+from .runner import (
+    PAD,
+    GenerateResult,
+    Request,
+    _check_max_new_tokens,
+    _micro_batches,
+    _prepare_model,
+    _result,
+    _serve,
+    _split_comms,
+    _sum_traffic,
+)
+from .sampling import Sampling, generation_stop_ids
+from .traffic import normalise
+
+
+def _setup_rank(comm, checkpoint_dir, layouts, dtype, backend, record):
+    """A worker's state: its communicators and its shard of the model; returns its handler."""
+    from .checkpoint import Checkpoint
+    from .ops import Precision
+
+    layout = layouts[comm.rank]
+    precision = Precision(dtype)
+    tp_comm, ep_comm = _split_comms(comm, layout)
+    comms = [c for c in (comm, tp_comm, ep_comm) if c is not None]
+    model = StageModel(
+        Checkpoint(checkpoint_dir),
+        layout,
+        precision,
+        AxisGroup(tp_comm, precision),
+        AxisGroup(ep_comm, precision),
+        batch=1,
+        max_len=1,
+        record_routing=record,
+        backend=backend,
+    )
+    return functools.partial(_serve, comm, comms, model, layouts)
+
+
+def _as_prompts(prompts, tokenizer_of) -> tuple[list[list[int]], bool]:
+    """A request's prompts as lists of ids, and whether they were given as text."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(prompts, np.ndarray):
+        if prompts.ndim == 1:
+            prompts = prompts[None, :]
+        if prompts.ndim != 2:
+            raise ValueError(f"prompt ids must be [batch, length], got shape {prompts.shape}")
+        if not np.issubdtype(prompts.dtype, np.integer):
+            raise TypeError(f"prompt ids must be integers, got {prompts.dtype}")
+        rows: list[list[int]] = [[int(t) for t in row] for row in prompts.tolist()]
+        texts = False
+    else:
+        items = list(prompts)
+        if items and all(isinstance(p, (int, np.integer)) for p in items):
+            items = [items]  # one prompt of ids
+        texts = bool(items) and all(isinstance(p, str) for p in items)
+        if texts:
+            tok = tokenizer_of()
+            rows = [tok.encode(str(p)) for p in items]
+        else:
+            rows = []
+            for p in items:
+                if isinstance(p, str):
+                    raise TypeError("a request's prompts are all text or all token ids")
+                ids = np.asarray(p, dtype=np.int64 if len(p) == 0 else None)
+                if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+                    raise TypeError(f"a prompt of ids must be a list of integers, got {p!r}")
+                rows.append([int(t) for t in ids.tolist()])
+    if not rows:
+        raise ValueError("a request needs at least one prompt")
+    for i, row in enumerate(rows):
+        if not row:
+            raise ValueError(f"prompt {i} is empty")
+    return rows, texts
+
+
+class Engine:
+    """A checkpoint on tp*pp*dp ranks, loaded once, serving ``generate`` requests."""
+
+    def __init__(
+        self,
+        checkpoint,
+        plan=None,
+        tp: int = 1,
+        pp: int = 1,
+        dp: int = 1,
+        ep: int = 1,
+        dtype: str = "float32",
+        backend: str = "auto",
+        micro_batches: int | None = None,
+        processes: bool | None = None,
+        timeout: float | None = None,
+        comm_timeout: float | None = None,
+    ):
+        """Place the checkpoint (``plan``, or a plan made for tp/pp/dp/ep) and load every rank.
+
+        ``processes``: run on worker processes even for one rank (default: only for more than
+        one). ``timeout`` bounds the start and, by default, each request; ``comm_timeout`` is
+        the communicator's wait deadline (Communicator.connect).
+        """
+        self.checkpoint, self.precision, self.backend, self._ckpt, self.plan, self.layouts = (
+            _prepare_model(checkpoint, plan, tp, pp, dp, ep, dtype, backend)
+        )
+        self.dtype = dtype
+        self.micro_batches = _micro_batches(micro_batches, self.layouts[0].pp)
+        self.timeout = timeout
+        self.stop_ids = generation_stop_ids(self.checkpoint, self._ckpt.hf_config)
+        self._record = self._ckpt.config.is_moe
+        self._tokenizer: Any = None
+        self._pool = None
+        self._handler = None
+        self._closed = False
+        world = len(self.layouts)
+        if processes is None:
+            processes = world > 1
+        if processes:
+            from .workers import WorkerPool
+
+            self._pool = WorkerPool(
+                functools.partial(
+                    _setup_rank,
+                    checkpoint_dir=self.checkpoint,
+                    layouts=self.layouts,
+                    dtype=dtype,
+                    backend=self.backend,
+                    record=self._record,
+                ),
+                world,
+                timeout=timeout,
+                comm_timeout=comm_timeout,
+            )
+        else:
+            lay0 = self.layouts[0]
+            model = StageModel(
+                self._ckpt,
+                lay0,
+                self.precision,
+                single(self.precision),
+                single(self.precision),
+                batch=1,
+                max_len=1,
+                record_routing=self._record,
+                backend=self.backend,
+            )
+            self._handler = functools.partial(_serve, None, [], model, self.layouts)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.close()
+        self._handler = None
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (empty when the engine runs in this process)."""
+        return [] if self._pool is None else self._pool.pids
+
+    @property
+    def tokenizer(self):
+        """The checkpoint's tokenizer (``text.TextTokenizer``), loaded on first use."""
+        if self._tokenizer is None:
+            from .text import TextTokenizer
+
+            self._tokenizer = TextTokenizer.from_checkpoint(self.checkpoint)
+        return self._tokenizer
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts,
+        max_new_tokens: int = 8,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_ids: Sequence[int] | None = None,
+        timeout: float | None = None,
+        _failure: FailureInjection | None = None,
+    ) -> GenerateResult:
+        """Up to ``max_new_tokens`` tokens for each prompt.
+
+        ``prompts``: a string or a list of strings (encoded with the checkpoint's
+        tokenizer.json; the result's ``text`` holds the decoded outputs), or token ids: a
+        [batch, length] array, one list of ints, or a list of lists of any lengths. Greedy by
+        default; ``temperature`` > 0 samples (``top_k``, ``top_p``; ``seed`` makes it
+        reproducible, on any layout). ``stop_ids`` end a sequence (default: the eos ids of
+        generation_config.json; () for none). Tokens after a sequence's stop are PAD (-1) and
+        ``lengths`` counts each sequence's tokens, its stop included.
+        """
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        _check_max_new_tokens(max_new_tokens)
+        sampling = Sampling(float(temperature), top_k, float(top_p), seed).seeded()
+        stops = self.stop_ids if stop_ids is None else tuple(int(t) for t in stop_ids)
+        rows, texts = _as_prompts(prompts, lambda: self.tokenizer)
+        vocab = self._ckpt.config.vocab_size
+        for i, row in enumerate(rows):
+            if min(row) < 0 or max(row) >= vocab:
+                raise ValueError(f"prompt {i}'s token ids must be in [0, {vocab})")
+        timeout = self.timeout if timeout is None else timeout
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_length.setdefault(len(row), []).append(i)
+        parts = []
+        for length in sorted(by_length):
+            index = by_length[length]
+            parts.append(
+                (
+                    index,
+                    self._run_batch(
+                        np.asarray([rows[i] for i in index], np.int64),
+                        tuple(index),
+                        max_new_tokens,
+                        sampling,
+                        stops,
+                        timeout,
+                        _failure,
+                    ),
+                )
+            )
+        result = parts[0][1] if len(parts) == 1 else self._merge(parts, len(rows))
+        result.seed = sampling.seed
+        if texts:
+            tok = self.tokenizer
+            lengths = np.asarray(result.lengths)
+            result.text = [
+                tok.decode([int(t) for t in result.tokens[i, : lengths[i]] if t not in stops])
+                for i in range(len(rows))
+            ]
+        return result
+
+    def _run_batch(self, prompts, rows, max_new_tokens, sampling, stops, timeout, failure):
+        """One batch of equal-length prompts on every rank."""
+        dp = self.layouts[0].dp
+        real = prompts.shape[0]
+        if real < dp:  # every replica needs a sequence: the last one repeated, dropped after
+            extra = dp - real
+            prompts = np.concatenate([prompts, np.repeat(prompts[-1:], extra, axis=0)])
+            rows = rows + tuple(range(max(rows) + 1, max(rows) + 1 + extra))
+        request = Request(
+            prompts, rows, max_new_tokens, self.micro_batches, sampling, stops, failure
+        )
+        if self._pool is not None:
+            outputs = self._pool.call([request] * len(self.layouts), timeout=timeout)
+        else:
+            if failure is not None:
+                raise ValueError("failure injection needs worker processes (processes=True)")
+            assert self._handler is not None
+            outputs = [self._handler(request)]
+        result = _result(
+            outputs,
+            self.plan,
+            self._ckpt,
+            self.layouts,
+            prompts,
+            max_new_tokens,
+            self.micro_batches,
+            self.dtype,
+            self._record,
+            stop_ids=stops,
+        )
+        if real < prompts.shape[0]:
+            result.tokens = result.tokens[:real]
+            result.logits = result.logits[:, :real]
+            result.lengths = np.asarray(result.lengths)[:real]
+        return result
+
+    def _merge(self, parts, batch: int) -> GenerateResult:
+        """The results of several batches as one, rows in the request's order; traffic and
+        its prediction summed."""
+        steps = max(r.tokens.shape[1] for _, r in parts)
+        vocab = parts[0][1].logits.shape[2]
+        tokens = np.full((batch, steps), PAD, np.int64)
+        logits = np.zeros((steps, batch, vocab), np.float32)
+        lengths = np.zeros(batch, np.int64)
+        for index, r in parts:
+            n = r.tokens.shape[1]
+            tokens[index, :n] = r.tokens
+            logits[:n, index] = r.logits
+            lengths[index] = r.lengths
+        first = parts[0][1]
+        return GenerateResult(
+            tokens=tokens,
+            logits=logits,
+            traffic=[
+                normalise(_sum_traffic([r.traffic[k] for _, r in parts]))
+                for k in range(len(self.layouts))
+            ],
+            predicted_traffic=[
+                normalise(_sum_traffic([r.predicted_traffic[k] for _, r in parts]))
+                for k in range(len(self.layouts))
+            ],
+            plan=first.plan,
+            layouts=first.layouts,
+            routing=None,
+            lengths=lengths,
+        )
