@@ -1,4 +1,5 @@
-"""``shardcore generate``: greedy generation from a checkpoint, sharded by TP/PP/DP/EP."""
+"""``shardcore generate``: generation from a checkpoint, sharded by TP/PP/DP/EP, from text or
+token ids, greedy or sampled."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ def register(subparsers) -> None:
     """Add the ``generate`` sub-command to ``subparsers``."""
     p = subparsers.add_parser(
         "generate",
-        help="greedy generation from a Hugging Face checkpoint on sharded workers",
+        help="generation from a Hugging Face checkpoint on sharded workers",
         description="Run a Qwen3 / Qwen3-MoE / Llama-style checkpoint directory (config.json + "
-        "*.safetensors) on tp*pp*dp worker processes and print the generated token "
-        "ids and each rank's traffic beside the plan's prediction.",
+        "*.safetensors) on tp*pp*dp worker processes and print the generated text (or token "
+        "ids) and each rank's traffic beside the plan's prediction.",
     )
     p.add_argument(
         "checkpoint",
@@ -28,9 +29,15 @@ def register(subparsers) -> None:
         help="checkpoint directory (config.json and *.safetensors)",
     )
     p.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="a prompt as text, encoded with the checkpoint's tokenizer.json (needs the "
+        "tokenizers package); repeat for several, of any lengths",
+    )
+    p.add_argument(
         "--prompt-ids",
         action="append",
-        required=True,
         metavar="IDS",
         help="comma-separated token ids of one prompt; repeat for a batch (prompts "
         "of equal length)",
@@ -74,6 +81,34 @@ def register(subparsers) -> None:
         help="prefill micro-batches for the pipeline (default: pp)",
     )
     p.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=0.0,
+        help="sampling temperature (default 0: greedy)",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=0, help="sample from the k most probable tokens (0: all)"
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="sample from the smallest set of tokens whose probability reaches p (default 1)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="sampling seed: the same tokens on every layout (default: a fresh one, printed)",
+    )
+    p.add_argument(
+        "--stop-ids",
+        default=None,
+        metavar="IDS",
+        help="comma-separated ids that end a sequence (default: generation_config.json's eos "
+        "ids; 'none' for none)",
+    )
+    p.add_argument(
         "--check", action="store_true", help="also run in one process and compare tokens and logits"
     )
     p.add_argument(
@@ -92,6 +127,27 @@ def _checkpoint_dir(text: str) -> str:
     if not os.path.isfile(os.path.join(text, "config.json")):
         raise argparse.ArgumentTypeError(f"{text!r} has no config.json")
     return text
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _stop_ids(text):
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"--stop-ids {text!r} is not a comma-separated list of integers") from None
 
 
 def _prompts(values):
@@ -114,67 +170,91 @@ def run(args: Any) -> int:
     """Entry point of ``shardcore generate``."""
     import numpy as np
 
-    from . import generate
+    from . import Engine
 
     try:
-        ids = _prompts(args.prompt_ids)
+        if bool(args.prompt) == bool(args.prompt_ids):
+            raise ValueError("give the prompts as --prompt (text) or as --prompt-ids, not both")
+        prompts: Any = list(args.prompt) if args.prompt else _prompts(args.prompt_ids)
         plan = None
         if args.plan is not None:
             from ..plan import Plan
 
             plan = Plan.load(args.plan)
-        result = generate(
+        options = dict(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop_ids=_stop_ids(args.stop_ids),
+            timeout=args.timeout,
+        )
+        with Engine(
             args.checkpoint,
-            ids,
             plan=plan,
             tp=args.tp,
             pp=args.pp,
             dp=args.dp,
             ep=args.ep,
-            max_new_tokens=args.max_new_tokens,
             dtype=args.dtype,
             micro_batches=args.micro_batches,
             timeout=args.timeout,
-        )
+        ) as engine:
+            if isinstance(prompts, np.ndarray) and prompts.shape[0] < engine.layouts[0].dp:
+                raise ValueError(
+                    f"dp={engine.layouts[0].dp} replicas need at least "
+                    f"{engine.layouts[0].dp} prompts, got {prompts.shape[0]}"
+                )
+            result = engine.generate(prompts, **options)
+        options["seed"] = result.seed
         check = None
         if args.check:
-            single = generate(
-                args.checkpoint,
-                ids,
-                max_new_tokens=args.max_new_tokens,
-                dtype=args.dtype,
-                micro_batches=args.micro_batches,
+            with Engine(
+                args.checkpoint, dtype=args.dtype, micro_batches=args.micro_batches
+            ) as single_engine:
+                single = single_engine.generate(prompts, **options)
+            same_shape = single.tokens.shape == result.tokens.shape
+            diff = (
+                np.max(np.abs(result.logits.astype(np.float64) - single.logits))
+                if same_shape
+                else np.inf
             )
-            diff = np.max(np.abs(result.logits.astype(np.float64) - single.logits))
             check = {
                 "tokens_identical": bool(np.array_equal(result.tokens, single.tokens)),
                 "max_rel_logit_diff": float(diff / np.max(np.abs(single.logits))),
             }
-    except (ShardcoreError, ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+    except (ShardcoreError, ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as exc:
         print(f"shardcore generate: error: {exc}", file=sys.stderr)
         return 2
     traffic_ok = result.traffic == result.predicted_traffic
+    lengths = [int(n) for n in result.lengths]
+    tokens = [[int(t) for t in row[:n]] for row, n in zip(result.tokens, lengths)]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "plan": result.plan.summary(),
-                    "tokens": result.tokens.tolist(),
-                    "traffic": result.traffic,
-                    "predicted_traffic": result.predicted_traffic,
-                    "traffic_matches_plan": traffic_ok,
-                    "check": check,
-                },
-                indent=1,
-            )
-        )
+        report = {
+            "plan": result.plan.summary(),
+            "tokens": tokens,
+            "traffic": result.traffic,
+            "predicted_traffic": result.predicted_traffic,
+            "traffic_matches_plan": traffic_ok,
+            "check": check,
+            "seed": result.seed,
+        }
+        if result.text is not None:
+            report["text"] = result.text
+        print(json.dumps(report, indent=1))
     else:
         print(result.plan.summary())
-        for i, row in enumerate(result.tokens):
-            print(
-                f"prompt {i}: {','.join(str(t) for t in ids[i])} -> "
-                f"{','.join(str(int(t)) for t in row)}"
-            )
+        if result.seed is not None:
+            print(f"sampling seed {result.seed}")
+        for i, row in enumerate(tokens):
+            if result.text is not None:
+                print(f"prompt {i}: {args.prompt[i]!r} -> {result.text[i]!r}")
+            else:
+                print(
+                    f"prompt {i}: {','.join(str(t) for t in prompts[i])} -> "
+                    f"{','.join(str(t) for t in row)}"
+                )
         print(
             f"{'rank':>4} {'all_reduce':>12} {'all_gather':>12} {'all_to_allv':>12} "
             f"{'send':>10} {'recv':>10}  (bytes sent by each kind; recv: received)"
