@@ -186,3 +186,30 @@ def test_a_name_in_use_is_refused():
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_ctrl_c_reaches_a_rank_waiting_for_its_peers_to_connect():
+    """SIGINT while rank 0 waits for a rank that never comes: KeyboardInterrupt, not a hang."""
+    name = _fresh_name()
+    pid = _fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.environ["SHARDCORE_FAULT_AT"] = "listening:0:stop"
+            Communicator.connect(name, 0, 2, timeout=600)
+        except KeyboardInterrupt:
+            code = 42
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        os.kill(pid, signal.SIGINT)  # pending until it runs again, in its wait for rank 1
+        os.kill(pid, signal.SIGCONT)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 42
+    assert not {a for a in _abstract_addresses() if name in a}

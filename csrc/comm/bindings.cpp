@@ -538,16 +538,13 @@ void register_comm(py::module_& m) {
              o.p2p_bytes = p2p_bytes;
              o.timeout_s = timeout;
              o.spin_us = spin_us;
-             Communicator* c;
-             {
-               py::gil_scoped_release nogil;
-               c = new Communicator(name, rank, size, o);
-             }
-             c->set_interrupt_check([] {
+             // Ctrl-C reaches a rank that waits for its peers, connecting or in a collective.
+             o.interrupt_check = [] {
                py::gil_scoped_acquire gil;
                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-             });
-             return c;
+             };
+             py::gil_scoped_release nogil;
+             return new Communicator(name, rank, size, o);
            }),
            py::arg("name"), py::arg("rank"), py::arg("size"), py::arg("slot_bytes"),
            py::arg("p2p_bytes"), py::arg("timeout"), py::arg("spin_us"),

@@ -136,6 +136,7 @@ Communicator::Communicator(const std::string& name, int rank, int size, const Op
     throw std::invalid_argument("p2p_bytes must be a multiple of 64 and >= 64");
   if (opt.timeout_s <= 0) throw std::invalid_argument("timeout must be > 0 seconds");
   timeout_ns_ = uint64_t(opt.timeout_s * 1e9);
+  interrupt_check_ = opt.interrupt_check;
   // The cores this process may run on (taskset/cgroup affinity), not the machine's.
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   cpu_set_t allowed;

@@ -61,6 +61,8 @@ struct Options {
   // one_shot_max bytes, two-shot up to two_shot_max, the ring above. 0 = built-in default.
   size_t one_shot_max = 0;
   size_t two_shot_max = 0;
+  // Called about every 100 ms while connecting, as set_interrupt_check's later on (may throw).
+  std::function<void()> interrupt_check;
 };
 
 // Descriptor of a collective, compared across ranks on entry (24 bytes: it shares the entry

@@ -77,6 +77,7 @@ void Communicator::serve_joiners(int memory, uint64_t deadline) {
       throw Timeout("rank 0 waited " + std::string(secs) + " s for rank(s) " + who +
                     " to connect to " + name_);
     }
+    if (interrupt_check_) interrupt_check_();
     pollfd pf{listener.get(), POLLIN, 0};
     const int ms = int(std::min<uint64_t>((deadline - now) / 1000000 + 1, 100));
     if (poll(&pf, 1, ms) <= 0) continue;
@@ -110,6 +111,7 @@ void Communicator::serve_joiners(int memory, uint64_t deadline) {
 
 UniqueFd Communicator::join(uint64_t deadline) {
   long backoff_ns = 20'000;
+  unsigned waits = 0;
   for (;;) {
     bool retry = false;
     std::string err;
@@ -138,6 +140,7 @@ UniqueFd Communicator::join(uint64_t deadline) {
     if (now_ns() > deadline)
       throw Timeout("rank " + std::to_string(rank_) + " timed out waiting for rank 0 to create " +
                     name_);
+    if (interrupt_check_ && backoff_ns >= 2'000'000 && ++waits % 50 == 0) interrupt_check_();
     timespec ts{0, backoff_ns};
     nanosleep(&ts, nullptr);
     backoff_ns = std::min(backoff_ns * 2, 2'000'000L);
