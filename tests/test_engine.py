@@ -268,3 +268,16 @@ def test_bad_prompts_are_refused_before_any_worker_runs(qwen3_ckpt, bad, error):
         with pytest.raises(error):
             engine.generate(bad)
         engine.generate([[1, 2]], max_new_tokens=1)  # still serving
+
+
+def test_tokens_only_and_timing(qwen3_ckpt):  # noqa: F811
+    ids = [prompts(1, 5, seed=14)[0].tolist(), prompts(1, 7, seed=15)[0].tolist()]
+    with Engine(qwen3_ckpt, pp=2) as engine:
+        full = engine.generate(ids, max_new_tokens=4)
+        lean = engine.generate(ids, max_new_tokens=4, logits=False)
+    assert lean.logits is None and full.logits is not None
+    np.testing.assert_array_equal(lean.tokens, full.tokens)
+    _assert_traffic_predicted(lean)
+    t = lean.timing
+    assert 0 < t["ttft_s"] <= t["seconds"] and t["tpot_s"] > 0
+    assert t["tokens_per_s"] == pytest.approx(8 / t["seconds"])

@@ -214,6 +214,7 @@ def run(args: Any) -> int:
                 args.checkpoint, dtype=args.dtype, micro_batches=args.micro_batches
             ) as single_engine:
                 single = single_engine.generate(prompts, **options)
+            assert result.logits is not None and single.logits is not None
             same_shape = single.tokens.shape == result.tokens.shape
             diff = (
                 np.max(np.abs(result.logits.astype(np.float64) - single.logits))
@@ -239,6 +240,7 @@ def run(args: Any) -> int:
             "traffic_matches_plan": traffic_ok,
             "check": check,
             "seed": result.seed,
+            "timing": result.timing,
         }
         if result.text is not None:
             report["text"] = result.text

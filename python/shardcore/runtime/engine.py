@@ -11,6 +11,7 @@ tokens), and the outputs are cut at the stop either way.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class RankOutput:
     tokens: np.ndarray | None = None  # [batch, steps]
     logits: np.ndarray | None = None  # [steps, batch, vocab]: what chose each token
     steps: int = 0  # decode steps this replica ran (max_new_tokens unless it stopped early)
+    # seconds from this rank's start of the request: its first token chosen, its last one
+    first_token_s: float = 0.0
+    done_s: float = 0.0
     traffic: dict = field(default_factory=dict)
     routing: list[list[RoutingRecord]] = field(default_factory=list)  # per forward
 
@@ -79,11 +83,13 @@ def run_requests(
     sampler: Sampler | None = None,
     stop_ids: tuple[int, ...] = (),
     stop_early: bool = False,
+    keep_logits: bool = True,
 ) -> RankOutput:
     """Prefill ``prompts`` [B, S] then decode (greedily without a ``sampler``) up to
     ``max_new_tokens`` tokens; returns this rank's RankOutput. ``stop_early``: end the decode
     when every sequence has produced one of ``stop_ids`` (only where every rank that takes part
-    in this replica's decode sees the tokens: one stage, no EP group across replicas)."""
+    in this replica's decode sees the tokens: one stage, no EP group across replicas).
+    ``keep_logits``: return every step's logits (on the reporting rank)."""
     precision: Precision = model.precision
     b, s = prompts.shape
     out = RankOutput(
@@ -132,6 +138,7 @@ def run_requests(
             return buf
         return None
 
+    started = time.perf_counter()
     if failure is not None:
         failure.maybe_fail(layout.rank, 0)
     chunks = prefill_chunks(s, micro_batches)
@@ -159,12 +166,16 @@ def run_requests(
                 raise RuntimeError("the last stage computed no logits")
             token = np.argmax(step_logits, axis=-1) if sampler is None else sampler(step_logits)
             generated[:, step] = token
-            all_logits.append(step_logits)
+            if keep_logits:
+                all_logits.append(step_logits)
+            if step == 0:
+                out.first_token_s = time.perf_counter() - started
             if stop_early and finished_rows(generated, step, stop_ids).all():
                 steps = step + 1
                 break
     out.steps = steps
+    out.done_s = time.perf_counter() - started
     if out.reports:
         out.tokens = generated[:, :steps]
-        out.logits = np.stack(all_logits)
+        out.logits = np.stack(all_logits) if keep_logits else None
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,15 +29,20 @@ class GenerateResult:
     """Generated tokens, the logits of every step and the traffic of a run."""
 
     tokens: np.ndarray  # [batch, steps], steps <= max_new_tokens; PAD after a sequence's stop
-    logits: np.ndarray  # [steps, batch, vocab]: step 0 is the prompt's last position
+    # [steps, batch, vocab]: step 0 is the prompt's last position (None: not asked for)
+    logits: np.ndarray | None
     traffic: list[Traffic]  # per rank, as counted by its communicators during the run
     predicted_traffic: list[Traffic]  # per rank, predicted for this run
     plan: Any  # the shardcore.plan.Plan that was run
     layouts: Sequence[RankLayout]
     routing: list | None = None  # per rank, per forward: RoutingRecords (MoE models only)
-    lengths: np.ndarray | None = None  # [batch]: tokens generated per sequence (stop included)
+    # [batch]: tokens generated per sequence (stop included)
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     text: list[str] | None = None  # the decoded tokens (stop excluded), when text was given
     seed: int | None = None  # the sampling seed used (None: greedy)
+    # measured on the ranks that chose the tokens: ttft_s (request start to first token),
+    # tpot_s (seconds per later token), tokens_per_s (tokens generated / the run's seconds)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def _as_batch(input_ids) -> np.ndarray:
@@ -65,6 +70,7 @@ class Request:
     sampling: Sampling = GREEDY
     stop_ids: tuple[int, ...] = ()
     failure: FailureInjection | None = None
+    keep_logits: bool = True
 
 
 def _split_comms(comm, layout: RankLayout):
@@ -108,6 +114,7 @@ def _serve(comm, comms, model: StageModel, layouts, request: Request) -> RankOut
         sampler=sampler,
         stop_ids=request.stop_ids,
         stop_early=_replicas_independent(layouts),
+        keep_logits=request.keep_logits,
     )
     out.traffic = _sum_traffic([c.traffic() for c in comms])
     return out
@@ -330,12 +337,16 @@ def _result(
     predicted = [by_steps[steps_of[lay.dp_index]][lay.rank] for lay in layouts]
     steps = max(steps_of.values())
     tokens = np.full((prompts.shape[0], steps), PAD, np.int64)
-    logits = np.zeros((steps, prompts.shape[0], ckpt.config.vocab_size), np.float32)
+    keep_logits = all(o.logits is not None for o in reporting)
+    logits = None
+    if keep_logits:
+        logits = np.zeros((steps, prompts.shape[0], ckpt.config.vocab_size), np.float32)
     row = 0
     for o in reporting:
         b, n = o.tokens.shape
         tokens[row : row + b, :n] = o.tokens
-        logits[:n, row : row + b] = o.logits
+        if logits is not None:
+            logits[:n, row : row + b] = o.logits
         row += b
     lengths = np.full(prompts.shape[0], steps, np.int64)
     lengths[:] = [steps_of[lay_dp] for lay_dp in _replica_of_rows(prompts.shape[0], layouts)]
@@ -353,7 +364,20 @@ def _result(
         layouts=layouts,
         routing=routing,
         lengths=lengths,
+        timing=_timing(reporting, lengths),
     )
+
+
+def _timing(reporting, lengths: np.ndarray) -> dict[str, float]:
+    """TTFT, time per later token and tokens/s of a batch, from the reporting ranks' clocks."""
+    done = max(o.done_s for o in reporting)
+    later = [(o.done_s - o.first_token_s) / (o.steps - 1) for o in reporting if o.steps > 1]
+    return {
+        "ttft_s": max(o.first_token_s for o in reporting),
+        "tpot_s": float(np.mean(later)) if later else 0.0,
+        "tokens_per_s": float(lengths.sum() / done) if done > 0 else 0.0,
+        "seconds": done,
+    }
 
 
 def _replica_of_rows(batch: int, layouts) -> list[int]:

@@ -18,7 +18,9 @@ stopped, and every later request raises the same error at once.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,6 +142,7 @@ class Engine:
         self._pool = None
         self._handler = None
         self._closed = False
+        self._lock = threading.Lock()
         world = len(self.layouts)
         if processes is None:
             processes = world > 1
@@ -183,11 +186,12 @@ class Engine:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers (idempotent)."""
-        self._closed = True
-        if self._pool is not None:
-            self._pool.close()
-        self._handler = None
+        """Stop the workers (idempotent; a request in flight on another thread ends first)."""
+        with self._lock:
+            self._closed = True
+            if self._pool is not None:
+                self._pool.close()
+            self._handler = None
 
     @property
     def pids(self) -> list[int]:
@@ -215,6 +219,7 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
         stop_ids: Sequence[int] | None = None,
+        logits: bool = True,
         timeout: float | None = None,
         _failure: FailureInjection | None = None,
     ) -> GenerateResult:
@@ -226,7 +231,9 @@ class Engine:
         default; ``temperature`` > 0 samples (``top_k``, ``top_p``; ``seed`` makes it
         reproducible, on any layout). ``stop_ids`` end a sequence (default: the eos ids of
         generation_config.json; () for none). Tokens after a sequence's stop are PAD (-1) and
-        ``lengths`` counts each sequence's tokens, its stop included.
+        ``lengths`` counts each sequence's tokens, its stop included. ``logits``: return every
+        step's logits (False: ``result.logits`` is None and the workers send only tokens).
+        ``result.timing``: TTFT, time per later token and tokens/s as the ranks measured them.
         """
         if self._closed:
             raise RuntimeError("the engine is closed")
@@ -243,22 +250,24 @@ class Engine:
         for i, row in enumerate(rows):
             by_length.setdefault(len(row), []).append(i)
         parts = []
-        for length in sorted(by_length):
-            index = by_length[length]
-            parts.append(
-                (
-                    index,
-                    self._run_batch(
-                        np.asarray([rows[i] for i in index], np.int64),
-                        tuple(index),
-                        max_new_tokens,
-                        sampling,
-                        stops,
-                        timeout,
-                        _failure,
-                    ),
+        with self._lock:  # one request at a time, its batches back to back
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            for length in sorted(by_length):
+                index = by_length[length]
+                batch = np.asarray([rows[i] for i in index], np.int64)
+                request = Request(
+                    batch,
+                    tuple(index),
+                    max_new_tokens,
+                    self.micro_batches,
+                    sampling,
+                    stops,
+                    _failure,
+                    keep_logits=logits,
                 )
-            )
+                result = self._run_batch(request, timeout)
+                parts.append((index, result))
         result = parts[0][1] if len(parts) == 1 else self._merge(parts, len(rows))
         result.seed = sampling.seed
         if texts:
@@ -270,21 +279,20 @@ class Engine:
             ]
         return result
 
-    def _run_batch(self, prompts, rows, max_new_tokens, sampling, stops, timeout, failure):
+    def _run_batch(self, request: Request, timeout: float | None) -> GenerateResult:
         """One batch of equal-length prompts on every rank."""
         dp = self.layouts[0].dp
+        prompts, rows = request.prompts, request.rows
         real = prompts.shape[0]
         if real < dp:  # every replica needs a sequence: the last one repeated, dropped after
             extra = dp - real
             prompts = np.concatenate([prompts, np.repeat(prompts[-1:], extra, axis=0)])
             rows = rows + tuple(range(max(rows) + 1, max(rows) + 1 + extra))
-        request = Request(
-            prompts, rows, max_new_tokens, self.micro_batches, sampling, stops, failure
-        )
+            request = dataclasses.replace(request, prompts=prompts, rows=rows)
         if self._pool is not None:
             outputs = self._pool.call([request] * len(self.layouts), timeout=timeout)
         else:
-            if failure is not None:
+            if request.failure is not None:
                 raise ValueError("failure injection needs worker processes (processes=True)")
             assert self._handler is not None
             outputs = [self._handler(request)]
@@ -294,15 +302,16 @@ class Engine:
             self._ckpt,
             self.layouts,
             prompts,
-            max_new_tokens,
+            request.max_new_tokens,
             self.micro_batches,
             self.dtype,
             self._record,
-            stop_ids=stops,
+            stop_ids=request.stop_ids,
         )
         if real < prompts.shape[0]:
             result.tokens = result.tokens[:real]
-            result.logits = result.logits[:, :real]
+            if result.logits is not None:
+                result.logits = result.logits[:, :real]
             result.lengths = np.asarray(result.lengths)[:real]
         return result
 
@@ -310,16 +319,25 @@ class Engine:
         """The results of several batches as one, rows in the request's order; traffic and
         its prediction summed."""
         steps = max(r.tokens.shape[1] for _, r in parts)
-        vocab = parts[0][1].logits.shape[2]
         tokens = np.full((batch, steps), PAD, np.int64)
-        logits = np.zeros((steps, batch, vocab), np.float32)
+        logits = None
+        if all(r.logits is not None for _, r in parts):
+            logits = np.zeros((steps, batch, self._ckpt.config.vocab_size), np.float32)
         lengths = np.zeros(batch, np.int64)
         for index, r in parts:
             n = r.tokens.shape[1]
             tokens[index, :n] = r.tokens
-            logits[:n, index] = r.logits
+            if logits is not None:
+                logits[:n, index] = r.logits
             lengths[index] = r.lengths
         first = parts[0][1]
+        seconds = sum(r.timing["seconds"] for _, r in parts)
+        timing = {
+            "ttft_s": first.timing["ttft_s"],  # the first batch's: the others wait for it
+            "tpot_s": float(np.mean([r.timing["tpot_s"] for _, r in parts])),
+            "tokens_per_s": float(lengths.sum() / seconds) if seconds > 0 else 0.0,
+            "seconds": seconds,
+        }
         return GenerateResult(
             tokens=tokens,
             logits=logits,
@@ -335,4 +353,5 @@ class Engine:
             layouts=first.layouts,
             routing=None,
             lengths=lengths,
+            timing=timing,
         )

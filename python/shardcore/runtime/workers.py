@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 import warnings
+import weakref
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
@@ -119,6 +120,7 @@ class WorkerPool:
         ctx: Any = mp.get_context("fork")
         self._procs: list = []
         self._conns: list[Connection | None] = []
+        self._finalizer = weakref.finalize(self, _stop_now, self._procs, self._conns, self._name)
         try:
             for rank in range(world):
                 parent_end, child_end = ctx.Pipe(duplex=True)
@@ -165,7 +167,17 @@ class WorkerPool:
                 raise self._broken
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
-            return self._exchange(payloads, timeout, send=True)
+            try:
+                return self._exchange(payloads, timeout, send=True)
+            except LaunchError:
+                raise
+            except BaseException as exc:  # e.g. KeyboardInterrupt: replies would be out of step
+                err = LaunchError(
+                    f"the call was interrupted ({type(exc).__name__}); the workers were stopped"
+                )
+                err.rank, err.traceback, err.exitcode, err.failures = -1, None, None, []
+                self._break(err)
+                raise
 
     def _exchange(self, payloads: list, timeout: float | None, send: bool) -> list:
         world = self.world
@@ -270,15 +282,7 @@ class WorkerPool:
             deadline = time.monotonic() + GRACE_SECONDS
             for p in self._procs:
                 p.join(max(0.0, deadline - time.monotonic()))
-        for p in self._procs:
-            if p.is_alive():
-                p.kill()
-            p.join()
-        for i, conn in enumerate(self._conns):
-            if conn is not None:
-                conn.close()
-                self._conns[i] = None
-        cleanup_segments(self._name)
+        self._finalizer()
 
     def close(self) -> None:
         """Stop every rank (idempotent); a call in flight in another thread finishes first."""
@@ -287,3 +291,17 @@ class WorkerPool:
                 return
             self._closed = True
             self._stop(graceful=self._broken is None)
+
+
+def _stop_now(procs: list, conns: list, name: str) -> None:
+    """Kill the ranks still running, close the pipes, sweep the segment names (also run when
+    a pool is garbage-collected or the interpreter exits without close)."""
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+    for i, conn in enumerate(conns):
+        if conn is not None:
+            conn.close()
+            conns[i] = None
+    cleanup_segments(name)
