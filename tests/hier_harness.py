@@ -30,9 +30,7 @@ def _rank_main(fn, rank, size, host, port, timeout, conn, args):
 
         from shardcore.hier import connect
 
-        store = TCPStore(
-            "127.0.0.1", port, size, False, timeout=timedelta(seconds=timeout)
-        )
+        store = TCPStore("127.0.0.1", port, size, False, timeout=timedelta(seconds=timeout))
         comm = connect(store, rank, size, timeout=timeout, address="127.0.0.1")
         try:
             result = fn(comm, *args)

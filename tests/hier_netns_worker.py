@@ -44,7 +44,9 @@ def main() -> None:
                 open(probe, "w").close()
             comm.barrier()
             record["foreign_probes"] = sorted(
-                p for p in os.listdir("/dev/shm") if p.startswith("sc-probe-") and p != os.path.basename(probe)
+                p
+                for p in os.listdir("/dev/shm")
+                if p.startswith("sc-probe-") and p != os.path.basename(probe)
             )
             comm.barrier()
             if comm.local_rank == 0:

@@ -81,14 +81,26 @@ def _collectives(comm, seed):
             for count in SIZES if (dtype, op) == (np.float32, "sum") else SIZES[:5]:
                 x = data(rank, count, dtype, seed, op)
                 comm.all_reduce(x, op=op)
-                close(x, reference(n, count, dtype, seed, op), dtype, n, f"all_reduce {dtype} {op} {count}")
+                close(
+                    x,
+                    reference(n, count, dtype, seed, op),
+                    dtype,
+                    n,
+                    f"all_reduce {dtype} {op} {count}",
+                )
                 digests.append(digest(x))
         # reduce_scatter: rows of 3 elements, odd row counts per rank
         for rows in (0, 1, 5):
             x = data(rank, n * rows * 3, dtype, seed + 1).reshape(n * rows, 3)
             got = comm.reduce_scatter(x)
             want = reference(n, n * rows * 3, dtype, seed + 1, "sum").reshape(n * rows, 3)
-            close(got, want[rank * rows : (rank + 1) * rows], dtype, n, f"reduce_scatter {dtype} {rows}")
+            close(
+                got,
+                want[rank * rows : (rank + 1) * rows],
+                dtype,
+                n,
+                f"reduce_scatter {dtype} {rows}",
+            )
     # out-of-place all_reduce leaves the input alone
     x = data(rank, 33, np.float64, seed)
     keep = x.copy()
@@ -101,11 +113,18 @@ def _collectives(comm, seed):
         for count in (0, 1, 13, 70_001):
             x = (data(rank, count, np.float32, seed) * 100).astype(dtype)
             g = comm.all_gather(x)
-            want = np.concatenate([(data(r, count, np.float32, seed) * 100).astype(dtype) for r in range(n)])
-            assert np.array_equal(g, want), f"all_gather {dtype} {count}"
-            blocks = [(data(rank * n + d, count, np.float32, seed) * 100).astype(dtype) for d in range(n)]
             want = np.concatenate(
-                [(data(s * n + rank, count, np.float32, seed) * 100).astype(dtype) for s in range(n)]
+                [(data(r, count, np.float32, seed) * 100).astype(dtype) for r in range(n)]
+            )
+            assert np.array_equal(g, want), f"all_gather {dtype} {count}"
+            blocks = [
+                (data(rank * n + d, count, np.float32, seed) * 100).astype(dtype) for d in range(n)
+            ]
+            want = np.concatenate(
+                [
+                    (data(s * n + rank, count, np.float32, seed) * 100).astype(dtype)
+                    for s in range(n)
+                ]
             )
             for algorithm in (None, "direct"):
                 a = comm.all_to_all(np.concatenate(blocks), algorithm=algorithm)
@@ -343,7 +362,7 @@ def test_torch_backend_is_hierarchical_across_hosts():
     the two-level one and torch's collectives give the right answers."""
     results = run_hosts(None, layout=[2, 2], args=(_torch_job,))
     n = 4
-    for rank, (kind, x, parts, z, b) in enumerate(results):
+    for kind, x, parts, z, b in results:
         assert kind == "HierCommunicator"
         assert x == [float(i * sum(range(1, n + 1))) for i in range(11)]
         assert parts == [[r] * 3 for r in range(n)]
@@ -378,7 +397,7 @@ def test_runtime_across_hosts_matches_one_process(tmp_path, degrees, spans, cros
     reference = generate(ckpt, ids, max_new_tokens=3)
     results = run_hosts(_generate, layout=[2, 2], args=(ckpt, ids, degrees))
     crossed = 0
-    for tokens, logits, traffic, predicted in results:
+    for tokens, logits, _, _ in results:
         np.testing.assert_array_equal(tokens, reference.tokens)
         assert rel_err(logits, reference.logits) < 1e-5
     _, _, traffic, predicted = results[0]  # every rank returns every rank's counters

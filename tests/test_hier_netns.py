@@ -24,8 +24,9 @@ WORKER = os.path.join(HERE, "hier_netns_worker.py")
 PORT = 29517
 
 
-def start_host(hosts: NamespacedHosts, h: int, nnodes: int, nproc: int, args, out: str,
-               comm_timeout: float):
+def start_host(
+    hosts: NamespacedHosts, h: int, nnodes: int, nproc: int, args, out: str, comm_timeout: float
+):
     """Host h's launcher; after it exits, what is left in its /dev/shm goes to <out>/shm<h>.txt."""
     command = hosts.launcher(h, nnodes, nproc, [WORKER, *args], PORT, comm_timeout)
     return hosts.start(
@@ -131,8 +132,18 @@ def test_generate_across_namespaced_hosts(hosts_factory, tmp_path):
     ids = prompts(2, 5)
     reference = generate(ckpt, ids, max_new_tokens=3)
     hosts = hosts_factory(2)
-    target = ["-m", "shardcore.runtime.distributed", ckpt, "-tp", "2", "-pp", "2",
-              "--max-new-tokens", "3", "--json"]
+    target = [
+        "-m",
+        "shardcore.runtime.distributed",
+        ckpt,
+        "-tp",
+        "2",
+        "-pp",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ]
     for row in ids:
         target += ["--prompt-ids", ",".join(str(int(t)) for t in row)]
     procs = [

@@ -24,9 +24,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--nnodes", type=int, default=1, help="number of hosts of the job (one launcher on each)"
     )
-    p.add_argument(
-        "--node-rank", type=int, default=0, help="this host's index in [0, --nnodes)"
-    )
+    p.add_argument("--node-rank", type=int, default=0, help="this host's index in [0, --nnodes)")
     p.add_argument(
         "--master-addr",
         default=None,
@@ -49,7 +47,9 @@ def _main(args) -> int:
                 f"shardcore run: --node-rank must be in [0, {args.nnodes}), got {args.node_rank}"
             )
         if not 0 < args.master_port < 65536:
-            raise SystemExit(f"shardcore run: --master-port must be in [1, 65535], got {args.master_port}")
+            raise SystemExit(
+                f"shardcore run: --master-port must be in [1, 65535], got {args.master_port}"
+            )
         from .hier.launch import run_nodes
 
         return run_nodes(

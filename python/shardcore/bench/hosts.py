@@ -88,8 +88,11 @@ class NamespacedHosts:
         if not rate:
             raise RuntimeError("tc netem is not available in this kernel: no delay can be applied")
         # a bucket of 256 KiB: a few 64 KiB TSO segments, so the rate holds at 10 Gbit/s
-        subprocess.run(tc + ["tbf", "rate", rate, "burst", "256kb", "latency", "50ms"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            tc + ["tbf", "rate", rate, "burst", "256kb", "latency", "50ms"],
+            check=True,
+            capture_output=True,
+        )
         return f"tbf rate {rate} (netem unavailable: no added delay)"
 
     @staticmethod
@@ -102,16 +105,50 @@ class NamespacedHosts:
         in that /dev/shm afterwards is written to the file of that name."""
         after = f'ls -A /dev/shm > "{shm_listing}"; ' if shm_listing else ""
         script = f'mount -t tmpfs -o size=512m tmpfs /dev/shm && "$@"; rc=$?; {after}exit $rc'
-        cmd = ["ip", "netns", "exec", self.names[h], "unshare", "--ipc", "--mount",
-               "--propagation", "private", "sh", "-c", script, "sh", *command]
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            self.names[h],
+            "unshare",
+            "--ipc",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *command,
+        ]
         return subprocess.Popen(cmd, **popen)
 
-    def launcher(self, h: int, nnodes: int, nproc: int, target: list[str], port: int,
-                 comm_timeout: float | None = None) -> list[str]:
+    def launcher(
+        self,
+        h: int,
+        nnodes: int,
+        nproc: int,
+        target: list[str],
+        port: int,
+        comm_timeout: float | None = None,
+    ) -> list[str]:
         """The ``shardcore run --nnodes`` command of host h."""
-        cmd = [sys.executable, "-c", _LAUNCH, "run", "--nnodes", str(nnodes), "--node-rank",
-               str(h), "--master-addr", self.address(0), "--master-port", str(port),
-               "-n", str(nproc)]
+        cmd = [
+            sys.executable,
+            "-c",
+            _LAUNCH,
+            "run",
+            "--nnodes",
+            str(nnodes),
+            "--node-rank",
+            str(h),
+            "--master-addr",
+            self.address(0),
+            "--master-port",
+            str(port),
+            "-n",
+            str(nproc),
+        ]
         if comm_timeout is not None:
             cmd += ["--comm-timeout", str(comm_timeout)]
         return cmd + target
@@ -188,10 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--hosts", type=int, default=2, help="number of hosts (default 2)")
     p.add_argument("-n", "--nproc", type=int, default=4, help="ranks per host (default 4)")
-    p.add_argument("--sizes", default="64K,1M,16M,64M", help="message sizes (default 64K,1M,16M,64M)")
+    p.add_argument(
+        "--sizes", default="64K,1M,16M,64M", help="message sizes (default 64K,1M,16M,64M)"
+    )
     p.add_argument("--iters", type=int, default=10, help="timed calls per size and algorithm")
-    p.add_argument("--rate", default="10gbit", help="tc netem rate of each host's link ('' for none)")
-    p.add_argument("--delay", default="50us", help="tc netem delay of each host's link ('' for none)")
+    p.add_argument(
+        "--rate", default="10gbit", help="tc netem rate of each host's link ('' for none)"
+    )
+    p.add_argument(
+        "--delay", default="50us", help="tc netem delay of each host's link ('' for none)"
+    )
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--worker", nargs=2, metavar=("OUT", "SIZES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -212,8 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         open(args.json, "a").close()  # fail on a bad path before the run
     tmp = tempfile.mkdtemp(prefix="shardcore-hosts-")
     out = os.path.join(tmp, "rows.json")
-    target = ["-m", "shardcore.bench.hosts", "--iters", str(args.iters), "--worker", out,
-              ",".join(str(s) for s in sizes)]
+    target = [
+        "-m",
+        "shardcore.bench.hosts",
+        "--iters",
+        str(args.iters),
+        "--worker",
+        out,
+        ",".join(str(s) for s in sizes),
+    ]
     with NamespacedHosts(args.hosts, args.rate or None, args.delay or None) as hosts:
         shaping = hosts.shaping
         procs = [
@@ -222,17 +272,25 @@ def main(argv: list[str] | None = None) -> int:
         ]
         codes = [proc.wait() for proc in procs]
     if any(codes) or not os.path.exists(out):
-        print(f"shardcore bench hosts: a host's launcher failed: exit codes {codes}", file=sys.stderr)
+        print(
+            f"shardcore bench hosts: a host's launcher failed: exit codes {codes}", file=sys.stderr
+        )
         return 1
     with open(out) as f:
         result = json.load(f)
-    print(f"all_reduce, {result['topology']}, links: {shaping}; median of {args.iters}, slowest rank")
-    print(f"{'bytes':>10} {'two-level us':>13} {'flat gloo us':>13} {'speed-up':>9} "
-          f"{'inter B/rank':>13} {'flat gloo B/rank':>18}")
+    print(
+        f"all_reduce, {result['topology']}, links: {shaping}; median of {args.iters}, slowest rank"
+    )
+    print(
+        f"{'bytes':>10} {'two-level us':>13} {'flat gloo us':>13} {'speed-up':>9} "
+        f"{'inter B/rank':>13} {'flat gloo B/rank':>18}"
+    )
     for r in result["rows"]:
-        print(f"{r['bytes']:>10} {r['hier_s'] * 1e6:>13.1f} {r['flat_s'] * 1e6:>13.1f} "
-              f"{r['flat_s'] / r['hier_s']:>8.2f}x {r['hier_inter_bytes']:>13} "
-              f"{r['flat_inter_bytes']:>18}")
+        print(
+            f"{r['bytes']:>10} {r['hier_s'] * 1e6:>13.1f} {r['flat_s'] * 1e6:>13.1f} "
+            f"{r['flat_s'] / r['hier_s']:>8.2f}x {r['hier_inter_bytes']:>13} "
+            f"{r['flat_inter_bytes']:>18}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(result, shaping=shaping), f, indent=1)

@@ -33,9 +33,8 @@ from .._dtypes import dtype_code, op_code
 from ..comm import Communicator, _check_disjoint, _check_out, _require_array, _require_writeable
 from ..errors import PeerFailureError
 from .interhost import Link
-from .topology import Topology
-
 from .model import PIPELINE_CHUNK_BYTES
+from .topology import Topology
 
 _KINDS = (
     "barrier",
@@ -380,11 +379,11 @@ class HierCommunicator:
             outb[index] = inside
         else:
             widest = max(len(h) for h in topo.hosts)
-            inside = local.all_gather(x).reshape(nlocal, blk) if nlocal > 1 else x.reshape(1, blk)
+            mine = local.all_gather(x).reshape(nlocal, blk) if nlocal > 1 else x.reshape(1, blk)
             everything = np.zeros((nhosts, widest, blk), x.dtype)
             if self._local_index == 0:
                 padded = np.zeros((widest, blk), x.dtype)
-                padded[:nlocal] = inside
+                padded[:nlocal] = mine
                 assert self._rail is not None
                 self._rail.all_gather(padded.reshape(-1), everything.reshape(nhosts, -1))
             if nlocal > 1:
@@ -402,7 +401,9 @@ class HierCommunicator:
         shared memory while gloo moves each block for another host).
         """
         _check_algorithm(
-            algorithm, "all_to_all", ("aggregated", "direct", "pairwise", "flat", "cma", "symmetric")
+            algorithm,
+            "all_to_all",
+            ("aggregated", "direct", "pairwise", "flat", "cma", "symmetric"),
         )
         _require_array(x, "all_to_all: x")
         dtype_code(x.dtype, "all_to_all")
@@ -507,7 +508,9 @@ class HierCommunicator:
         try:
             counts = [operator.index(c) for c in np.asarray(send_counts).reshape(-1).tolist()]
         except TypeError:
-            raise TypeError(f"all_to_allv: send counts must be integers, got {send_counts!r}") from None
+            raise TypeError(
+                f"all_to_allv: send counts must be integers, got {send_counts!r}"
+            ) from None
         if len(counts) != n:
             raise ValueError(f"all_to_allv: {len(counts)} send counts for {n} ranks")
         if min(counts) < 0:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CommTimeoutError, PeerFailureError
 from .._dtypes import BFLOAT16
+from ..errors import CommTimeoutError, PeerFailureError
 
 _torch: Any = None
 
@@ -67,7 +67,9 @@ def _translate(exc: Exception, what: str, timeout: float) -> Exception:
     text = str(exc)
     low = text.lower()
     if "timed out" in low or "timeout" in low:
-        return CommTimeoutError(f"{what}: no answer from another host within {timeout:g} s ({text})")
+        return CommTimeoutError(
+            f"{what}: no answer from another host within {timeout:g} s ({text})"
+        )
     return PeerFailureError(f"{what}: a peer on another host failed or closed ({text})")
 
 
@@ -141,9 +143,7 @@ class Link:
         self.sent += n
         self.recv += n
         self.wait(
-            self._start(
-                "all_gather", lambda: self._pg._allgather_base(_bytes(out), _bytes(a))
-            )
+            self._start("all_gather", lambda: self._pg._allgather_base(_bytes(out), _bytes(a)))
         )
 
     def reduce_scatter(self, a: np.ndarray, out: np.ndarray, op: str) -> None:

@@ -21,21 +21,12 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+from ..launcher import GRACE_SECONDS, _describe_exit
+
 # A launcher looks at the store this often for a failure published by another host.
 _WATCH_SECONDS = 0.25
-# After a rank fails, the others get this long to exit on their own before they are killed.
-_GRACE_SECONDS = 5.0
 _FAILED = "shardcore/launch/failed"
 _DONE = "shardcore/launch/done"
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
 
 
 def run_nodes(
@@ -107,9 +98,7 @@ def run_nodes(
                 target=lambda r=rank, q=p: events.put((r, q.wait())), daemon=True
             ).start()
         stop_watching = threading.Event()
-        threading.Thread(
-            target=_watch, args=(store, events, stop_watching), daemon=True
-        ).start()
+        threading.Thread(target=_watch, args=(store, events, stop_watching), daemon=True).start()
         deadline = None if timeout is None else time.monotonic() + timeout
         remaining, kill_at = nproc, None
         while remaining:
@@ -134,14 +123,18 @@ def run_nodes(
             if rank == "remote":
                 if status == 0:
                     print(f"{tag}: stopping: {code}", file=sys.stderr)
-                    status, kill_at = 1, time.monotonic() + _GRACE_SECONDS
+                    status, kill_at = 1, time.monotonic() + GRACE_SECONDS
                 continue
             remaining -= 1
             if code != 0 and status == 0:
-                print(f"{tag}: rank {rank} failed: {_describe(code)}", file=sys.stderr)
+                print(f"{tag}: rank {rank} failed: {_describe_exit(code)}", file=sys.stderr)
                 status = 128 - code if code < 0 else code
-                kill_at = time.monotonic() + _GRACE_SECONDS
-                _bounded(_publish, store, f"rank {rank} on node {node_rank} failed: {_describe(code)}")
+                kill_at = time.monotonic() + GRACE_SECONDS
+                _bounded(
+                    _publish,
+                    store,
+                    f"rank {rank} on node {node_rank} failed: {_describe_exit(code)}",
+                )
         stop_watching.set()
     except KeyboardInterrupt:
         for p in procs:

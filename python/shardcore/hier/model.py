@@ -21,7 +21,10 @@ def ring_bytes(nbytes: int, members: int) -> int:
 
 
 def all_reduce_inter(
-    elements: int, itemsize: int, host_sizes: Sequence[int], local_index: int,
+    elements: int,
+    itemsize: int,
+    host_sizes: Sequence[int],
+    local_index: int,
     chunk_bytes: int = PIPELINE_CHUNK_BYTES,
 ) -> int:
     """Bytes rank ``local_index`` of its host sends (and receives) between hosts in an

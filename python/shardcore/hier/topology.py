@@ -115,7 +115,7 @@ class Topology:
         index = {r: i for i, r in enumerate(ranks)}
         hosts = []
         for h in self.hosts:
-            mine = sorted((index[r] for r in h if r in index))
+            mine = sorted(index[r] for r in h if r in index)
             if mine:
                 hosts.append(tuple(mine))
         hosts.sort(key=lambda h: h[0])
