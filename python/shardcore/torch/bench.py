@@ -221,6 +221,7 @@ def _tp_rank(
     model_dir: str,
     prompt_len: int,
     iters: int,
+    blocks_only: bool,
     queue,
 ) -> None:
     try:
@@ -241,11 +242,15 @@ def _tp_rank(
         dist.init_process_group(
             backend, init_method=f"file://{store_path}", rank=rank, world_size=world
         )
+        plan: Any = "auto"
+        if blocks_only:  # the decoder blocks' plan alone: embedding and lm_head stay whole
+            config = transformers.AutoConfig.from_pretrained(model_dir)
+            plan = {f"model.{k}": v for k, v in config.base_model_tp_plan.items()}
         tp: dict[str, Any]
         if hasattr(transformers, "DistributedConfig"):
-            tp = {"distributed_config": transformers.DistributedConfig(tp_plan="auto")}
+            tp = {"distributed_config": transformers.DistributedConfig(tp_plan=plan)}
         else:  # transformers before DistributedConfig
-            tp = {"tp_plan": "auto"}
+            tp = {"tp_plan": plan}
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **tp)
         model.eval()
         # the cache's keyword is `cache` in current transformers (`past_key_values` before 5.24)
@@ -304,8 +309,13 @@ def compare_transformers_tp(
     prompt_len: int = 32,
     iters: int = 20,
     rounds: int = 3,
+    blocks_only: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Median seconds of a transformers TP prefill and decode step per backend.
+
+    ``blocks_only``: shard the decoder blocks alone (the config's ``base_model_tp_plan``), so
+    that the embedding and ``lm_head`` stay whole and no logits are gathered (DTensor's
+    all-gather does not reach a Python process group on torch 2.11).
 
     Returns ``{"shardcore": {"prefill": s, "decode": s}, "gloo": {...}}``: the median over
     every timed call of every round of the slowest rank's time. ``model_dir`` defaults to a
@@ -336,6 +346,7 @@ def compare_transformers_tp(
                         model_dir,
                         prompt_len,
                         iters,
+                        blocks_only,
                     ),
                     world_size,
                     f"transformers TP benchmark ({backend})",
@@ -400,13 +411,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="checkpoint directory (--transformers)")
     parser.add_argument("--prompt-len", type=int, default=32, help="prefill tokens")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per backend")
+    parser.add_argument(
+        "--blocks-only",
+        action="store_true",
+        help="shard the decoder blocks only (embedding and lm_head whole: no logits gather)",
+    )
     args = parser.parse_args(argv)
     if args.transformers:
         tp = compare_transformers_tp(
-            args.world_size, args.model, args.prompt_len, args.iters or 20, args.rounds
+            args.world_size,
+            args.model,
+            args.prompt_len,
+            args.iters or 20,
+            args.rounds,
+            args.blocks_only,
         )
         print(
-            f"transformers tp_plan='auto' forward, {args.world_size} ranks, prompt of "
+            f"transformers tp_plan={'decoder blocks' if args.blocks_only else repr('auto')} "
+            f"forward, {args.world_size} ranks, prompt of "
             f"{args.prompt_len} tokens then one decode step; median of the slowest rank over "
             f"{args.rounds} alternating runs per backend; {os.cpu_count()} CPUs"
         )
