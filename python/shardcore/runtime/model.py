@@ -21,7 +21,16 @@ from .config import ModelConfig
 from .groups import AxisGroup
 from .layout import RankLayout, split_even
 from .linear import Linear
-from .ops import Precision, apply_rope, causal_attention, rms_norm, rope_tables, silu, softmax_top_k
+from .ops import (
+    Precision,
+    apply_rope,
+    causal_attention,
+    causal_attention_rows,
+    rms_norm,
+    rope_tables,
+    silu,
+    softmax_top_k,
+)
 
 
 @dataclass
@@ -138,6 +147,10 @@ class StageModel:
         self.k_cache: dict[int, np.ndarray] = {}
         self.v_cache: dict[int, np.ndarray] = {}
         self.max_len = 0
+        # The slot cache of continuous batching (allocate_slots), apart from the batch cache.
+        self.slot_k: dict[int, np.ndarray] = {}
+        self.slot_v: dict[int, np.ndarray] = {}
+        self.slot_len = 0
         self.allocate_cache(batch, max_len)
 
     def allocate_cache(self, batch: int, max_len: int) -> None:
@@ -213,6 +226,18 @@ class StageModel:
         return h
 
     def _block(self, i: int, h: np.ndarray, start: int, cos, sin) -> np.ndarray:
+        b, t, _ = h.shape
+        nq, nkv, d = self.n_heads, self.n_kv, self.cfg.head_dim
+        q, k, v = self._qkv(i, h, cos, sin)
+        self.k_cache[i][:, :, start : start + t] = k
+        self.v_cache[i][:, :, start : start + t] = v
+        keys = self.k_cache[i][:, :, : start + t]
+        values = self.v_cache[i][:, :, : start + t]
+        attn = causal_attention(q.reshape(b, nkv, nq // nkv, t, d), keys, values, start)
+        return self._finish_block(i, h, attn)
+
+    def _qkv(self, i: int, h: np.ndarray, cos, sin):
+        """q [B, heads, T, D], k and v [B, kv heads, T, D] of h, normed and rotated."""
         cfg, rnd, lw = self.cfg, self.precision.round, self.layers[i]
         b, t, hidden = h.shape
         d, nq, nkv = cfg.head_dim, self.n_heads, self.n_kv
@@ -222,17 +247,54 @@ class StageModel:
         if lw.q_norm is not None and lw.k_norm is not None:
             q = rnd(rms_norm(q, lw.q_norm, cfg.rms_norm_eps))
             k = rnd(rms_norm(k, lw.k_norm, cfg.rms_norm_eps))
-        q, k = rnd(apply_rope(q, cos, sin)), rnd(apply_rope(k, cos, sin))
-        self.k_cache[i][:, :, start : start + t] = k
-        self.v_cache[i][:, :, start : start + t] = v
-        keys = self.k_cache[i][:, :, : start + t]
-        values = self.v_cache[i][:, :, : start + t]
-        attn = causal_attention(q.reshape(b, nkv, nq // nkv, t, d), keys, values, start)
+        return rnd(apply_rope(q, cos, sin)), rnd(apply_rope(k, cos, sin)), v
+
+    def _finish_block(self, i: int, h: np.ndarray, attn: np.ndarray) -> np.ndarray:
+        """The block after attention: o_proj, residual, MLP (or MoE), residual."""
+        cfg, rnd, lw = self.cfg, self.precision.round, self.layers[i]
+        b, t, hidden = h.shape
+        nq, d = self.n_heads, cfg.head_dim
         attn = rnd(attn).reshape(b, nq, t, d).transpose(0, 2, 1, 3).reshape(b * t, nq * d)
         h = rnd(h + self.tp_group.all_reduce(lw.o(attn)).reshape(b, t, hidden))
         x = rnd(rms_norm(h, lw.post_norm, cfg.rms_norm_eps)).reshape(b * t, hidden)
         out = self._swiglu_apply(lw.mlp, x) if lw.mlp is not None else self._moe(i, lw, x)
         return rnd(h + self.tp_group.all_reduce(out).reshape(b, t, hidden))
+
+    # -- sequences in slots: each row at its own position (continuous batching) ----------------
+
+    def allocate_slots(self, slots: int, max_len: int) -> None:
+        """A KV cache of ``slots`` sequences of up to ``max_len`` positions, kept apart from the
+        batch cache (kept when it already has that size)."""
+        held = next(iter(self.slot_k.values()), None)
+        if held is not None and held.shape[0] == slots and self.slot_len >= max_len:
+            return
+        shape = (slots, self.n_kv, max_len, self.cfg.head_dim)
+        self.slot_k = {i: np.zeros(shape, np.float32) for i in self.layout.layers}
+        self.slot_v = {i: np.zeros(shape, np.float32) for i in self.layout.layers}
+        self.slot_len = max_len
+
+    def forward_slots(self, h: np.ndarray, slots: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """This stage's layers on h [N, T, hidden]: row r is sequence ``slots[r]``'s tokens at
+        positions starts[r].. (T = 1 for a decode step, or one sequence's prompt)."""
+        n, t, _ = h.shape
+        if int(starts.max()) + t > self.slot_len:
+            raise ValueError(f"positions up to {int(starts.max()) + t} exceed {self.slot_len}")
+        positions = (starts[:, None] + np.arange(t)[None, :]).reshape(-1)
+        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        cos = cos.reshape(n, 1, t, -1)
+        sin = sin.reshape(n, 1, t, -1)
+        nq, nkv, d = self.n_heads, self.n_kv, self.cfg.head_dim
+        length = int(starts.max()) + t
+        for i in self.layout.layers:
+            q, k, v = self._qkv(i, h, cos, sin)
+            for r in range(n):
+                self.slot_k[i][slots[r], :, starts[r] : starts[r] + t] = k[r]
+                self.slot_v[i][slots[r], :, starts[r] : starts[r] + t] = v[r]
+            keys = self.slot_k[i][slots, :, :length]
+            values = self.slot_v[i][slots, :, :length]
+            q5 = q.reshape(n, nkv, nq // nkv, t, d)
+            h = self._finish_block(i, h, causal_attention_rows(q5, keys, values, starts))
+        return h
 
     def _swiglu_apply(self, w: ExpertWeights, x: np.ndarray) -> np.ndarray:
         gu = w.gate_up(x)

@@ -97,6 +97,22 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) ->
     return np.matmul(probs, v[:, :, None]).astype(np.float32)
 
 
+def causal_attention_rows(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
+    """``causal_attention`` with each row at its own position: row r's T queries are at
+    positions starts[r].., over k and v [N, KV, L, D] of which it sees starts[r] + T."""
+    t, d = q.shape[-2], q.shape[-1]
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)[:, :, None]) * np.float32(d**-0.5)
+    last = np.asarray(starts)[:, None] + np.arange(t)[None, :]  # [N, T]
+    allowed = np.arange(k.shape[2])[None, None, :] <= last[:, :, None]  # [N, T, L]
+    scores = np.where(allowed[:, None, None], scores, np.float32(-np.inf))
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return np.matmul(probs, v[:, :, None]).astype(np.float32)
+
+
 def softmax_top_k(logits: np.ndarray, k: int, renormalise: bool):
     """Router: softmax over experts, the k largest (descending), optionally renormalised.
 

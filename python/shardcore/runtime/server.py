@@ -21,11 +21,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
+from .continuous import Scheduler, Step, _Sequence, run_step
 from .engine import FailureInjection
 from .groups import AxisGroup, single
 from .model import StageModel
@@ -36,6 +39,7 @@ from .runner import (
     _check_max_new_tokens,
     _micro_batches,
     _prepare_model,
+    _replicas_independent,
     _result,
     _serve,
     _split_comms,
@@ -65,7 +69,14 @@ def _setup_rank(comm, checkpoint_dir, layouts, dtype, backend, record):
         record_routing=record,
         backend=backend,
     )
-    return functools.partial(_serve, comm, comms, model, layouts)
+    return functools.partial(_handle, comm, comms, model, layouts)
+
+
+def _handle(comm, comms, model, layouts, payload):
+    """A worker's answer to one call: a batch request or a continuous-batching step."""
+    if isinstance(payload, Step):
+        return run_step(comm, model, payload)
+    return _serve(comm, comms, model, layouts, payload)
 
 
 def _as_prompts(prompts, tokenizer_of) -> tuple[list[list[int]], bool]:
@@ -123,12 +134,16 @@ class Engine:
         processes: bool | None = None,
         timeout: float | None = None,
         comm_timeout: float | None = None,
+        max_slots: int = 8,
+        max_seq_len: int | None = None,
     ):
         """Place the checkpoint (``plan``, or a plan made for tp/pp/dp/ep) and load every rank.
 
         ``processes``: run on worker processes even for one rank (default: only for more than
         one). ``timeout`` bounds the start and, by default, each request; ``comm_timeout`` is
-        the communicator's wait deadline (Communicator.connect).
+        the communicator's wait deadline (Communicator.connect). ``max_slots`` and
+        ``max_seq_len``: sequences per DP replica that ``submit`` keeps decoding at once, and
+        their longest prompt + new tokens (default: max_position_embeddings, at most 4096).
         """
         self.checkpoint, self.precision, self.backend, self._ckpt, self.plan, self.layouts = (
             _prepare_model(checkpoint, plan, tp, pp, dp, ep, dtype, backend)
@@ -143,6 +158,12 @@ class Engine:
         self._handler = None
         self._closed = False
         self._lock = threading.Lock()
+        if isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < 1:
+            raise ValueError(f"max_slots must be a positive integer, got {max_slots!r}")
+        if max_seq_len is None:
+            max_seq_len = min(int(self._ckpt.hf_config.get("max_position_embeddings", 4096)), 4096)
+        self.max_slots, self.max_seq_len = max_slots, int(max_seq_len)
+        self._scheduler: Scheduler | None = None
         world = len(self.layouts)
         if processes is None:
             processes = world > 1
@@ -175,7 +196,7 @@ class Engine:
                 record_routing=self._record,
                 backend=self.backend,
             )
-            self._handler = functools.partial(_serve, None, [], model, self.layouts)
+            self._handler = functools.partial(_handle, None, [], model, self.layouts)
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -187,6 +208,9 @@ class Engine:
 
     def close(self) -> None:
         """Stop the workers (idempotent; a request in flight on another thread ends first)."""
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.stop()
         with self._lock:
             self._closed = True
             if self._pool is not None:
@@ -355,3 +379,97 @@ class Engine:
             lengths=lengths,
             timing=timing,
         )
+
+    # -- continuous batching ---------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Of ``submit``'s scheduler: steps run, the largest decode batch, most sequences held."""
+        return {} if self._scheduler is None else dict(self._scheduler.stats)
+
+    def submit(
+        self,
+        prompt,
+        max_new_tokens: int = 8,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_ids: Sequence[int] | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Future:
+        """Queue one sequence for continuous batching; a Future of its GenerateResult.
+
+        ``prompt``: a string (tokenizer.json) or a list of ids. The sequence joins the running
+        batch at the next step and leaves it at a stop id or at ``max_new_tokens``, whatever
+        else is running; sampling as in ``generate`` (the stream of row 0 for ``seed``).
+        ``on_token(token)`` is called on the scheduler's thread as each token is chosen (it may
+        submit more). The result has no logits and no traffic (not predicted per step); its
+        timing is measured here from the submission.
+        """
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        _check_max_new_tokens(max_new_tokens)
+        if not _replicas_independent(self.layouts):
+            raise NotImplementedError(
+                "continuous batching needs every EP group inside one DP replica"
+            )
+        sampling = Sampling(float(temperature), top_k, float(top_p), seed).seeded()
+        stops = self.stop_ids if stop_ids is None else tuple(int(t) for t in stop_ids)
+        rows, texts = _as_prompts(
+            [prompt] if isinstance(prompt, str) else [list(prompt)], lambda: self.tokenizer
+        )
+        ids = rows[0]
+        vocab = self._ckpt.config.vocab_size
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise ValueError(f"the prompt's token ids must be in [0, {vocab})")
+        if len(ids) + max_new_tokens > self.max_seq_len:
+            raise ValueError(
+                f"prompt ({len(ids)}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                f"({self.max_seq_len})"
+            )
+        future: Future = Future()
+        seq = _Sequence(ids, max_new_tokens, sampling, stops, future, on_token, time.perf_counter())
+        seq.text = texts
+        with self._lock:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self, self.max_slots, self.max_seq_len)
+        self._scheduler.submit(seq)
+        return future
+
+    def _step(self, step: Step) -> list:
+        """One continuous-batching step on every rank (between batch requests)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if self._pool is not None:
+                return self._pool.call([step] * len(self.layouts), timeout=self.timeout)
+            assert self._handler is not None
+            return [self._handler(step)]
+
+    def _completion(self, seq: _Sequence, now: float) -> GenerateResult:
+        """The GenerateResult of a finished submitted sequence."""
+        tokens = np.asarray([seq.tokens], np.int64)
+        n = len(seq.tokens)
+        ttft = seq.first_token_at - seq.submitted
+        seconds = now - seq.submitted
+        result = GenerateResult(
+            tokens=tokens,
+            logits=None,
+            traffic=[],
+            predicted_traffic=[],
+            plan=self.plan,
+            layouts=self.layouts,
+            lengths=np.asarray([n], np.int64),
+            seed=seq.sampling.seed,
+            timing={
+                "ttft_s": ttft,
+                "tpot_s": (seconds - ttft) / (n - 1) if n > 1 else 0.0,
+                "tokens_per_s": n / seconds if seconds > 0 else 0.0,
+                "seconds": seconds,
+            },
+        )
+        if seq.text:
+            result.text = [self.tokenizer.decode([t for t in seq.tokens if t not in seq.stops])]
+        return result
