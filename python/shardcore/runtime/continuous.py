@@ -12,8 +12,10 @@ A step is one call to every rank (the same ``Step`` to all); the last stage's TP
 each replica answers with the chosen tokens (greedy, argmax on the rank) or the logits of the
 sequences that sample, which this process samples with each sequence's own stream, seeded
 (seed, 0) as row 0 of ``generate`` (so a submitted prompt samples as ``generate([prompt])``
-does). Pipelines run a step stage after stage (no micro-batch overlap yet). Layouts whose EP
-groups span DP replicas are refused: their replicas would have to step in lockstep.
+does). A pipeline splits a step's decode batch into as many micro-batches as it has stages,
+so that its stages work on different micro-batches at once (and the prefills of new sequences
+follow each other through the stages the same way). Layouts whose EP groups span DP replicas
+are refused: their replicas would have to step in lockstep.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .engine import TAG_ACTIVATIONS
+from .layout import split_even
 from .sampling import Sampling, pick
 
 
@@ -88,8 +91,12 @@ def run_step(comm, model, step: Step) -> dict[int, Any] | None:
         one = np.array([slot])
         report(one, forward(ids[None, :], one, np.zeros(1, np.int64)))
     if work.decodes:
+        # A pipeline decodes in as many micro-batches as it has stages (or sequences), so that
+        # stage s + 1 works on micro-batch m while stage s works on m + 1.
         d = np.asarray(work.decodes, np.int64)
-        report(d[:, 0], forward(d[:, 1:2], d[:, 0], d[:, 2]))
+        for lo, hi in split_even(len(d), min(layout.pp, len(d))):
+            g = d[lo:hi]
+            report(g[:, 0], forward(g[:, 1:2], g[:, 0], g[:, 2]))
     reports = layout.is_last_stage and layout.tp_index == 0
     return out if reports else None
 
@@ -127,15 +134,17 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.stats = {"steps": 0, "max_decode_batch": 0, "max_running": 0}
 
-    def submit(self, seq: _Sequence) -> None:
+    def submit(self, seqs: list[_Sequence]) -> None:
+        """Queue sequences (together: they join the batch at the same step)."""
         with self._cond:
             if self._error is not None:
                 raise self._error
             if self._stopping:
                 raise RuntimeError("the engine is closed")
-            if seq.sampling.seed is not None and not seq.sampling.greedy:
-                seq.stream = np.random.default_rng([int(seq.sampling.seed), 0])
-            self._waiting.append(seq)
+            for seq in seqs:
+                if seq.sampling.seed is not None and not seq.sampling.greedy:
+                    seq.stream = np.random.default_rng([int(seq.sampling.seed), 0])
+                self._waiting.append(seq)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="shardcore-engine-scheduler", daemon=True

@@ -408,35 +408,69 @@ class Engine:
         submit more). The result has no logits and no traffic (not predicted per step); its
         timing is measured here from the submission.
         """
+        return self.submit_all(
+            [prompt],
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop_ids=stop_ids,
+            on_token=on_token,
+        )[0]
+
+    def submit_all(
+        self,
+        prompts: Sequence,
+        max_new_tokens: int | Sequence[int] = 8,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_ids: Sequence[int] | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[Future]:
+        """``submit`` of several prompts at once (they join the batch at the same step);
+        ``max_new_tokens`` may give each its own."""
         if self._closed:
             raise RuntimeError("the engine is closed")
-        _check_max_new_tokens(max_new_tokens)
         if not _replicas_independent(self.layouts):
             raise NotImplementedError(
                 "continuous batching needs every EP group inside one DP replica"
             )
+        news = (
+            [max_new_tokens] * len(prompts)
+            if isinstance(max_new_tokens, int)
+            else list(max_new_tokens)
+        )
+        if len(news) != len(prompts):
+            raise ValueError(f"{len(news)} max_new_tokens for {len(prompts)} prompts")
         sampling = Sampling(float(temperature), top_k, float(top_p), seed).seeded()
         stops = self.stop_ids if stop_ids is None else tuple(int(t) for t in stop_ids)
-        rows, texts = _as_prompts(
-            [prompt] if isinstance(prompt, str) else [list(prompt)], lambda: self.tokenizer
-        )
-        ids = rows[0]
         vocab = self._ckpt.config.vocab_size
-        if min(ids) < 0 or max(ids) >= vocab:
-            raise ValueError(f"the prompt's token ids must be in [0, {vocab})")
-        if len(ids) + max_new_tokens > self.max_seq_len:
-            raise ValueError(
-                f"prompt ({len(ids)}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
-                f"({self.max_seq_len})"
+        seqs = []
+        for prompt, new in zip(prompts, news):
+            _check_max_new_tokens(new)
+            rows, texts = _as_prompts(
+                [prompt] if isinstance(prompt, str) else [list(prompt)], lambda: self.tokenizer
             )
-        future: Future = Future()
-        seq = _Sequence(ids, max_new_tokens, sampling, stops, future, on_token, time.perf_counter())
-        seq.text = texts
+            ids = rows[0]
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise ValueError(f"the prompt's token ids must be in [0, {vocab})")
+            if len(ids) + new > self.max_seq_len:
+                raise ValueError(
+                    f"prompt ({len(ids)}) + max_new_tokens ({new}) exceeds max_seq_len "
+                    f"({self.max_seq_len})"
+                )
+            seq = _Sequence(ids, new, sampling, stops, Future(), on_token, time.perf_counter())
+            seq.text = texts
+            seqs.append(seq)
         with self._lock:
             if self._scheduler is None:
                 self._scheduler = Scheduler(self, self.max_slots, self.max_seq_len)
-        self._scheduler.submit(seq)
-        return future
+        self._scheduler.submit(seqs)
+        return [seq.future for seq in seqs]
 
     def _step(self, step: Step) -> list:
         """One continuous-batching step on every rank (between batch requests)."""
