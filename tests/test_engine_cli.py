@@ -56,3 +56,15 @@ def test_generate_ids_with_stop_ids(qwen3_ckpt, capsys):  # noqa: F811
 def test_generate_cli_prompt_errors(qwen3_ckpt, capsys, argv, message):  # noqa: F811
     assert main(["generate", qwen3_ckpt] + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_measure_module(qwen3_ckpt, capsys):  # noqa: F811
+    from shardcore.runtime.measure import main as measure_main
+
+    argv = [qwen3_ckpt, "-tp", "2", "--requests", "3", "--prompt-len", "4", "--new-tokens", "3"]
+    assert measure_main(argv + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["layout"].startswith("tp=2 pp=1") and r["max_decode_batch"] == 3
+    assert all(r[k] > 0 for k in ("start_s", "second_request_s", "continuous_tokens_per_s"))
+    assert measure_main(argv) == 0
+    assert "submitted at once" in capsys.readouterr().out
