@@ -281,3 +281,43 @@ def test_tokens_only_and_timing(qwen3_ckpt):  # noqa: F811
     t = lean.timing
     assert 0 < t["ttft_s"] <= t["seconds"] and t["tpot_s"] > 0
     assert t["tokens_per_s"] == pytest.approx(8 / t["seconds"])
+
+
+@pytest.mark.timeout(60)
+def test_workers_exit_when_their_parent_dies(qwen3_ckpt, tmp_path):  # noqa: F811
+    """A process that holds an engine and dies without closing it leaves nothing running: each
+    worker sees its pipe close and exits (waited for with pidfds, not by polling)."""
+    import select
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from shardcore.runtime import Engine\n"
+        f"e = Engine({str(qwen3_ckpt)!r}, tp=2, pp=2)\n"
+        "e.generate([[1, 2, 3]], max_new_tokens=2)\n"
+        "print(' '.join(map(str, e.pids)), flush=True)\n"
+        "os._exit(0)\n"  # no close, no finalizers
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=50
+    )
+    assert child.returncode == 0, child.stderr
+    pids = [int(p) for p in child.stdout.split()]
+    assert len(pids) == 4
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:  # already gone
+            pass
+    try:
+        pending = set(fds)
+        while pending:
+            ready, _, _ = select.select(list(pending), [], [], 30)
+            assert ready, "workers still running 30 s after their parent died"
+            pending -= set(ready)
+    finally:
+        for fd in fds:
+            os.close(fd)
