@@ -20,23 +20,36 @@ def host_ranks(layout, order=None):
     return [h for h, n in enumerate(layout) for _ in range(n)]
 
 
-def _rank_main(fn, rank, size, host, port, timeout, conn, args):
+def _rank_main(fn, rank, size, host, timeout, conn, args):
     try:
         os.environ["SHARDCORE_HOST_ID"] = f"simulated-host-{host}"
-        if fn is None:  # args = (function, ...): it makes its own connections
-            conn.send(("ok", args[0](rank, size, port, *args[1:])))
-            return
         from torch.distributed import TCPStore
 
-        from shardcore.hier import connect
+        # Rank 0 serves the store (the parent forks every rank before any store thread runs:
+        # forking a process whose store threads hold a lock can hang the child).
+        wait = timedelta(seconds=timeout)
+        if rank == 0:
+            store = TCPStore("127.0.0.1", 0, size, True, timeout=wait, wait_for_workers=False)
+            conn.send(("port", store.port))
+            port = store.port
+        else:
+            port = conn.recv()
+            store = None
+        if fn is None:  # args = (function, ...): it makes its own connections
+            conn.send(("ok", args[0](rank, size, port, *args[1:])))
+        else:
+            from shardcore.hier import connect
 
-        store = TCPStore("127.0.0.1", port, size, False, timeout=timedelta(seconds=timeout))
-        comm = connect(store, rank, size, timeout=timeout, address="127.0.0.1")
-        try:
-            result = fn(comm, *args)
-        finally:
-            comm.close()
-        conn.send(("ok", result))
+            if store is None:
+                store = TCPStore("127.0.0.1", port, size, False, timeout=wait)
+            comm = connect(store, rank, size, timeout=timeout, address="127.0.0.1")
+            try:
+                result = fn(comm, *args)
+            finally:
+                comm.close()
+            conn.send(("ok", result))
+        if rank == 0:
+            conn.recv()  # keep serving the store until every rank has reported
     except BaseException as exc:  # reported to the parent, which raises
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
@@ -55,20 +68,14 @@ def run_hosts(fn, layout, *, order=None, timeout=120.0, args=()):
 
 def run_hosts_raw(fn, layout, *, order=None, timeout=120.0, args=()):
     """Each rank's ("ok", result), ("error", text), ("died", None) or ("hung", None)."""
-    from torch.distributed import TCPStore
-
     hosts = host_ranks(layout, order)
     size = len(hosts)
-    server = TCPStore(
-        "127.0.0.1", 0, size, True, timeout=timedelta(seconds=timeout), wait_for_workers=False
-    )
     ctx = mp.get_context("fork")
     procs, pipes = [], []
     for rank in range(size):
-        parent, child = ctx.Pipe(duplex=False)
+        parent, child = ctx.Pipe(duplex=True)
         p = ctx.Process(
-            target=_rank_main,
-            args=(fn, rank, size, hosts[rank], server.port, timeout, child, args),
+            target=_rank_main, args=(fn, rank, size, hosts[rank], timeout, child, args)
         )
         p.start()
         child.close()
@@ -76,6 +83,16 @@ def run_hosts_raw(fn, layout, *, order=None, timeout=120.0, args=()):
         pipes.append(parent)
     outcomes = []
     try:
+        port = None
+        if pipes[0].poll(timeout):
+            try:
+                kind, port = pipes[0].recv()
+            except EOFError:
+                kind = "died"
+            if kind != "port":  # rank 0 failed before serving the store
+                port = None
+        for conn in pipes[1:]:
+            conn.send(port)
         for conn in pipes:
             if not conn.poll(timeout * 2):
                 outcomes.append(("hung", None))
@@ -84,6 +101,10 @@ def run_hosts_raw(fn, layout, *, order=None, timeout=120.0, args=()):
                 outcomes.append(conn.recv())
             except EOFError:
                 outcomes.append(("died", None))
+        try:
+            pipes[0].send("exit")
+        except OSError:
+            pass
     finally:
         for p in procs:
             p.join(5)
