@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
+import shardcore
 from shardcore.cli import main
 
-PYTHON_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "python")
+# the shardcore these tests import (the installed package, or python/ in a development tree)
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(shardcore.__file__)))
 MISSING = "/nonexistent-shardcore-dir/out"
 
 

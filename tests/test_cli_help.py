@@ -11,7 +11,8 @@ import pytest
 import shardcore
 from shardcore.cli import _COMMANDS, build_parser
 
-PYTHON_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "python")
+# the shardcore these tests import (the installed package, or python/ in a development tree)
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(shardcore.__file__)))
 
 # Words of the project's own history that have no place in a user's help text.
 NOT_IN_HELP = ("issue", "session", "docstring", "the device tool", "todo")

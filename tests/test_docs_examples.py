@@ -20,7 +20,11 @@ from pathlib import Path
 
 import pytest
 
+import shardcore
+
 ROOT = Path(__file__).resolve().parent.parent
+# the shardcore these tests import (the installed package, or python/ in a development tree)
+SHARDCORE_PARENT = str(Path(shardcore.__file__).resolve().parent.parent)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]+)\)\s*-->")
 MAX_SKIPPED = 4
@@ -72,7 +76,7 @@ PAGES_WITH_CODE = [p for p in PAGES if any(r is None for _, _, r in python_block
 def test_python_examples_run(page, tmp_path):
     blocks = [b for b in python_blocks(page) if b[2] is None]
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = SHARDCORE_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONWARNINGS"] = "error"
     out = subprocess.run(
         [sys.executable, "-c", _runner(page, blocks)],
