@@ -94,6 +94,46 @@ def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: out must not overlap the input")
 
 
+def check_all_to_allv(x: np.ndarray, send_counts: Any, out: np.ndarray | None, size: int) -> list:
+    """The checks of an all_to_allv call that need no other rank; returns the send counts."""
+    if x.ndim == 0:
+        raise ValueError("all_to_allv: x must have at least one dimension (rows)")
+    if isinstance(send_counts, (list, tuple)):
+        try:
+            counts = [operator.index(c) for c in send_counts]
+        except TypeError:
+            raise TypeError(
+                f"all_to_allv: send counts must be integers, got {send_counts!r}"
+            ) from None
+    else:
+        arr = np.asarray(send_counts)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"all_to_allv: send counts must be integers, got {send_counts!r}")
+        counts = arr.reshape(-1).tolist()
+    if len(counts) != size:
+        raise ValueError(f"all_to_allv: {len(counts)} send counts for {size} ranks")
+    if min(counts) < 0:
+        raise ValueError(f"all_to_allv: negative send count in {counts}")
+    if sum(counts) != x.shape[0]:
+        raise ValueError(
+            f"all_to_allv: send counts add up to {sum(counts)} rows but x has {x.shape[0]}"
+        )
+    if out is not None:
+        # Everything but the number of rows, which the counts exchange tells, is checked
+        # here, before any rank is committed to the call.
+        _require_array(out, "all_to_allv: out")
+        _require_writeable(out, "all_to_allv: out")
+        if out.dtype != x.dtype:
+            raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
+        if out.ndim != x.ndim or out.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"all_to_allv: out has shape {out.shape}; it needs rows of shape "
+                f"{x.shape[1:]}, as x has"
+            )
+        _check_disjoint(x, out, "all_to_allv")
+    return counts
+
+
 class Communicator:
     """A group of ranks that run collectives together through one shared-memory segment.
 
@@ -390,43 +430,7 @@ class Communicator:
         try:
             _require_array(x, "all_to_allv: x")
             code = dtype_code(x.dtype, "all_to_allv")
-            if x.ndim == 0:
-                raise ValueError("all_to_allv: x must have at least one dimension (rows)")
-            if isinstance(send_counts, (list, tuple)):
-                try:
-                    counts = [operator.index(c) for c in send_counts]
-                except TypeError:
-                    raise TypeError(
-                        f"all_to_allv: send counts must be integers, got {send_counts!r}"
-                    ) from None
-            else:
-                arr = np.asarray(send_counts)
-                if arr.dtype.kind not in "iu":
-                    raise TypeError(
-                        f"all_to_allv: send counts must be integers, got {send_counts!r}"
-                    )
-                counts = arr.reshape(-1).tolist()
-            if len(counts) != self.size:
-                raise ValueError(f"all_to_allv: {len(counts)} send counts for {self.size} ranks")
-            if min(counts) < 0:
-                raise ValueError(f"all_to_allv: negative send count in {counts}")
-            if sum(counts) != x.shape[0]:
-                raise ValueError(
-                    f"all_to_allv: send counts add up to {sum(counts)} rows but x has {x.shape[0]}"
-                )
-            if out is not None:
-                # Everything but the number of rows, which the counts exchange tells, is checked
-                # here, before any rank is committed to the call.
-                _require_array(out, "all_to_allv: out")
-                _require_writeable(out, "all_to_allv: out")
-                if out.dtype != x.dtype:
-                    raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
-                if out.ndim != x.ndim or out.shape[1:] != x.shape[1:]:
-                    raise ValueError(
-                        f"all_to_allv: out has shape {out.shape}; it needs rows of shape "
-                        f"{x.shape[1:]}, as x has"
-                    )
-                _check_disjoint(x, out, "all_to_allv")
+            counts = check_all_to_allv(x, send_counts, out, self.size)
         except Exception as exc:
             self._reject("all_to_allv", exc)
             raise

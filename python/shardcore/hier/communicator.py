@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +29,14 @@ from typing import Any
 import numpy as np
 
 from .._dtypes import dtype_code, op_code
-from ..comm import Communicator, _check_disjoint, _check_out, _require_array, _require_writeable
+from ..comm import (
+    Communicator,
+    _check_disjoint,
+    _check_out,
+    _require_array,
+    _require_writeable,
+    check_all_to_allv,
+)
 from ..errors import PeerFailureError
 from .interhost import Link
 from .model import PIPELINE_CHUNK_BYTES
@@ -503,32 +509,7 @@ class HierCommunicator:
         _require_array(x, "all_to_allv: x")
         dtype_code(x.dtype, "all_to_allv")
         n = self.size
-        if x.ndim == 0:
-            raise ValueError("all_to_allv: x must have at least one dimension (rows)")
-        try:
-            counts = [operator.index(c) for c in np.asarray(send_counts).reshape(-1).tolist()]
-        except TypeError:
-            raise TypeError(
-                f"all_to_allv: send counts must be integers, got {send_counts!r}"
-            ) from None
-        if len(counts) != n:
-            raise ValueError(f"all_to_allv: {len(counts)} send counts for {n} ranks")
-        if min(counts) < 0:
-            raise ValueError(f"all_to_allv: negative send count in {counts}")
-        if sum(counts) != x.shape[0]:
-            raise ValueError(
-                f"all_to_allv: send counts add up to {sum(counts)} rows but x has {x.shape[0]}"
-            )
-        if out is not None:
-            _require_array(out, "all_to_allv: out")
-            _require_writeable(out, "all_to_allv: out")
-            if out.dtype != x.dtype:
-                raise TypeError(f"all_to_allv: out has dtype {out.dtype}, expected {x.dtype}")
-            if out.shape[1:] != x.shape[1:]:
-                raise ValueError(
-                    f"all_to_allv: out has rows of shape {out.shape[1:]}, x {x.shape[1:]}"
-                )
-            _check_disjoint(x, out, "all_to_allv")
+        counts = check_all_to_allv(x, send_counts, out, n)
         mine = np.array(counts + [-1 if out is None else out.shape[0]], np.int64)
         table = np.empty((n, n + 1), np.int64)
         with self._collective("internal"):
