@@ -1,17 +1,18 @@
-"""``shardcore bench``: collectives, model, compare, tp-vs-pp, stream and gemm."""
+"""``shardcore bench``: collectives, model, compare, tp-vs-pp, stream, hosts and gemm."""
 
 from __future__ import annotations
 
 import importlib
 
 # Sub-command modules, each exposing ``register(subparsers)``.
-_SUBCOMMANDS = ("collectives", "compare", "model", "tp_vs_pp", "stream")
+_SUBCOMMANDS = ("collectives", "compare", "model", "tp_vs_pp", "stream", "hosts")
 
 _DESCRIPTION = (
     "Measure collectives the way nccl-tests measures NCCL (time, algbw, busbw) and the bytes "
     "each rank sent against the traffic model; run the same sweep through torch gloo, Open MPI "
     "and DeepSpeed; fit the alpha-beta model; compare TP, PP and EP per token; the memory copy "
-    "ceiling; the GEMM kernels against NumPy and torch."
+    "ceiling; the GEMM kernels against NumPy and torch; the two-level all-reduce across "
+    "namespaced hosts."
 )
 
 

@@ -216,43 +216,71 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Measure the two-level all-reduce against flat gloo across namespaced hosts."""
-    p = argparse.ArgumentParser(
-        prog="python -m shardcore.bench.hosts",
-        description="All-reduce across hosts made of Linux namespaces on this machine: "
-        "shardcore's two-level algorithm against one flat gloo ring over all ranks.",
+_HELP = "all-reduce across namespaced hosts on this machine: two-level against flat gloo"
+_DESCRIPTION = (
+    "All-reduce across hosts made of Linux namespaces on this machine (root, iproute2): "
+    "shardcore's two-level algorithm against one flat gloo ring over all ranks, alternating on "
+    "one communicator, with each host's link shaped by tc (netem, or a token bucket)."
+)
+
+
+def _add_arguments(p) -> None:
+    from ..cliargs import int_at_least, output_file
+
+    p.add_argument(
+        "--hosts", type=int_at_least(2), default=2, help="number of hosts, >= 2 (default 2)"
     )
-    p.add_argument("--hosts", type=int, default=2, help="number of hosts (default 2)")
-    p.add_argument("-n", "--nproc", type=int, default=4, help="ranks per host (default 4)")
+    p.add_argument(
+        "-n", "--nproc", type=int_at_least(1), default=4, help="ranks per host (default 4)"
+    )
     p.add_argument(
         "--sizes", default="64K,1M,16M,64M", help="message sizes (default 64K,1M,16M,64M)"
     )
-    p.add_argument("--iters", type=int, default=10, help="timed calls per size and algorithm")
     p.add_argument(
-        "--rate", default="10gbit", help="tc netem rate of each host's link ('' for none)"
+        "--iters",
+        type=int_at_least(1),
+        default=10,
+        help="timed calls per size and algorithm (default 10)",
     )
     p.add_argument(
-        "--delay", default="50us", help="tc netem delay of each host's link ('' for none)"
+        "--rate", default="10gbit", help="rate of each host's link, as tc writes it ('' for none)"
     )
-    p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument(
+        "--delay", default="50us", help="added delay of each host's link, netem only ('' for none)"
+    )
+    p.add_argument(
+        "--json", type=output_file, default=None, help="also write the rows to this file"
+    )
+
+
+def register(subparsers) -> None:
+    """Add ``shardcore bench hosts``."""
+    p = subparsers.add_parser("hosts", help=_HELP, description=_DESCRIPTION)
+    _add_arguments(p)
+    p.set_defaults(func=lambda args: _run(args, p))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shardcore.bench.hosts``: the same as ``shardcore bench hosts``."""
+    p = argparse.ArgumentParser(prog="python -m shardcore.bench.hosts", description=_DESCRIPTION)
+    _add_arguments(p)
     p.add_argument("--worker", nargs=2, metavar=("OUT", "SIZES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         _worker(args.worker[0], [int(s) for s in args.worker[1].split(",")], args.iters)
         return 0
+    return _run(args, p)
+
+
+def _run(args, p) -> int:
     try:
         sizes = [_parse_size(s) for s in args.sizes.split(",")]
     except ValueError:
-        p.error(f"--sizes: sizes like 64K,1M expected, got {args.sizes!r}")
-    if args.hosts < 2 or args.nproc < 1:
-        p.error("--hosts must be >= 2 and -n >= 1")
+        p.error(f"argument --sizes: sizes like 64K,1M expected, got {args.sizes!r}")
     why = unavailable()
     if why is not None:
         print(f"shardcore bench hosts: {why}", file=sys.stderr)
         return 2
-    if args.json:
-        open(args.json, "a").close()  # fail on a bad path before the run
     tmp = tempfile.mkdtemp(prefix="shardcore-hosts-")
     out = os.path.join(tmp, "rows.json")
     target = [
