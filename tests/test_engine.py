@@ -321,3 +321,14 @@ def test_workers_exit_when_their_parent_dies(qwen3_ckpt, tmp_path):  # noqa: F81
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_each_rank_reports_its_time_in_gemm_and_communication(qwen3_moe_ckpt):  # noqa: F811
+    ids = [prompts(1, 5, seed=16)[0].tolist(), prompts(1, 3, seed=17)[0].tolist()]
+    with Engine(qwen3_moe_ckpt, tp=2, pp=2, ep=2) as engine:
+        got = engine.generate(ids, max_new_tokens=3)
+    assert len(got.rank_seconds) == 4
+    for split in got.rank_seconds:
+        assert split["gemm_s"] > 0 and split["comm_s"] > 0 and split["other_s"] >= 0
+        total = split["gemm_s"] + split["comm_s"] + split["other_s"]
+        assert total == pytest.approx(split["total_s"])

@@ -241,6 +241,7 @@ def run(args: Any) -> int:
             "check": check,
             "seed": result.seed,
             "timing": result.timing,
+            "rank_seconds": result.rank_seconds,
         }
         if result.text is not None:
             report["text"] = result.text

@@ -40,6 +40,7 @@ class RankOutput:
     # seconds from this rank's start of the request: its first token chosen, its last one
     first_token_s: float = 0.0
     done_s: float = 0.0
+    split: dict[str, float] = field(default_factory=dict)  # Clock.split of the run
     traffic: dict = field(default_factory=dict)
     routing: list[list[RoutingRecord]] = field(default_factory=list)  # per forward
 
@@ -106,18 +107,20 @@ def run_requests(
             h = model.embed_tokens(ids)
         else:
             buf = np.empty((b, length, hidden), precision.dtype)
-            comm.recv(buf, layout.prev_stage_rank, tag=TAG_ACTIVATIONS)
+            with model.clock.measure("comm"):
+                comm.recv(buf, layout.prev_stage_rank, tag=TAG_ACTIVATIONS)
             h = buf.astype(np.float32)
         routing_before = len(model.routing)
         h = model.forward_layers(h, start)
         if model.record_routing:
             out.routing.append(model.routing[routing_before:])
         if not layout.is_last_stage:
-            comm.send(
-                np.ascontiguousarray(h, dtype=precision.dtype),
-                layout.next_stage_rank,
-                tag=TAG_ACTIVATIONS,
-            )
+            with model.clock.measure("comm"):
+                comm.send(
+                    np.ascontiguousarray(h, dtype=precision.dtype),
+                    layout.next_stage_rank,
+                    tag=TAG_ACTIVATIONS,
+                )
             return None
         return model.head(h[:, -1]) if last else None
 
@@ -126,19 +129,22 @@ def run_requests(
         if layout.pp == 1:
             return tokens
         if layout.is_last_stage:
-            comm.send(
-                np.ascontiguousarray(tokens, dtype=np.int64),
-                layout.first_stage_rank,
-                tag=TAG_TOKENS,
-            )
+            with model.clock.measure("comm"):
+                comm.send(
+                    np.ascontiguousarray(tokens, dtype=np.int64),
+                    layout.first_stage_rank,
+                    tag=TAG_TOKENS,
+                )
             return tokens
         if layout.is_first_stage:
             buf = np.empty(b, np.int64)
-            comm.recv(buf, layout.last_stage_rank, tag=TAG_TOKENS)
+            with model.clock.measure("comm"):
+                comm.recv(buf, layout.last_stage_rank, tag=TAG_TOKENS)
             return buf
         return None
 
     started = time.perf_counter()
+    model.clock.reset()
     if failure is not None:
         failure.maybe_fail(layout.rank, 0)
     chunks = prefill_chunks(s, micro_batches)
@@ -175,6 +181,7 @@ def run_requests(
                 break
     out.steps = steps
     out.done_s = time.perf_counter() - started
+    out.split = model.clock.split(out.done_s)
     if out.reports:
         out.tokens = generated[:, :steps]
         out.logits = np.stack(all_logits) if keep_logits else None

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .clock import Clock
 from .ops import Precision
 
 # Activations are reduced in place in a symmetric workspace (Communicator.empty): the core reads
@@ -28,6 +29,7 @@ class AxisGroup:
         self.size = 1 if comm is None else comm.size
         self.rank = 0 if comm is None else comm.rank
         self._workspace: np.ndarray | None = None
+        self.clock = Clock()  # the model's, once a StageModel holds the group
 
     def reserve(self, n: int) -> None:
         """Allocate the symmetric workspace for reductions of up to n elements now (collective):
@@ -53,20 +55,23 @@ class AxisGroup:
             return x
         buf = self._symmetric(x.size).reshape(x.shape)
         buf[...] = x  # the one copy: into shared memory, in the model dtype
-        self.comm.all_reduce(buf, algorithm=ALL_REDUCE_ALGORITHM)
+        with self.clock.measure("comm"):
+            self.comm.all_reduce(buf, algorithm=ALL_REDUCE_ALGORITHM)
         return buf.astype(np.float32)
 
     def all_gather(self, x: np.ndarray) -> np.ndarray:
         """Every rank's x (any dtype) concatenated along axis 0 in rank order."""
         if self.size == 1:
             return x
-        return self.comm.all_gather(np.ascontiguousarray(x))
+        with self.clock.measure("comm"):
+            return self.comm.all_gather(np.ascontiguousarray(x))
 
     def all_to_all_counts(self, counts: np.ndarray) -> np.ndarray:
         """Exchange an int64 [size, m] matrix: row j goes to rank j; returns the rows received."""
         if self.size == 1:
             return counts
-        return self.comm.all_to_all(np.ascontiguousarray(counts, dtype=np.int64))
+        with self.clock.measure("comm"):
+            return self.comm.all_to_all(np.ascontiguousarray(counts, dtype=np.int64))
 
     def all_to_allv(
         self, rows: np.ndarray, send_counts: Sequence[int]
@@ -75,7 +80,8 @@ class AxisGroup:
         if self.size == 1:
             return rows, list(send_counts)
         buf = np.ascontiguousarray(rows, dtype=self.precision.dtype)
-        out, recv_counts = self.comm.all_to_allv(buf, [int(c) for c in send_counts])
+        with self.clock.measure("comm"):
+            out, recv_counts = self.comm.all_to_allv(buf, [int(c) for c in send_counts])
         return np.asarray(out).astype(np.float32), [int(c) for c in recv_counts]
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checkpoint import Checkpoint
+from .clock import Clock
 from .config import ModelConfig
 from .groups import AxisGroup
 from .layout import RankLayout, split_even
@@ -87,6 +88,8 @@ class StageModel:
         self.precision = precision
         self.tp_group = tp_group
         self.ep_group = ep_group
+        self.clock = Clock()  # this rank's seconds in GEMMs and in communication
+        tp_group.clock = ep_group.clock = self.clock
         self.record_routing = record_routing
         self.backend = backend
         self.routing: list[RoutingRecord] = []
@@ -172,7 +175,7 @@ class StageModel:
         return ExpertWeights(self._linear(np.concatenate([gate, up], axis=1)), self._linear(down))
 
     def _linear(self, weight: np.ndarray) -> Linear:
-        return Linear(weight, self.precision, self.backend)
+        return Linear(weight, self.precision, self.backend, self.clock)
 
     # -- the pieces of a forward -------------------------------------------------------------
 

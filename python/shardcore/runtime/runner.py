@@ -43,6 +43,8 @@ class GenerateResult:
     # measured on the ranks that chose the tokens: ttft_s (request start to first token),
     # tpot_s (seconds per later token), tokens_per_s (tokens generated / the run's seconds)
     timing: dict[str, float] = field(default_factory=dict)
+    # per rank: {gemm_s, comm_s, other_s, total_s} of the run (clock.Clock)
+    rank_seconds: list[dict[str, float]] = field(default_factory=list)
 
 
 def _as_batch(input_ids) -> np.ndarray:
@@ -365,6 +367,7 @@ def _result(
         routing=routing,
         lengths=lengths,
         timing=_timing(reporting, lengths),
+        rank_seconds=[dict(o.split) for o in outputs],
     )
 
 

@@ -378,6 +378,13 @@ class Engine:
             routing=None,
             lengths=lengths,
             timing=timing,
+            rank_seconds=[
+                {
+                    k: sum(r.rank_seconds[rank][k] for _, r in parts)
+                    for k in first.rank_seconds[rank]
+                }
+                for rank in range(len(first.rank_seconds))
+            ],
         )
 
     # -- continuous batching ---------------------------------------------------------------------
