@@ -172,3 +172,39 @@ def test_generate_across_namespaced_hosts(hosts_factory, tmp_path):
     for h in range(2):
         with open(f"{tmp_path}/shm{h}.txt") as f:
             assert f.read().split() == []
+
+
+def test_bench_hosts_runs_and_counts_the_model(hosts_factory, tmp_path):
+    """shardcore bench hosts (smallest run): a row per size, bytes per rank as the model says."""
+    from shardcore.cli import main
+
+    hosts_factory(1)  # only for the skip when namespaces cannot be made
+    out = tmp_path / "rows.json"
+    code = main(
+        [
+            "bench",
+            "hosts",
+            "--hosts",
+            "2",
+            "-n",
+            "2",
+            "--sizes",
+            "4K,64K",
+            "--iters",
+            "2",
+            "--rate",
+            "1gbit",
+            "--delay",
+            "",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [r["bytes"] for r in result["rows"]] == [4096, 65536]
+    for r in result["rows"]:
+        # 2 hosts of 2: two-level 2(H-1)/H * S/L = S/2; flat ring over 4: 2*3/4 * S
+        assert r["hier_inter_bytes"] == r["bytes"] // 2
+        assert r["flat_inter_bytes"] == 3 * r["bytes"] // 2
+        assert r["hier_s"] > 0 and r["flat_s"] > 0
