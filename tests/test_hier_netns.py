@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -208,3 +209,50 @@ def test_bench_hosts_runs_and_counts_the_model(hosts_factory, tmp_path):
         assert r["hier_inter_bytes"] == r["bytes"] // 2
         assert r["flat_inter_bytes"] == 3 * r["bytes"] // 2
         assert r["hier_s"] > 0 and r["flat_s"] > 0
+
+
+def test_torchrun_init_process_group_is_hierarchical(hosts_factory, tmp_path):
+    """torchrun --nnodes 2 --nproc-per-node 2 on two namespaced hosts: init_process_group("shardcore")
+    gets the two-level communicator, and torch's collectives give the right answers."""
+    hosts = hosts_factory(2)
+    worker = os.path.join(HERE, "hier_torchrun_worker.py")
+    procs = []
+    for h in range(2):
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(h),
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            hosts.address(0),
+            "--master-port",
+            str(PORT + 1),
+            worker,
+            str(tmp_path),
+        ]
+        procs.append(
+            hosts.start(
+                h,
+                command,
+                f"{tmp_path}/shm{h}.txt",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    for rank in range(4):
+        with open(tmp_path / f"rank{rank}.json") as f:
+            r = json.load(f)
+        assert r["kinds"] == ["HierCommunicator", "HierCommunicator"]
+        assert r["x"] == [float(i * 10) for i in range(5)]
+        assert r["parts"] == [[q, q] for q in range(4)]
+    for h in range(2):
+        with open(f"{tmp_path}/shm{h}.txt") as f:
+            assert f.read().split() == []
