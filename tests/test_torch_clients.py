@@ -149,15 +149,18 @@ def case_ddp(rank, world, gloo):
     return {n: p.detach().clone() for n, p in model.module.named_parameters()}
 
 
-def case_fsdp2(rank, world, gloo):
-    """FSDP2 (fully_shard per layer and on the root), three steps on per-rank data."""
-    from torch.distributed.fsdp import fully_shard
+def case_fsdp2(rank, world, gloo, mixed):
+    """FSDP2 (fully_shard per layer and on the root), three steps on per-rank data; ``mixed``:
+    bf16 parameters in the forward (bf16 all-gathers), fp32 gradient reduce-scatters."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     torch.manual_seed(0)
     model = MLP()
-    fully_shard(model.w1)
-    fully_shard(model.w2)
-    fully_shard(model)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    kwargs = {"mp_policy": policy} if mixed else {}
+    fully_shard(model.w1, **kwargs)
+    fully_shard(model.w2, **kwargs)
+    fully_shard(model, **kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(10 + rank)
     for _ in range(3):
@@ -228,8 +231,9 @@ def test_ddp(tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_fsdp2(tmp_path):
-    gloo, shardcore = on_both_backends(2, case_fsdp2, tmp_path=tmp_path)
+@pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "bf16-params"])
+def test_fsdp2(mixed, tmp_path):
+    gloo, shardcore = on_both_backends(2, case_fsdp2, mixed, tmp_path=tmp_path)
     assert_same(gloo, shardcore)
 
 
