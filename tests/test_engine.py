@@ -332,3 +332,21 @@ def test_each_rank_reports_its_time_in_gemm_and_communication(qwen3_moe_ckpt):  
         assert split["gemm_s"] > 0 and split["comm_s"] > 0 and split["other_s"] >= 0
         total = split["gemm_s"] + split["comm_s"] + split["other_s"]
         assert total == pytest.approx(split["total_s"])
+
+
+@pytest.mark.timeout(60)
+def test_a_stuck_worker_ends_in_the_request_timeout(qwen3_ckpt):  # noqa: F811
+    """A rank that never returns: the request raises at its timeout (a TimeoutError and a
+    LaunchError), the ranks are stopped and the engine refuses later requests."""
+    with Engine(qwen3_ckpt, tp=2) as engine:
+        with pytest.raises(LaunchError) as info:
+            engine.generate(
+                prompts(1, 4), timeout=2, _failure=FailureInjection(rank=1, step=1, kind="hang")
+            )
+        assert isinstance(info.value, TimeoutError)
+        assert "timed out after 2" in str(info.value)
+        with pytest.raises(LaunchError):
+            engine.generate(prompts(1, 4))
+        for pid in engine.pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)

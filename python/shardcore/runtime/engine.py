@@ -51,11 +51,13 @@ class FailureInjection:
 
     rank: int
     step: int
-    kind: str = "raise"  # "raise": an exception; "kill": SIGKILL to itself
+    kind: str = "raise"  # "raise": an exception; "kill": SIGKILL to itself; "hang": block forever
 
     def __post_init__(self) -> None:
-        if self.kind not in ("raise", "kill"):
-            raise ValueError(f"FailureInjection.kind must be 'raise' or 'kill', got {self.kind!r}")
+        if self.kind not in ("raise", "kill", "hang"):
+            raise ValueError(
+                f"FailureInjection.kind must be 'raise', 'kill' or 'hang', got {self.kind!r}"
+            )
 
     def maybe_fail(self, rank: int, step: int) -> None:
         if rank != self.rank or step != self.step:
@@ -65,6 +67,10 @@ class FailureInjection:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "hang":
+            import threading
+
+            threading.Event().wait()  # never set: only a timeout or a kill ends this rank
         raise RuntimeError(f"injected failure on rank {rank} at step {step}")
 
 
