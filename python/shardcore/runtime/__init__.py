@@ -2,8 +2,9 @@
 
 ``Engine(checkpoint_dir, tp=2, pp=2)`` loads each rank's shard of a Hugging Face Qwen3 /
 Qwen3-MoE / Llama-style checkpoint once, on long-lived workers, and serves ``generate``
-requests (token ids or text, greedy or sampled); ``generate(checkpoint_dir, input_ids, tp=2)``
-is the one-call form. Both return the tokens, the logits of every step and each rank's traffic
+requests (token ids or text, greedy or sampled) or, with ``submit``, sequences that join and
+leave a continuously batched decode; ``generate(checkpoint_dir, input_ids, tp=2)`` is the
+one-call form. Both return the tokens, the logits of every step and each rank's traffic
 beside the traffic predicted for it.
 """
 

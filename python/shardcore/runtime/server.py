@@ -11,6 +11,9 @@ differ in length: prompts of one length form one batch, and the batches run one 
 other. Every batch is the same computation as ``generate`` on those prompts, so its tokens,
 logits and traffic (checked against the plan's prediction) are the ones a separate run gives.
 
+``submit(prompt)`` is the other way in: continuous batching (``continuous.Scheduler``), where
+sequences join and leave the running batch between decode steps.
+
 A worker that raises or dies fails the request in flight with the launcher's LaunchError
 naming the rank; the engine is then broken (its communicator was aborted), its workers are
 stopped, and every later request raises the same error at once.
