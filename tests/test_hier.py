@@ -412,3 +412,24 @@ def test_runtime_across_hosts_matches_one_process(tmp_path, degrees, spans, cros
                 for key in ("calls", "sent", "recv"):
                     assert got[kind][key] == want[kind][key], (rank, kind, key)
     assert (crossed > 0) == crosses
+
+
+def test_generate_across_hosts_rejects_what_it_cannot_run(tmp_path, capsys):
+    """shardcore generate --nnodes: one line naming the flag, exit 2, before anything starts."""
+    from runtime_fixtures import make_checkpoint
+
+    from shardcore.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "qwen3", "qwen3", num_hidden_layers=2)
+    capsys.readouterr()  # the checkpoint writer's progress bar
+    base = ["generate", ckpt, "--prompt-ids", "1,2,3", "--nnodes", "2"]
+    cases = {
+        "--master-addr": [],
+        "--node-rank": ["--master-addr", "127.0.0.1", "--node-rank", "2"],
+        "do not split evenly": ["--master-addr", "127.0.0.1", "-tp", "3"],
+        "greedy": ["--master-addr", "127.0.0.1", "-tp", "2", "--temperature", "0.7"],
+    }
+    for needle, extra in cases.items():
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

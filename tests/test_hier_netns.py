@@ -123,8 +123,9 @@ def test_a_cut_link_makes_every_rank_raise_within_the_timeout(hosts_factory, tmp
 
 
 def test_generate_across_namespaced_hosts(hosts_factory, tmp_path):
-    """python -m shardcore.runtime.distributed under shardcore run --nnodes 2: TP inside each
-    host, PP across; tokens equal the one-process run, inter-host bytes equal the prediction."""
+    """shardcore generate --nnodes 2 (python -m shardcore.runtime.distributed under shardcore run
+    --nnodes 2): TP inside each host, PP across; tokens equal the one-process run, and every
+    rank's counters, between hosts too, equal the prediction."""
     from runtime_fixtures import make_checkpoint, prompts
 
     from shardcore.runtime import generate
@@ -145,12 +146,40 @@ def test_generate_across_namespaced_hosts(hosts_factory, tmp_path):
         "3",
         "--json",
     ]
+    prompt_args = []
     for row in ids:
-        target += ["--prompt-ids", ",".join(str(int(t)) for t in row)]
+        prompt_args += ["--prompt-ids", ",".join(str(int(t)) for t in row)]
+    target += prompt_args
+    # host 0 through `shardcore generate --nnodes`, host 1 through `shardcore run --nnodes -m
+    # shardcore.runtime.distributed`: the two entry points of one job
+    generate = [
+        sys.executable,
+        "-c",
+        "import sys; from shardcore.cli import main; sys.exit(main())",
+        "generate",
+        ckpt,
+        *prompt_args,
+        "-tp",
+        "2",
+        "-pp",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--master-addr",
+        hosts.address(0),
+        "--master-port",
+        str(PORT),
+    ]
+    commands = [generate, hosts.launcher(1, 2, 2, target, PORT, 60.0)]
     procs = [
         hosts.start(
             h,
-            hosts.launcher(h, 2, 2, target, PORT, 60.0),
+            commands[h],
             f"{tmp_path}/shm{h}.txt",
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

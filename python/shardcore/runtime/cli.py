@@ -118,7 +118,65 @@ def register(subparsers) -> None:
         help="seconds before stopping every rank (default: no limit)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    hosts = p.add_argument_group(
+        "across hosts",
+        "run one `shardcore generate` per host with the same arguments and its own --node-rank; "
+        "ranks are numbered host by host (TP inside a host when tp*dp ranks fit on it, PP across); "
+        "greedy, from --prompt-ids",
+    )
+    hosts.add_argument(
+        "--nnodes", type=positive_int, default=1, help="number of hosts of the run (default 1)"
+    )
+    hosts.add_argument(
+        "--node-rank", type=int, default=0, help="this host's index in [0, --nnodes)"
+    )
+    hosts.add_argument(
+        "--master-addr", default=None, help="address of node 0, which serves the rendezvous store"
+    )
+    hosts.add_argument(
+        "--master-port", type=positive_int, default=29500, help="port of that store (default 29500)"
+    )
     p.set_defaults(func=run)
+
+
+def _run_across_hosts(args: Any) -> int:
+    """One host's share of a generation over --nnodes hosts (python -m shardcore.runtime.distributed)."""
+    from ..hier.launch import run_nodes
+
+    if args.master_addr is None:
+        raise ValueError("--nnodes > 1 needs --master-addr (node 0's address)")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise ValueError(f"--node-rank must be in [0, {args.nnodes}), got {args.node_rank}")
+    if args.prompt or not args.prompt_ids:
+        raise ValueError("across hosts the prompts are given as --prompt-ids")
+    sampling = (args.temperature, args.top_k, args.top_p, args.seed, args.stop_ids)
+    if sampling != (0.0, 0, 1.0, None, None) or args.plan is not None or args.check:
+        raise ValueError(
+            "across hosts a run is greedy from -tp/-pp/-dp/-ep: --temperature, --top-k, "
+            "--top-p, --seed, --stop-ids, --plan and --check are for one host"
+        )
+    world = args.tp * args.pp * args.dp
+    if world % args.nnodes:
+        raise ValueError(
+            f"tp*pp*dp = {world} ranks do not split evenly over --nnodes {args.nnodes}"
+        )
+    target = ["-m", "shardcore.runtime.distributed", args.checkpoint]
+    for ids in args.prompt_ids:
+        target += ["--prompt-ids", ids]
+    for degree in ("tp", "pp", "dp", "ep"):
+        target += [f"-{degree}", str(getattr(args, degree))]
+    target += ["--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype]
+    if args.json:
+        target.append("--json")
+    return run_nodes(
+        world // args.nnodes,
+        target,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        timeout=args.timeout,
+    )
 
 
 def _checkpoint_dir(text: str) -> str:
@@ -172,6 +230,12 @@ def run(args: Any) -> int:
 
     from . import Engine
 
+    if args.nnodes > 1 or args.master_addr is not None:
+        try:
+            return _run_across_hosts(args)
+        except ValueError as exc:
+            print(f"shardcore generate: error: {exc}", file=sys.stderr)
+            return 2
     try:
         if bool(args.prompt) == bool(args.prompt_ids):
             raise ValueError("give the prompts as --prompt (text) or as --prompt-ids, not both")
