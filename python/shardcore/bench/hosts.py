@@ -208,6 +208,78 @@ def _worker(out: str, sizes: list[int], iters: int) -> None:
             json.dump({"ranks": comm.size, "topology": comm.topology.describe(), "rows": rows}, f)
 
 
+def _run_generate(args) -> int:
+    """Decode time per token across namespaced hosts: two-level, then all on gloo."""
+    import numpy as np
+
+    with open(os.path.join(args.generate, "config.json")) as f:
+        vocab = int(json.load(f)["vocab_size"])
+    ids = np.random.default_rng(0).integers(0, vocab, args.prompt_len)
+    world = args.tp * args.pp
+    if world != args.hosts * args.nproc:
+        print(
+            f"shardcore bench hosts: -tp*-pp = {world} must equal --hosts*-n = "
+            f"{args.hosts * args.nproc}",
+            file=sys.stderr,
+        )
+        return 2
+    target = [
+        "-m",
+        "shardcore.runtime.distributed",
+        args.generate,
+        "--prompt-ids",
+        ",".join(str(int(t)) for t in ids),
+        "-tp",
+        str(args.tp),
+        "-pp",
+        str(args.pp),
+        "--max-new-tokens",
+        str(args.new_tokens),
+        "--json",
+        "--timed",
+    ]
+    reports = {}
+    with NamespacedHosts(args.hosts, args.rate or None, args.delay or None) as hosts:
+        shaping = hosts.shaping
+        for label, host_id in (("two-level", None), ("all gloo", "rank")):
+            env = dict(os.environ)
+            env.pop("SHARDCORE_HOST_ID", None)
+            if host_id:
+                env["SHARDCORE_HOST_ID"] = host_id
+            procs = [
+                hosts.start(
+                    h,
+                    hosts.launcher(h, args.hosts, args.nproc, target, 29534),
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for h in range(args.hosts)
+            ]
+            outs = [proc.communicate()[0] for proc in procs]
+            if any(proc.returncode for proc in procs):
+                print(f"shardcore bench hosts: the {label} run failed", file=sys.stderr)
+                return 1
+            reports[label] = json.loads(outs[0].strip().splitlines()[-1])
+    a, b = reports["two-level"], reports["all gloo"]
+    same = a["tokens"] == b["tokens"]
+    inter = [sum(v.get("inter_sent", 0) for v in r["traffic"][0].values()) for r in (a, b)]
+    print(
+        f"decode, tp={args.tp} pp={args.pp} over {args.hosts} hosts of {args.nproc}, links: "
+        f"{shaping}; {args.new_tokens} new tokens after {args.prompt_len}, slowest rank"
+    )
+    print(
+        f"two-level: {a['decode_ms_per_token']:.2f} ms/token; all on gloo: "
+        f"{b['decode_ms_per_token']:.2f} ms/token; speed-up "
+        f"{b['decode_ms_per_token'] / a['decode_ms_per_token']:.2f}x; tokens equal: "
+        f"{'yes' if same else 'NO'}; rank 0 bytes through gloo: {inter[0]} vs {inter[1]}"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"shaping": shaping, "two_level": a, "all_gloo": b}, f)
+    return 0 if same else 1
+
+
 def _parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     text = text.strip().upper().rstrip("B")
@@ -251,6 +323,21 @@ def _add_arguments(p) -> None:
     p.add_argument(
         "--json", type=output_file, default=None, help="also write the rows to this file"
     )
+    p.add_argument(
+        "--generate",
+        metavar="CHECKPOINT",
+        default=None,
+        help="instead of the all-reduce sweep: decode time per token of this checkpoint, "
+        "two-level against every collective on gloo (each rank its own host)",
+    )
+    p.add_argument("-tp", type=int_at_least(1), default=4, help="with --generate (default 4)")
+    p.add_argument("-pp", type=int_at_least(1), default=2, help="with --generate (default 2)")
+    p.add_argument(
+        "--new-tokens", type=int_at_least(2), default=16, help="with --generate (default 16)"
+    )
+    p.add_argument(
+        "--prompt-len", type=int_at_least(1), default=16, help="with --generate (default 16)"
+    )
 
 
 def register(subparsers) -> None:
@@ -281,6 +368,8 @@ def _run(args, p) -> int:
     if why is not None:
         print(f"shardcore bench hosts: {why}", file=sys.stderr)
         return 2
+    if args.generate is not None:
+        return _run_generate(args)
     tmp = tempfile.mkdtemp(prefix="shardcore-hosts-")
     out = os.path.join(tmp, "rows.json")
     target = [

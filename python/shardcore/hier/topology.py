@@ -23,6 +23,13 @@ def _link(path: str) -> str:
         return "?"
 
 
+def _label() -> str:
+    label = os.environ.get("SHARDCORE_HOST_ID", "")
+    if label == "rank":  # every rank its own host: all traffic through gloo (a flat baseline)
+        return "rank-" + os.environ.get("SHARDCORE_RANK", os.environ.get("RANK", "?"))
+    return label
+
+
 def host_identity() -> str:
     """A string equal for two processes exactly when they can share a shardcore segment.
 
@@ -31,7 +38,8 @@ def host_identity() -> str:
     running kernel (the boot id). Hostname alone is not enough: two containers of one machine
     have the same kernel and may have the same name but not the same /dev/shm.
     $SHARDCORE_HOST_ID, when set, is added to it: processes that set different values act as
-    different hosts even where they could share memory (to try a multi-host layout on one host).
+    different hosts even where they could share memory (to try a multi-host layout on one host);
+    ``rank`` makes every rank a host of its own, so that every collective runs on gloo alone.
     """
     try:
         st = os.stat("/dev/shm")
@@ -45,7 +53,7 @@ def host_identity() -> str:
         _link("/proc/self/ns/net"),
         _link("/proc/self/ns/pid"),
         _link("/proc/self/ns/ipc"),
-        os.environ.get("SHARDCORE_HOST_ID", ""),
+        _label(),
     ]
     return "|".join(parts)
 

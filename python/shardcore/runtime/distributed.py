@@ -16,6 +16,7 @@ import argparse
 import json
 import pickle
 import sys
+import time
 
 import numpy as np
 
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=8, help="tokens per prompt (default 8)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--timed",
+        action="store_true",
+        help="also run with one new token first and report the decode time per token (the "
+        "difference of the two runs over the extra tokens, slowest rank)",
+    )
     args = p.parse_args(argv)
     try:
         prompts = [[int(t) for t in s.split(",")] for s in args.prompt_ids]
@@ -123,28 +130,45 @@ def main(argv: list[str] | None = None) -> int:
     import shardcore
 
     comm = shardcore.init()
-    result = generate_on(
-        comm,
-        args.checkpoint,
-        np.array(prompts, np.int64),
-        tp=args.tp,
-        pp=args.pp,
-        dp=args.dp,
-        ep=args.ep,
-        max_new_tokens=args.max_new_tokens,
-        dtype=args.dtype,
-    )
+
+    def run(new_tokens: int) -> tuple[GenerateResult, float]:
+        comm.barrier()
+        start = time.perf_counter()
+        result = generate_on(
+            comm,
+            args.checkpoint,
+            np.array(prompts, np.int64),
+            tp=args.tp,
+            pp=args.pp,
+            dp=args.dp,
+            ep=args.ep,
+            max_new_tokens=new_tokens,
+            dtype=args.dtype,
+        )
+        mine = np.array([time.perf_counter() - start])
+        return result, float(comm.all_gather(mine).max())
+
+    decode_ms = None
+    if args.timed and args.max_new_tokens > 1:
+        _, one = run(1)
+        result, full = run(args.max_new_tokens)
+        decode_ms = (full - one) / (args.max_new_tokens - 1) * 1e3
+    else:
+        result, _ = run(args.max_new_tokens)
     if comm.rank == 0:
         report = {
             "tokens": result.tokens.tolist(),
             "hosts": host_indices(comm),
             "traffic": result.traffic,
             "predicted": result.predicted_traffic,
+            "decode_ms_per_token": decode_ms,
         }
         if args.json:
             print(json.dumps(report))
         else:
             print("tokens:", report["tokens"])
+            if decode_ms is not None:
+                print(f"decode: {decode_ms:.2f} ms per token (slowest rank)")
             for r, (got, want) in enumerate(zip(result.traffic, result.predicted_traffic)):
                 sent = sum(v["sent"] for v in got.values())
                 inter = sum(v.get("inter_sent", 0) for v in got.values())
