@@ -285,3 +285,52 @@ def test_torchrun_init_process_group_is_hierarchical(hosts_factory, tmp_path):
     for h in range(2):
         with open(f"{tmp_path}/shm{h}.txt") as f:
             assert f.read().split() == []
+
+
+def test_bench_hosts_generate_compares_with_all_gloo(hosts_factory, tmp_path, capsys):
+    """shardcore bench hosts --generate: both runs give the same tokens, and the two-level run
+    sends less through gloo than the run with every collective on gloo."""
+    from runtime_fixtures import make_checkpoint
+
+    from shardcore.cli import main
+
+    hosts_factory(1)  # only for the skip when namespaces cannot be made
+    ckpt = make_checkpoint(tmp_path / "qwen3", "qwen3")
+    out = tmp_path / "generate.json"
+    capsys.readouterr()
+    args = [
+        "bench",
+        "hosts",
+        "--generate",
+        ckpt,
+        "--hosts",
+        "2",
+        "-n",
+        "2",
+        "-tp",
+        "2",
+        "-pp",
+        "2",
+        "--new-tokens",
+        "3",
+        "--prompt-len",
+        "5",
+        "--rate",
+        "1gbit",
+        "--delay",
+        "",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert "tokens equal: yes" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    two_level, flat = result["two_level"], result["all_gloo"]
+    assert two_level["tokens"] == flat["tokens"]
+    # (times are reported, not judged: a test does not depend on speed)
+    assert isinstance(two_level["decode_ms_per_token"], float)
+
+    def through_gloo(report):
+        return sum(v["inter_sent"] for rank in report["traffic"] for v in rank.values())
+
+    assert 0 < through_gloo(two_level) < through_gloo(flat)

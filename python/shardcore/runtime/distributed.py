@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--timed",
         action="store_true",
-        help="also run with one new token first and report the decode time per token (the "
-        "difference of the two runs over the extra tokens, slowest rank)",
+        help="also run with one new token first (after a warm-up) and report the decode time "
+        "per token: the difference of the two runs over the extra tokens, slowest rank",
     )
     args = p.parse_args(argv)
     try:
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     decode_ms = None
     if args.timed and args.max_new_tokens > 1:
+        run(1)  # warm-up: connections, page faults, caches
         _, one = run(1)
         result, full = run(args.max_new_tokens)
         decode_ms = (full - one) / (args.max_new_tokens - 1) * 1e3
