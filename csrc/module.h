@@ -5,4 +5,5 @@
 namespace shardcore {
 void register_comm(pybind11::module_& m);
 void register_gemm(pybind11::module_& m);
+void register_ops(pybind11::module_& m);
 }  // namespace shardcore

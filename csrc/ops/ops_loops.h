@@ -1,0 +1,125 @@
+// The row loops of the op kernels, shared by the ISA units (ops_generic.cpp, ops_avx2.cpp,
+// ops_avx512.cpp). A unit defines, in its own anonymous namespace and compiled with its own ISA
+// flags, a conversion type Conv with
+//   static void to_bf16(const float* x, uint16_t* y, int64_t n);
+//   static void from_bf16(const uint16_t* x, float* y, int64_t n);
+//   static void round(const float* x, float* y, int64_t n);  // y may be x
+// and instantiates make_kernels<Conv>(name): each unit's instantiations are its own (Conv
+// differs), so no code compiled for one ISA is linked into another's table. The loops are plain
+// C++ that the unit's compiler vectorises for its ISA; only the conversions are intrinsics.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace shardcore::ops::loops {
+
+// The portable conversion of one value, the definition the vector conversions must equal.
+template <typename Tag>
+inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>(((u >> 16) & 0x8000u) | 0x7fc0u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// Sum of x[j]^2 in float32 over 16 partial sums (lane j % 16), added pairwise at the end: a
+// fixed order (per ISA: the units may contract x*x + acc into an FMA) that vectorises.
+template <typename Conv>
+float sum_squares(const float* x, int64_t n) {
+  constexpr int kLanes = 16;
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += x[j + l] * x[j + l];
+  for (int l = 0; j < n; ++j, ++l) acc[l] += x[j] * x[j];
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+// Where a row's float32 results go: straight into out (f32, f32_bf16), or into tmp to be
+// converted (bf16).
+template <typename Conv>
+float* row_target(void* out, int64_t r, int64_t stride, Store s, std::vector<float>& tmp) {
+  if (s == Store::bf16) return tmp.data();
+  return static_cast<float*>(out) + r * stride;
+}
+
+template <typename Conv>
+void finish_row(float* y, void* out, int64_t r, int64_t stride, int64_t n, Store s) {
+  if (s == Store::f32_bf16) Conv::round(y, y, n);
+  if (s == Store::bf16) Conv::to_bf16(y, static_cast<uint16_t*>(out) + r * stride, n);
+}
+
+template <typename Conv>
+void scale_row(const float* x, float inv, const float* w, float* y, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) y[j] = (x[j] * inv) * w[j];
+}
+
+template <typename Conv>
+void rms_norm(const float* x, int64_t rows, int64_t n, int64_t x_stride, const float* w,
+              float eps, void* out, int64_t out_stride, Store s) {
+  std::vector<float> tmp(s == Store::bf16 ? static_cast<size_t>(n) : 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * x_stride;
+    const float var = sum_squares<Conv>(xr, n) / static_cast<float>(n);
+    const float inv = 1.0f / std::sqrt(var + eps);
+    float* y = row_target<Conv>(out, r, out_stride, s, tmp);
+    scale_row<Conv>(xr, inv, w, y, n);
+    finish_row<Conv>(y, out, r, out_stride, n, s);
+  }
+}
+
+template <typename Conv>
+void swiglu(const float* gu, int64_t rows, int64_t n, int64_t gu_stride, void* out,
+            int64_t out_stride, Store s) {
+  std::vector<float> tmp(s == Store::bf16 ? static_cast<size_t>(n) : 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = gu + r * gu_stride;
+    const float* u = g + n;
+    float* y = row_target<Conv>(out, r, out_stride, s, tmp);
+    for (int64_t j = 0; j < n; ++j) y[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+    finish_row<Conv>(y, out, r, out_stride, n, s);
+  }
+}
+
+template <typename Conv>
+void norm_rope(float* x, int64_t rows, int64_t row_stride, int64_t d, int64_t q_heads,
+               int64_t k_heads, const float* q_norm, const float* k_norm, float eps,
+               const float* cos, const float* sin, bool round_bf16) {
+  const int64_t half = d / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* c = cos + r * d;
+    const float* sn = sin + r * d;
+    for (int64_t h = 0; h < q_heads + k_heads; ++h) {
+      float* v = x + r * row_stride + h * d;
+      const float* w = h < q_heads ? q_norm : k_norm;
+      if (w != nullptr) {
+        const float var = sum_squares<Conv>(v, d) / static_cast<float>(d);
+        scale_row<Conv>(v, 1.0f / std::sqrt(var + eps), w, v, d);
+        if (round_bf16) Conv::round(v, v, d);
+      }
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * sn[i];
+        v[i + half] = b * c[i + half] + a * sn[i + half];
+      }
+      if (round_bf16) Conv::round(v, v, d);
+    }
+  }
+}
+
+template <typename Conv>
+Kernels make_kernels(const char* name) {
+  return Kernels{name,          Conv::to_bf16,    Conv::from_bf16,
+                 Conv::round,   rms_norm<Conv>,   swiglu<Conv>,
+                 norm_rope<Conv>};
+}
+
+}  // namespace shardcore::ops::loops
