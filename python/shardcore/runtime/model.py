@@ -24,13 +24,13 @@ from .layout import RankLayout, split_even
 from .linear import Linear
 from .ops import (
     Precision,
-    apply_rope,
     causal_attention,
     causal_attention_rows,
-    rms_norm,
+    norm,
+    qk_norm_rope_,
     rope_tables,
-    silu,
     softmax_top_k,
+    swiglu,
 )
 
 
@@ -201,7 +201,7 @@ class StageModel:
         block, then an all-gather of the TP ranks' blocks (padded to equal size)."""
         if self.lm_head is None or self.final_norm is None:
             raise RuntimeError(f"rank {self.layout.rank} holds no LM head")
-        x = self.precision.round(rms_norm(h, self.final_norm, self.cfg.rms_norm_eps))
+        x = norm(h, self.final_norm, self.cfg.rms_norm_eps, self.precision)
         local = self.lm_head(x)
         if self.layout.tp == 1:
             return local
@@ -220,10 +220,11 @@ class StageModel:
 
     def forward_layers(self, h: np.ndarray, start: int) -> np.ndarray:
         """Run this stage's layers on h [B, T, hidden] of the tokens at positions start.."""
-        _b, t, _ = h.shape
+        b, t, _ = h.shape
         if start + t > self.max_len:
             raise ValueError(f"positions up to {start + t} exceed the KV cache ({self.max_len})")
         cos, sin = rope_tables(np.arange(start, start + t), self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = np.tile(cos, (b, 1)), np.tile(sin, (b, 1))  # one table row per token row
         for i in self.layout.layers:
             h = self._block(i, h, start, cos, sin)
         return h
@@ -240,17 +241,18 @@ class StageModel:
         return self._finish_block(i, h, attn)
 
     def _qkv(self, i: int, h: np.ndarray, cos, sin):
-        """q [B, heads, T, D], k and v [B, kv heads, T, D] of h, normed and rotated."""
-        cfg, rnd, lw = self.cfg, self.precision.round, self.layers[i]
+        """q [B, heads, T, D], k and v [B, kv heads, T, D] of h, normed and rotated (views of
+        one array); cos and sin [B * T, D] hold each token row's tables."""
+        cfg, lw = self.cfg, self.layers[i]
         b, t, hidden = h.shape
         d, nq, nkv = cfg.head_dim, self.n_heads, self.n_kv
-        x = rnd(rms_norm(h, lw.input_norm, cfg.rms_norm_eps)).reshape(b * t, hidden)
-        qkv = lw.qkv(x).reshape(b, t, nq + 2 * nkv, d).transpose(0, 2, 1, 3)
-        q, k, v = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
-        if lw.q_norm is not None and lw.k_norm is not None:
-            q = rnd(rms_norm(q, lw.q_norm, cfg.rms_norm_eps))
-            k = rnd(rms_norm(k, lw.k_norm, cfg.rms_norm_eps))
-        return rnd(apply_rope(q, cos, sin)), rnd(apply_rope(k, cos, sin)), v
+        x = norm(h, lw.input_norm, cfg.rms_norm_eps, self.precision).reshape(b * t, hidden)
+        qkv = np.ascontiguousarray(lw.qkv(x))
+        qk_norm_rope_(
+            qkv, cos, sin, nq, nkv, d, lw.q_norm, lw.k_norm, cfg.rms_norm_eps, self.precision
+        )
+        heads = qkv.reshape(b, t, nq + 2 * nkv, d).transpose(0, 2, 1, 3)
+        return heads[:, :nq], heads[:, nq : nq + nkv], heads[:, nq + nkv :]
 
     def _finish_block(self, i: int, h: np.ndarray, attn: np.ndarray) -> np.ndarray:
         """The block after attention: o_proj, residual, MLP (or MoE), residual."""
@@ -259,7 +261,7 @@ class StageModel:
         nq, d = self.n_heads, cfg.head_dim
         attn = rnd(attn).reshape(b, nq, t, d).transpose(0, 2, 1, 3).reshape(b * t, nq * d)
         h = rnd(h + self.tp_group.all_reduce(lw.o(attn)).reshape(b, t, hidden))
-        x = rnd(rms_norm(h, lw.post_norm, cfg.rms_norm_eps)).reshape(b * t, hidden)
+        x = norm(h, lw.post_norm, cfg.rms_norm_eps, self.precision).reshape(b * t, hidden)
         out = self._swiglu_apply(lw.mlp, x) if lw.mlp is not None else self._moe(i, lw, x)
         return rnd(h + self.tp_group.all_reduce(out).reshape(b, t, hidden))
 
@@ -283,9 +285,7 @@ class StageModel:
         if int(starts.max()) + t > self.slot_len:
             raise ValueError(f"positions up to {int(starts.max()) + t} exceed {self.slot_len}")
         positions = (starts[:, None] + np.arange(t)[None, :]).reshape(-1)
-        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        cos = cos.reshape(n, 1, t, -1)
-        sin = sin.reshape(n, 1, t, -1)
+        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [N * T, D]
         nq, nkv, d = self.n_heads, self.n_kv, self.cfg.head_dim
         length = int(starts.max()) + t
         for i in self.layout.layers:
@@ -300,9 +300,7 @@ class StageModel:
         return h
 
     def _swiglu_apply(self, w: ExpertWeights, x: np.ndarray) -> np.ndarray:
-        gu = w.gate_up(x)
-        n = gu.shape[1] // 2
-        return w.down(self.precision.round(silu(gu[:, :n]) * gu[:, n:]))
+        return w.down(swiglu(w.gate_up(x), self.precision))
 
     def _moe(self, layer: int, lw: LayerWeights, x: np.ndarray) -> np.ndarray:
         """This rank's part of the MoE output for x [N, hidden]; the TP all-reduce sums parts.

@@ -1,14 +1,22 @@
-"""The decoder's elementwise and attention arithmetic in NumPy (float32 math).
+"""The decoder's elementwise and attention arithmetic (float32 math).
 
 Activations are float32 arrays. In bfloat16 mode every op's output is rounded to bfloat16
 (``Precision.round``) so that activations, the KV cache and every message between ranks hold
 bfloat16 values, as a bfloat16 model on an accelerator would; the arithmetic itself (GEMM
 accumulation, softmax, norms) stays float32.
+
+The hot per-token ops (``Precision.round``, ``norm``, ``swiglu``, ``qk_norm_rope_``) run in the
+C++ core (``shardcore.fused``) where it is built; ``SHARDCORE_RUNTIME_OPS=numpy`` (read once per
+process) keeps them in NumPy, the reference they are tested against. The bfloat16 rounding is
+bitwise the same either way; the float32 sums of a norm may differ in the last bit.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
+from types import ModuleType
 
 import ml_dtypes
 import numpy as np
@@ -38,17 +46,90 @@ class Precision:
         """``x`` (float32) rounded to the model dtype, returned as float32."""
         if self.name == "float32":
             return x
+        core = fused_ops()
+        if core is not None and x.dtype == np.float32:
+            return core.round_bfloat16(x)
         return x.astype(self.dtype).astype(np.float32)
+
+    @property
+    def rounds(self) -> bool:
+        """Whether results are rounded to bfloat16 values."""
+        return self.name == "bfloat16"
 
     def weight(self, w: np.ndarray) -> np.ndarray:
         """A checkpoint tensor in the model dtype's values, as float32."""
         return self.round(np.asarray(w).astype(np.float32))
 
 
+@functools.cache
+def fused_ops() -> ModuleType | None:
+    """``shardcore.fused`` where the core is built and ``SHARDCORE_RUNTIME_OPS`` is not numpy."""
+    want = os.environ.get("SHARDCORE_RUNTIME_OPS", "core")
+    if want not in ("core", "numpy"):
+        raise ValueError(f"SHARDCORE_RUNTIME_OPS must be core or numpy, got {want!r}")
+    if want == "numpy":
+        return None
+    try:
+        from .. import fused
+    except ImportError:
+        return None
+    return fused
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight."""
     var = np.mean(np.square(x), axis=-1, keepdims=True, dtype=np.float32)
     return (x * (1.0 / np.sqrt(var + np.float32(eps)))).astype(np.float32) * weight
+
+
+def norm(x: np.ndarray, weight: np.ndarray, eps: float, precision: Precision) -> np.ndarray:
+    """``rms_norm`` rounded to the model dtype (in the core where built)."""
+    core = fused_ops()
+    if core is not None:
+        return core.rms_norm(x, weight, eps, round_bf16=precision.rounds)
+    return precision.round(rms_norm(x, weight, eps))
+
+
+def swiglu(gate_up: np.ndarray, precision: Precision) -> np.ndarray:
+    """silu(gate) * up of [..., 2n] rows [gate | up], rounded to the model dtype."""
+    core = fused_ops()
+    if core is not None:
+        return core.swiglu(gate_up, round_bf16=precision.rounds)
+    n = gate_up.shape[-1] // 2
+    return precision.round(silu(gate_up[..., :n]) * gate_up[..., n:])
+
+
+def qk_norm_rope_(
+    qkv: np.ndarray,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    q_heads: int,
+    k_heads: int,
+    head_dim: int,
+    q_norm: np.ndarray | None,
+    k_norm: np.ndarray | None,
+    eps: float,
+    precision: Precision,
+) -> None:
+    """In place on ``qkv`` [R, heads * head_dim] (C-contiguous, heads [q | k | v]): the q and k
+    heads RMS-normed where the weights are given, then rotated by each row's tables cos, sin
+    [R, head_dim], each step rounded to the model dtype."""
+    core = fused_ops()
+    if core is not None:
+        core.norm_rope_(
+            qkv, cos, sin, q_heads, k_heads, head_dim, q_norm, k_norm, eps, precision.rounds
+        )
+        return
+    rnd = precision.round
+    rows = qkv.shape[0]
+    heads = qkv[:, : (q_heads + k_heads) * head_dim].reshape(rows, q_heads + k_heads, head_dim)
+    q, k = heads[:, :q_heads], heads[:, q_heads:]
+    if q_norm is not None and k_norm is not None:
+        q = rnd(rms_norm(q, q_norm, eps))
+        k = rnd(rms_norm(k, k_norm, eps))
+    c, s = cos[:, None], sin[:, None]
+    heads[:, :q_heads] = rnd(apply_rope(q, c, s))
+    heads[:, q_heads:] = rnd(apply_rope(k, c, s))
 
 
 def silu(x: np.ndarray) -> np.ndarray:
