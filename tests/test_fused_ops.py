@@ -129,6 +129,13 @@ def test_swiglu(isa, n):
     # Extreme gates: silu(-inf side) -> -0, silu(+large) -> gate.
     big = np.array([[-200.0, 200.0, 0.0, 2.0, 3.0, 0.0]], np.float32)
     np.testing.assert_array_equal(fused.swiglu(big, isa=isa), [[-0.0, 600.0, 0.0]])
+    assert np.isnan(fused.swiglu(np.array([[np.nan, 1.0]], np.float32), isa=isa)).all()
+    # exp is the core's polynomial, not libm's: every gate of a dense sweep within 2 ulp-ish.
+    g = np.linspace(-100, 100, 20_001, dtype=np.float32)
+    sweep = fused.swiglu(np.concatenate([g, np.ones_like(g)])[None], isa=isa)[0]
+    g64 = g.astype(np.float64)
+    # (atol: below -88.7 e^-g overflows float32, so silu is -0 where it is ~1e-37.)
+    np.testing.assert_allclose(sweep, g64 / (1 + np.exp(-g64)), rtol=5e-7, atol=1e-35)
 
 
 def _rope_ref(x, cos, sin, qh, kh, d, qn, kn, eps, rnd):
