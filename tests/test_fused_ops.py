@@ -251,3 +251,68 @@ def test_runtime_ops_use_the_core_and_agree_with_numpy(monkeypatch):
     finally:
         monkeypatch.delenv("SHARDCORE_RUNTIME_OPS")
         ops.fused_ops.cache_clear()
+
+
+def _attention_ref(q, k_cache, v_cache, slots, starts, t, qh, kvh, d):
+    """float64 causal GQA attention, query row n*t + i at position starts[n] + i."""
+    out = np.zeros((len(slots) * t, qh * d))
+    for n, (slot, start) in enumerate(zip(slots, starts, strict=True)):
+        for i in range(t):
+            row, pos = n * t + i, start + i
+            for h in range(qh):
+                k = k_cache[slot, h // (qh // kvh), : pos + 1].astype(np.float64)
+                v = v_cache[slot, h // (qh // kvh), : pos + 1].astype(np.float64)
+                s = k @ q[row, h * d : (h + 1) * d].astype(np.float64) / np.sqrt(d)
+                p = np.exp(s - s.max())
+                out[row, h * d : (h + 1) * d] = (p / p.sum()) @ v
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    ("qh", "kvh", "d", "length", "t", "slots", "starts"),
+    [
+        (1, 1, 1, 1, 1, [0], [0]),
+        (4, 2, 12, 9, 3, [1, 0], [0, 6]),  # a prompt of 3 in two sequences at their own places
+        (16, 8, 128, 300, 1, [2, 0, 1], [299, 0, 136]),  # decode steps, odd lengths
+        (6, 1, 17, 40, 2, [0], [31]),
+        (2, 2, 8, 5, 0, [], []),  # no rows
+    ],
+)
+@pytest.mark.parametrize("rnd", (False, True))
+def test_attention(isa, qh, kvh, d, length, t, slots, starts, rnd):
+    rng = np.random.default_rng(qh * 1000 + d)
+    n_slots = max(slots, default=0) + 1
+    k_cache = rng.standard_normal((n_slots, kvh, length, d)).astype(np.float32)
+    v_cache = rng.standard_normal((n_slots, kvh, length, d)).astype(np.float32)
+    q = (rng.standard_normal((len(slots) * t, qh * d + 5)) * 2).astype(np.float32)  # + k, v
+    want = _attention_ref(q, k_cache, v_cache, slots, starts, t, qh, kvh, d)
+    got = fused.attention(q, qh, kvh, d, k_cache, v_cache, slots, starts, t, rnd, isa=isa)
+    assert got.shape == want.shape and got.dtype == np.float32
+    if rnd:
+        np.testing.assert_array_equal(got, bf16_values(got))
+        np.testing.assert_array_less(np.abs(got - want), 2.0**-8 * np.abs(want) + 1e-5)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if len(slots) > 1:  # a sequence alone gets the same bits as in the batch
+        alone = fused.attention(q[t:], qh, kvh, d, k_cache, v_cache, slots[1:], starts[1:], t,
+                                rnd, isa=isa)  # fmt: skip
+        np.testing.assert_array_equal(alone, got[t:])
+
+
+def test_attention_refuses_bad_arguments():
+    cache = np.zeros((2, 2, 8, 4), np.float32)
+    q = np.zeros((2, 16), np.float32)
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        fused.attention(q, 3, 2, 4, cache, cache, [0], [0], 2)
+    with pytest.raises(ValueError, match="slots must be in"):
+        fused.attention(q, 4, 2, 4, cache, cache, [2], [0], 2)
+    with pytest.raises(ValueError, match="positions must be in"):
+        fused.attention(q, 4, 2, 4, cache, cache, [0], [7], 2)
+    one_head = np.zeros((2, 1, 8, 4), np.float32)
+    with pytest.raises(ValueError, match="must be \\[slots, 2, length, 4\\]"):
+        fused.attention(q, 4, 2, 4, one_head, one_head, [0], [0], 2)
+    with pytest.raises(TypeError, match="C-contiguous float32"):
+        fused.attention(q, 4, 2, 4, cache[:, :, ::2], cache, [0], [0], 2)
+    with pytest.raises(ValueError, match="one length"):
+        fused.attention(q, 4, 2, 4, cache, cache, [0, 1], [0], 2)

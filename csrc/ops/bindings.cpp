@@ -78,6 +78,18 @@ void register_ops(py::module_& m) {
                 at<const float>(k_norm), eps, at<const float>(cos), at<const float>(sin),
                 round_bf16);
   }, "In place: optional per-head RMSNorm, then RoPE (see csrc/ops/ops.h).");
+  m.def("ops_attention", [](const std::string& isa, uintptr_t q, int64_t n_seq, int64_t t,
+                            int64_t q_stride, int64_t q_heads, int64_t kv_heads, int64_t d,
+                            uintptr_t k_cache, uintptr_t v_cache, int64_t cache_len,
+                            uintptr_t slots, uintptr_t starts, uintptr_t out, int64_t out_stride,
+                            bool round_bf16) {
+    const auto& k = ops::by_name(isa);
+    py::gil_scoped_release release;
+    k.attention(at<const float>(q), n_seq, t, q_stride, q_heads, kv_heads, d,
+                at<const float>(k_cache), at<const float>(v_cache), cache_len,
+                at<const int64_t>(slots), at<const int64_t>(starts), at<float>(out), out_stride,
+                round_bf16);
+  }, "Causal GQA attention of new tokens over a KV cache (see csrc/ops/ops.h).");
 }
 
 }  // namespace shardcore

@@ -55,6 +55,20 @@ struct Kernels {
   void (*norm_rope)(float* x, int64_t rows, int64_t row_stride, int64_t d, int64_t q_heads,
                     int64_t k_heads, const float* q_norm, const float* k_norm, float eps,
                     const float* cos, const float* sin, bool round_bf16);
+
+  // Causal grouped-query attention over a KV cache, softmax in float32. Rows n < n_seq hold t
+  // new tokens each: token i of row n is query row n*t + i of q (q_heads heads of d at
+  // q + row*q_stride + h*d), at position starts[n] + i, and sees cache positions 0..that
+  // position of sequence slots[n]: k_cache and v_cache [*, kv_heads, cache_len, d], contiguous
+  // (the new tokens' keys and values already written). Query head h reads kv head
+  // h / (q_heads / kv_heads). out (row stride out_stride) gets each row's heads side by side:
+  //   out[h*d..] = sum_l p_l v_l,  p = softmax(q . k_l * d^-0.5) over l <= position,
+  // rounded to bfloat16 values if round_bf16. Each query's result depends only on its own q,
+  // its sequence's cache and its position.
+  void (*attention)(const float* q, int64_t n_seq, int64_t t, int64_t q_stride, int64_t q_heads,
+                    int64_t kv_heads, int64_t d, const float* k_cache, const float* v_cache,
+                    int64_t cache_len, const int64_t* slots, const int64_t* starts, float* out,
+                    int64_t out_stride, bool round_bf16);
 };
 
 const Kernels& generic_kernels();

@@ -43,6 +43,20 @@ float sum_squares(const float* x, int64_t n) {
   return acc[0];
 }
 
+// Sum of x[j] over 16 partial sums, as sum_squares.
+template <typename Conv>
+float sum_of(const float* x, int64_t n) {
+  constexpr int kLanes = 16;
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += x[j + l];
+  for (int l = 0; j < n; ++j, ++l) acc[l] += x[j];
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
 // Where a row's float32 results go: straight into out (f32, f32_bf16), or into tmp to be
 // converted (bf16).
 template <typename Conv>
@@ -146,11 +160,60 @@ void norm_rope(float* x, int64_t rows, int64_t row_stride, int64_t d, int64_t q_
   }
 }
 
+// sum of a[j] * b[j] over 16 partial sums, as sum_squares.
+template <typename Conv>
+float dot(const float* a, const float* b, int64_t n) {
+  constexpr int kLanes = 16;
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[j + l] * b[j + l];
+  for (int l = 0; j < n; ++j, ++l) acc[l] += a[j] * b[j];
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+template <typename Conv>
+void attention(const float* q, int64_t n_seq, int64_t t, int64_t q_stride, int64_t q_heads,
+               int64_t kv_heads, int64_t d, const float* k_cache, const float* v_cache,
+               int64_t cache_len, const int64_t* slots, const int64_t* starts, float* out,
+               int64_t out_stride, bool round_bf16) {
+  const int64_t group = q_heads / kv_heads;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  std::vector<float> p(static_cast<size_t>(cache_len));
+  for (int64_t n = 0; n < n_seq; ++n) {
+    for (int64_t i = 0; i < t; ++i) {
+      const int64_t row = n * t + i, len = starts[n] + i + 1;
+      for (int64_t h = 0; h < q_heads; ++h) {
+        const float* qh = q + row * q_stride + h * d;
+        const int64_t base = (slots[n] * kv_heads + h / group) * cache_len * d;
+        const float* k = k_cache + base;
+        const float* v = v_cache + base;
+        float m = -INFINITY;
+        for (int64_t l = 0; l < len; ++l) {
+          p[l] = dot<Conv>(qh, k + l * d, d) * scale;
+          m = p[l] > m ? p[l] : m;
+        }
+        for (int64_t l = 0; l < len; ++l) p[l] = exp_f32<Conv>(p[l] - m);
+        const float inv = 1.0f / sum_of<Conv>(p.data(), len);
+        float* o = out + row * out_stride + h * d;
+        for (int64_t j = 0; j < d; ++j) o[j] = 0.0f;
+        for (int64_t l = 0; l < len; ++l) {
+          const float pl = p[l] * inv;
+          const float* vl = v + l * d;
+          for (int64_t j = 0; j < d; ++j) o[j] += pl * vl[j];
+        }
+        if (round_bf16) Conv::round(o, o, d);
+      }
+    }
+  }
+}
+
 template <typename Conv>
 Kernels make_kernels(const char* name) {
-  return Kernels{name,          Conv::to_bf16,    Conv::from_bf16,
-                 Conv::round,   rms_norm<Conv>,   swiglu<Conv>,
-                 norm_rope<Conv>};
+  return Kernels{name,           Conv::to_bf16,  Conv::from_bf16, Conv::round,
+                 rms_norm<Conv>, swiglu<Conv>,   norm_rope<Conv>, attention<Conv>};
 }
 
 }  // namespace shardcore::ops::loops

@@ -1,4 +1,5 @@
-"""The decoder's per-token numerics in the C++ core: bfloat16 conversion, RMSNorm, SwiGLU, RoPE.
+"""The decoder's per-token numerics in the C++ core: bfloat16 conversion, RMSNorm, SwiGLU, RoPE,
+attention over a KV cache.
 
 Each function checks its arguments here (dtype, shape, contiguity, writeability) and calls one
 kernel of ``csrc/ops`` with the GIL released; the contracts are written in ``csrc/ops/ops.h``.
@@ -24,6 +25,7 @@ import numpy as np
 from . import _core
 
 __all__ = [
+    "attention",
     "from_bfloat16",
     "kernels",
     "norm_rope_",
@@ -204,3 +206,74 @@ def norm_rope_(
         bool(round_bf16),
     )
     return x
+
+
+def attention(
+    q: np.ndarray,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    slots: Any,
+    starts: Any,
+    t: int,
+    round_bf16: bool = False,
+    isa: str | None = None,
+) -> np.ndarray:
+    """Causal grouped-query attention of ``len(slots) * t`` query rows over a KV cache.
+
+    q [rows, >= q_heads * head_dim] (float32, C-contiguous; row n*t + i is token i of sequence
+    n, its heads side by side) at positions starts[n] + i; k_cache and v_cache [slots, kv_heads,
+    length, head_dim] with the new tokens already written. Returns [rows, q_heads * head_dim].
+    """
+    if not isinstance(q, np.ndarray) or q.dtype != FLOAT32 or q.ndim != 2:
+        raise TypeError("attention: q must be a 2-D float32 array")
+    if not q.flags.c_contiguous:
+        raise ValueError("attention: q must be C-contiguous")
+    if kv_heads <= 0 or q_heads % kv_heads or head_dim <= 0 or t < 0:
+        raise ValueError(
+            f"attention: q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads}), "
+            f"head_dim ({head_dim}) > 0 and t ({t}) >= 0"
+        )
+    sl = np.ascontiguousarray(slots, dtype=np.int64)
+    st = np.ascontiguousarray(starts, dtype=np.int64)
+    n = sl.shape[0] if sl.ndim == 1 else -1
+    if n < 0 or st.shape != (n,) or q.shape[0] != n * t or q.shape[1] < q_heads * head_dim:
+        raise ValueError(
+            f"attention: slots and starts must be 1-D of one length and q [len(slots) * t, >= "
+            f"{q_heads * head_dim}], got {sl.shape}, {st.shape}, {q.shape} (t={t})"
+        )
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(c, np.ndarray) or c.dtype != FLOAT32 or not c.flags.c_contiguous:
+            raise TypeError(f"attention: {name} must be a C-contiguous float32 array")
+        if c.ndim != 4 or c.shape[1] != kv_heads or c.shape[3] != head_dim:
+            raise ValueError(
+                f"attention: {name} must be [slots, {kv_heads}, length, {head_dim}], got {c.shape}"
+            )
+    if v_cache.shape != k_cache.shape:
+        raise ValueError("attention: k_cache and v_cache must have one shape")
+    if n and (sl.min() < 0 or sl.max() >= k_cache.shape[0]):
+        raise ValueError(f"attention: slots must be in [0, {k_cache.shape[0]})")
+    if n and (st.min() < 0 or st.max() + t > k_cache.shape[2]):
+        raise ValueError(f"attention: positions must be in [0, {k_cache.shape[2]})")
+    out = np.empty((n * t, q_heads * head_dim), FLOAT32)
+    _core.ops_attention(
+        _isa(isa),
+        _addr(q),
+        n,
+        t,
+        q.shape[1],
+        q_heads,
+        kv_heads,
+        head_dim,
+        _addr(k_cache),
+        _addr(v_cache),
+        k_cache.shape[2],
+        _addr(sl),
+        _addr(st),
+        _addr(out),
+        q_heads * head_dim,
+        bool(round_bf16),
+    )
+    return out

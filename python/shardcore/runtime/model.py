@@ -26,6 +26,7 @@ from .ops import (
     Precision,
     causal_attention,
     causal_attention_rows,
+    fused_ops,
     norm,
     qk_norm_rope_,
     rope_tables,
@@ -232,17 +233,26 @@ class StageModel:
     def _block(self, i: int, h: np.ndarray, start: int, cos, sin) -> np.ndarray:
         b, t, _ = h.shape
         nq, nkv, d = self.n_heads, self.n_kv, self.cfg.head_dim
-        q, k, v = self._qkv(i, h, cos, sin)
+        qkv, q, k, v = self._qkv(i, h, cos, sin)
         self.k_cache[i][:, :, start : start + t] = k
         self.v_cache[i][:, :, start : start + t] = v
+        core = fused_ops()
+        if core is not None:  # straight from the cache, out in o_proj's layout
+            slots, starts = np.arange(b), np.full(b, start)
+            attn = core.attention(
+                qkv, nq, nkv, d, self.k_cache[i], self.v_cache[i], slots, starts, t,
+                self.precision.rounds,
+            )  # fmt: skip
+            return self._finish_block(i, h, attn)
         keys = self.k_cache[i][:, :, : start + t]
         values = self.v_cache[i][:, :, : start + t]
         attn = causal_attention(q.reshape(b, nkv, nq // nkv, t, d), keys, values, start)
         return self._finish_block(i, h, attn)
 
     def _qkv(self, i: int, h: np.ndarray, cos, sin):
-        """q [B, heads, T, D], k and v [B, kv heads, T, D] of h, normed and rotated (views of
-        one array); cos and sin [B * T, D] hold each token row's tables."""
+        """qkv [B * T, (heads + 2 * kv heads) * D] of h, normed and rotated, and its views q
+        [B, heads, T, D], k and v [B, kv heads, T, D]; cos and sin [B * T, D] hold each token
+        row's tables."""
         cfg, lw = self.cfg, self.layers[i]
         b, t, hidden = h.shape
         d, nq, nkv = cfg.head_dim, self.n_heads, self.n_kv
@@ -252,14 +262,16 @@ class StageModel:
             qkv, cos, sin, nq, nkv, d, lw.q_norm, lw.k_norm, cfg.rms_norm_eps, self.precision
         )
         heads = qkv.reshape(b, t, nq + 2 * nkv, d).transpose(0, 2, 1, 3)
-        return heads[:, :nq], heads[:, nq : nq + nkv], heads[:, nq + nkv :]
+        return qkv, heads[:, :nq], heads[:, nq : nq + nkv], heads[:, nq + nkv :]
 
     def _finish_block(self, i: int, h: np.ndarray, attn: np.ndarray) -> np.ndarray:
-        """The block after attention: o_proj, residual, MLP (or MoE), residual."""
+        """The block after attention (attn [B, KV, G, T, D], or already rounded [B * T, heads *
+        D]): o_proj, residual, MLP (or MoE), residual."""
         cfg, rnd, lw = self.cfg, self.precision.round, self.layers[i]
         b, t, hidden = h.shape
         nq, d = self.n_heads, cfg.head_dim
-        attn = rnd(attn).reshape(b, nq, t, d).transpose(0, 2, 1, 3).reshape(b * t, nq * d)
+        if attn.ndim != 2:
+            attn = rnd(attn).reshape(b, nq, t, d).transpose(0, 2, 1, 3).reshape(b * t, nq * d)
         h = rnd(h + self.tp_group.all_reduce(lw.o(attn)).reshape(b, t, hidden))
         x = norm(h, lw.post_norm, cfg.rms_norm_eps, self.precision).reshape(b * t, hidden)
         out = self._swiglu_apply(lw.mlp, x) if lw.mlp is not None else self._moe(i, lw, x)
@@ -288,11 +300,19 @@ class StageModel:
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [N * T, D]
         nq, nkv, d = self.n_heads, self.n_kv, self.cfg.head_dim
         length = int(starts.max()) + t
+        core = fused_ops()
         for i in self.layout.layers:
-            q, k, v = self._qkv(i, h, cos, sin)
+            qkv, q, k, v = self._qkv(i, h, cos, sin)
             for r in range(n):
                 self.slot_k[i][slots[r], :, starts[r] : starts[r] + t] = k[r]
                 self.slot_v[i][slots[r], :, starts[r] : starts[r] + t] = v[r]
+            if core is not None:  # the slots' cache read in place, not gathered
+                attn = core.attention(
+                    qkv, nq, nkv, d, self.slot_k[i], self.slot_v[i], slots, starts, t,
+                    self.precision.rounds,
+                )  # fmt: skip
+                h = self._finish_block(i, h, attn)
+                continue
             keys = self.slot_k[i][slots, :, :length]
             values = self.slot_v[i][slots, :, :length]
             q5 = q.reshape(n, nkv, nq // nkv, t, d)

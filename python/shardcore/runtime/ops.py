@@ -5,10 +5,10 @@ Activations are float32 arrays. In bfloat16 mode every op's output is rounded to
 bfloat16 values, as a bfloat16 model on an accelerator would; the arithmetic itself (GEMM
 accumulation, softmax, norms) stays float32.
 
-The hot per-token ops (``Precision.round``, ``norm``, ``swiglu``, ``qk_norm_rope_``) run in the
-C++ core (``shardcore.fused``) where it is built; ``SHARDCORE_RUNTIME_OPS=numpy`` (read once per
-process) keeps them in NumPy, the reference they are tested against. The bfloat16 rounding is
-bitwise the same either way; the float32 sums of a norm may differ in the last bit.
+The hot per-token ops (``Precision.round``, ``norm``, ``swiglu``, ``qk_norm_rope_``, and the
+model's attention over its KV cache) run in the C++ core (``shardcore.fused``) where it is
+built; ``SHARDCORE_RUNTIME_OPS=numpy`` (read once per process) keeps them in NumPy, the
+reference they are tested against. The bfloat16 rounding is bitwise the same either way; the float32 sums of a norm or a softmax may differ in the last bits.
 """
 
 from __future__ import annotations
