@@ -90,6 +90,38 @@ def test_reference_rows_do_not_depend_on_batch_size():
     np.testing.assert_array_equal(kernels.matmul(x[280:300], pw, b), full[280:300])
 
 
+_BLOCKING_CHILD = """
+import sys, numpy as np
+from shardcore import kernels
+rng = np.random.default_rng(3)
+x = rng.standard_normal((70, 1300), dtype=np.float32)
+w = rng.standard_normal((1300, 100), dtype=np.float32)
+b = rng.standard_normal(100, dtype=np.float32)
+pw = kernels.PackedWeight(w, "bfloat16", kernel=sys.argv[1])
+sys.stdout.buffer.write(kernels.matmul(x, pw, b).tobytes())
+"""
+
+
+@pytest.mark.parametrize("kernel", BOTH)
+def test_blocking_override_gives_the_same_bits(kernel):
+    # SHARDCORE_TILES_AMX (the sweep hook, gemm_driver.h) with blocks far smaller than the table's:
+    # several k-, row- and column-blocks, the next-block prefetches at every boundary, and the
+    # same sums in the same order, so the same bits as the table's single block.
+    def run(env: dict[str, str]) -> bytes:
+        out = subprocess.run(
+            [sys.executable, "-c", _BLOCKING_CHILD, kernel],
+            env={**os.environ, **env},
+            capture_output=True,
+            check=True,
+        )
+        return out.stdout
+
+    default = run({})
+    assert len(default) == 70 * 100 * 4
+    assert run({"SHARDCORE_TILES_AMX": "64,32,64"}) == default
+    assert run({"SHARDCORE_TILES_AMX": "96,64,32"}) == default
+
+
 @pytest.mark.parametrize("kernel", kernels.available_kernels() + [REFERENCE])
 def test_exact_product_check(kernel):
     # What the amx family must pass at detection to be offered (dispatch.cpp); every bf16

@@ -40,6 +40,7 @@
 namespace shardcore::gemm::amx {
 namespace {
 
+using driver::ceil_div;
 using driver::max64;
 using driver::min64;
 using driver::round_up;
@@ -74,36 +75,72 @@ inline TileConfig config_for(int rows) {
   return c;
 }
 
-// Packs X rows [r0, r0+rows) x k [pc, pc+kc) as bf16 (rounded to nearest even from float32),
-// row-major with row stride kc; k >= K and rows [rows, rows_padded) are zero.
-inline void pack_x(const RunArgs& a, int64_t r0, int64_t rows, int64_t rows_padded, int64_t pc,
-                   int64_t kc, uint16_t* dst) {
-  const int64_t kin = max64(0, min64(kc, a.K - pc));
-  for (int64_t r = 0; r < rows; ++r) {
-    uint16_t* d = dst + r * kc;
-    if (a.x_dtype == DType::bf16) {
-      std::memcpy(d, static_cast<const uint16_t*>(a.x) + (r0 + r) * a.K + pc, 2 * kin);
-    } else {
-      SC_ROUND_TO_BF16(static_cast<const float*>(a.x) + (r0 + r) * a.K + pc, kin, d);
-    }
-    std::memset(d + kin, 0, 2 * (kc - kin));
-  }
-  std::memset(dst + rows * kc, 0, 2 * (rows_padded - rows) * kc);
+// The blocking in use: the table's row, or SHARDCORE_TILES_AMX for a sweep (see tiles_override).
+inline const Tiles& tiles() {
+  static const Tiles t = driver::tiles_override("SHARDCORE_TILES_AMX", kTilesAmxBF16, kStepK);
+  return t;
 }
+
+// Packs X rows [r0, r0+rows) x k [pc, pc+kc) as bf16 (rounded to nearest even from float32) in
+// the order the tile loads read it: groups of R rows, each group kc/32 tiles of R rows x 32 k
+// (64 bytes a row, the tile contiguous: R * 64 bytes), so a tile load reads one contiguous run
+// that the L2 streamer follows, not R rows 2*kc bytes apart. k >= K and rows [rows, rows_padded)
+// are zero; rows_padded is a multiple of R.
+inline void pack_x(const RunArgs& a, int64_t r0, int64_t rows, int64_t rows_padded, int R,
+                   int64_t pc, int64_t kc, uint16_t* dst) {
+  const int64_t kin = max64(0, min64(kc, a.K - pc));
+  const int64_t ksteps = kc / kStepK;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* d = dst + (r / R) * ksteps * R * kStepK + (r % R) * kStepK;
+    for (int64_t s = 0; s < ksteps; ++s, d += R * kStepK) {
+      const int64_t n = max64(0, min64(kStepK, kin - s * kStepK));
+      if (a.x_dtype == DType::bf16) {
+        std::memcpy(d, static_cast<const uint16_t*>(a.x) + (r0 + r) * a.K + pc + s * kStepK, 2 * n);
+      } else {
+        SC_ROUND_TO_BF16(static_cast<const float*>(a.x) + (r0 + r) * a.K + pc + s * kStepK, n, d);
+      }
+      if (n < kStepK) std::memset(d + n, 0, 2 * (kStepK - n));
+    }
+  }
+  for (int64_t r = rows; r < rows_padded; ++r) {
+    uint16_t* d = dst + (r / R) * ksteps * R * kStepK + (r % R) * kStepK;
+    for (int64_t s = 0; s < ksteps; ++s, d += R * kStepK) std::memset(d, 0, 2 * kStepK);
+  }
+}
+
+// Cache lines that one block() call prefetches into L2 for the blocks after it, spread over its
+// k steps (a few per 4 tile multiplies, so that the line-fill buffers never back up): the C rows
+// of the next block (tile loads and stores of C rows ldc apart would otherwise each wait for
+// memory) and a share of the next panel's W sliver.
+struct Prefetch {
+  const float* c = nullptr;  // next block's C, c_rows rows at row stride ldc, 128 bytes a row
+  int c_rows = 0;
+  const uint16_t* w = nullptr;  // w_lines consecutive 64-byte lines
+  int64_t w_lines = 0;
+
+  void line(int64_t i, int64_t ldc) const {
+    const char* p = i < 2 * c_rows
+                        ? reinterpret_cast<const char*>(c + (i / 2) * ldc) + 64 * (i % 2)
+                        : reinterpret_cast<const char*>(w) + 64 * (i - 2 * c_rows);
+    __builtin_prefetch(p, 1, 2);
+  }
+};
 
 // Micro-kernel contract (AMX): one block of C, rows x ncols, 1 <= ncols <= 32, in one or two
 // tile rows (TWO: R < rows <= 2R, else rows <= R; R = the configured tile rows):
-//   xb: packed X of the block, R (TWO: 2R) bf16 rows of ksteps*32 values at row stride kc
-//       (rows past `rows` are zero);
+//   xb: packed X of the block (see pack_x): ksteps tiles of R rows x 32 k, each R * 64 bytes
+//       contiguous, and for TWO the next group's ksteps tiles right after (rows past `rows` are
+//       zero);
 //   wb: the panel's sliver, ksteps steps of 16 k-pair rows (128 bytes each);
 //   c:  C at row stride ldc; columns >= ncols and rows >= rows are never read or written;
 //   first: C = bias + X*W (bias_rows: 16 copies of the panel's 32 bias values, or nullptr for
 //          zero), else C += X*W. The C tiles are loaded, accumulated over k in order and stored,
 //          so a k-blocked product sums every element in the same order as one unblocked pass.
+//   pf: lines to prefetch for later blocks (never read here).
 //   Full blocks move C between memory and tiles directly; edge blocks through a 32 x 32 stage.
 template <bool TWO>
-void block(int64_t ksteps, const uint16_t* xb, int64_t kc, int R, const uint16_t* wb, float* c,
-           int64_t ldc, int rows, int ncols, const float* bias_rows, bool first) {
+void block(int64_t ksteps, const uint16_t* xb, int R, const uint16_t* wb, float* c, int64_t ldc,
+           int rows, int ncols, const float* bias_rows, bool first, const Prefetch& pf) {
   alignas(64) float stage[2 * kTileRows * NR];
   const bool full = rows == (TWO ? 2 * R : R) && ncols == NR;
   const int64_t cstride = (full ? ldc : NR) * 4;
@@ -135,20 +172,25 @@ void block(int64_t ksteps, const uint16_t* xb, int64_t kc, int R, const uint16_t
       SC_TILE_LOAD(3, cb2 + 16, cstride);
     }
   }
-  const int64_t xstride = kc * 2;
-  const uint16_t* xb2 = xb + R * kc;
+  const int64_t tile = static_cast<int64_t>(R) * kStepK;  // uint16 per packed X tile
+  const uint16_t* xb2 = xb + ksteps * tile;
+  const int64_t pf_lines = 2 * pf.c_rows + pf.w_lines;
+  const int64_t pf_step = (pf_lines + ksteps - 1) / ksteps;
+  int64_t pf_next = 0;
   for (int64_t s = 0; s < ksteps; ++s) {
     const uint16_t* w = wb + s * kStepW;
-    SC_TILE_LOAD(4, xb + s * kStepK, xstride);
+    SC_TILE_LOAD(4, xb + s * tile, kStepK * 2);
     SC_TILE_LOAD(6, w, kPairRow * 2);
     SC_TILE_LOAD(7, w + 32, kPairRow * 2);
     SC_TILE_DP(0, 4, 6);
     SC_TILE_DP(1, 4, 7);
     if constexpr (TWO) {
-      SC_TILE_LOAD(5, xb2 + s * kStepK, xstride);
+      SC_TILE_LOAD(5, xb2 + s * tile, kStepK * 2);
       SC_TILE_DP(2, 5, 6);
       SC_TILE_DP(3, 5, 7);
     }
+    for (const int64_t end = min64(pf_lines, pf_next + pf_step); pf_next < end; ++pf_next)
+      pf.line(pf_next, ldc);
   }
   SC_TILE_STORE(0, cb, cstride);
   SC_TILE_STORE(1, cb + 16, cstride);
@@ -164,8 +206,9 @@ inline int64_t padded_k(int64_t K) { return round_up(K, kStepK); }
 
 // Small M (<= kSmallM rows, the decode GEMMs): one k-block and one row block with tiles of
 // exactly M rows, so every panel of W is streamed from memory once, in order. No software
-// prefetch: the hardware streamer follows this one sequential stream, and prefetching 1-4 KiB
-// ahead made the same single-stream GEMV 5-20% slower on Zen 4 (not measured on an AMX CPU).
+// prefetch of W: the hardware streamer follows this one sequential stream, and prefetching 1-4 KiB
+// ahead made the same single-stream GEMV 5-20% slower on Zen 4 (only the next panel's C rows are
+// prefetched, see Prefetch).
 inline bool small_m(int64_t rows) { return rows <= kSmallM; }
 
 inline size_t scratch_bytes(int64_t rows, int64_t K, const Tiles& t) {
@@ -200,7 +243,9 @@ inline void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t pa
       const int64_t ksteps = kc / kStepK;
       for (int64_t ic = row_begin; ic < row_end; ic += MC) {
         const int64_t mc = min64(MC, row_end - ic);
-        pack_x(a, ic, mc, small ? mc : round_up(mc, kTileRows), pc, kc, xbuf);
+        const int64_t mc_padded = small ? mc : round_up(mc, kTileRows);
+        pack_x(a, ic, mc, mc_padded, R, pc, kc, xbuf);
+        const int64_t nblocks = ceil_div(mc, 2 * R);
         for (int64_t p = jc; p < jc_end; ++p) {
           const uint16_t* wsl = w + p * Kp * NR + pc * NR;
           const int ncols = static_cast<int>(min64(NR, a.N - p * NR));
@@ -211,14 +256,31 @@ inline void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t pa
               std::memcpy(bias_rows + r * NR, bias_rows, sizeof(float) * NR);
             brows = bias_rows;
           }
-          for (int64_t ib = 0; ib < mc; ib += 2 * R) {
+          // The next panel's sliver (kc lines of 64 bytes), a share per block of this panel;
+          // small M streams W once in order, which the hardware prefetcher follows alone.
+          const bool next_panel = p + 1 < jc_end;
+          const int64_t w_share = small || !next_panel ? 0 : ceil_div(kc, nblocks);
+          for (int64_t b = 0; b < nblocks; ++b) {
+            const int64_t ib = b * 2 * R;
             const int rows = static_cast<int>(min64(2 * R, mc - ib));
             float* cblk = a.c + (ic + ib) * a.ldc + p * NR;
             const uint16_t* xb = xbuf + ib * kc;
+            Prefetch pf;
+            if (b + 1 < nblocks) {
+              pf.c = cblk + 2 * R * a.ldc;
+              pf.c_rows = static_cast<int>(min64(2 * R, mc - ib - 2 * R));
+            } else if (next_panel) {
+              pf.c = a.c + ic * a.ldc + (p + 1) * NR;
+              pf.c_rows = static_cast<int>(min64(2 * R, mc));
+            }
+            if (w_share > 0) {
+              pf.w = wsl + Kp * NR + b * w_share * 32;
+              pf.w_lines = max64(0, min64(w_share, kc - b * w_share));
+            }
             if (rows > R) {
-              block<true>(ksteps, xb, kc, R, wsl, cblk, a.ldc, rows, ncols, brows, pc == 0);
+              block<true>(ksteps, xb, R, wsl, cblk, a.ldc, rows, ncols, brows, pc == 0, pf);
             } else {
-              block<false>(ksteps, xb, kc, R, wsl, cblk, a.ldc, rows, ncols, brows, pc == 0);
+              block<false>(ksteps, xb, R, wsl, cblk, a.ldc, rows, ncols, brows, pc == 0, pf);
             }
           }
         }

@@ -125,13 +125,13 @@ void run_bf16(const RunArgs& a, int64_t rb, int64_t re, int64_t pb, int64_t pe, 
   if (a.M < kAmxMinRows) {
     driver::run<RowKernel>(a, rb, re, pb, pe, scratch, kTilesAmxRowBF16);
   } else {
-    amx::run(a, rb, re, pb, pe, scratch, kTilesAmxBF16);
+    amx::run(a, rb, re, pb, pe, scratch, amx::tiles());
   }
 }
 
 size_t scratch_bf16(int64_t rows, int64_t K) {
   const size_t row = driver::scratch_bytes<RowKernel>(rows, K, kTilesAmxRowBF16);
-  const size_t tiles = amx::scratch_bytes(rows, K, kTilesAmxBF16);
+  const size_t tiles = amx::scratch_bytes(rows, K, amx::tiles());
   return row > tiles ? row : tiles;
 }
 

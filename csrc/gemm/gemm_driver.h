@@ -26,6 +26,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include "gemm/gemm.h"
@@ -39,6 +41,23 @@ inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
+
+// Tuning hook for blocking sweeps on a new CPU: the environment variable `var` = "KC,MC,NC"
+// replaces those three of `t` (read once per kernel, at its first call; MR/NR are compiled in).
+// Values that are not positive multiples of `multiple` leave `t` as it is. kernel_info() still
+// reports the table's values. Variables: SHARDCORE_TILES_F32 (the FMA kernels' float32 weights),
+// SHARDCORE_TILES_AMX (the AMX tile loops).
+inline Tiles tiles_override(const char* var, Tiles t, int multiple) {
+  const char* v = std::getenv(var);
+  long kc = 0, mc = 0, nc = 0;
+  if (v && std::sscanf(v, "%ld,%ld,%ld", &kc, &mc, &nc) == 3 && kc > 0 && mc > 0 && nc > 0 &&
+      kc % multiple == 0 && mc % multiple == 0 && nc % t.nr == 0) {
+    t.kc = static_cast<int>(kc);
+    t.mc = static_cast<int>(mc);
+    t.nc = static_cast<int>(nc);
+  }
+  return t;
+}
 
 template <class UK>
 size_t packed_bytes(int64_t K, int64_t N) {
@@ -191,11 +210,19 @@ void run(const RunArgs& a, int64_t row_begin, int64_t row_end, int64_t panel_beg
 // The Impl entries for one micro-kernel and its row of the tile table.
 template <class UK, const Tiles& T>
 struct ImplOf {
+  static const Tiles& tiles() {
+    static const Tiles t = sizeof(typename UK::WT) == 4 && !UK::kRoundX
+                               ? tiles_override("SHARDCORE_TILES_F32", T, UK::KSTEP)
+                               : T;
+    return t;
+  }
   static void run_impl(const RunArgs& a, int64_t rb, int64_t re, int64_t pb, int64_t pe,
                        void* scratch) {
-    run<UK>(a, rb, re, pb, pe, scratch, T);
+    run<UK>(a, rb, re, pb, pe, scratch, tiles());
   }
-  static size_t scratch_impl(int64_t rows, int64_t K) { return scratch_bytes<UK>(rows, K, T); }
+  static size_t scratch_impl(int64_t rows, int64_t K) {
+    return scratch_bytes<UK>(rows, K, tiles());
+  }
   static constexpr Impl make(const char* name, DType w_dtype) {
     return Impl{name, w_dtype, T, &packed_bytes<UK>, &pack_w<UK>, &scratch_impl, &run_impl};
   }

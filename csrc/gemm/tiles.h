@@ -42,7 +42,9 @@ constexpr Tiles kTilesAvx2BF16    {  6, 16, 256, 240, 4096 };
 // avx512: 12 rows x 2 zmm = 24 accumulators + 2 W vectors + 1 broadcast (a load-port
 //   vbroadcastss) = 27 of 32 zmm; 24 independent chains cover FMA latency 4 x 2 pipes (x3).
 //   sliver 256*32*4 = 32 KiB (L1-sized, partly streamed from L2); block 480*256*4 = 480 KiB
-//   (half of Zen4's 1 MiB L2). KC 128 lost 30% at M = 2048 to C traffic (see KC above).
+//   (half of Zen4's 1 MiB L2). KC 128 lost 30% at M = 2048 to C traffic (see KC above). On the
+//   SPR Xeon (2 MiB L2) KC 192-512, MC 240-960 and NC 3072-12288 all measured 1.04-1.48x the
+//   time of this row (SHARDCORE_TILES_F32 sweep, 512x4096x11008 and 2048^3), so it stays.
 constexpr Tiles kTilesAvx512F32   { 12, 32, 256, 480, 4096 };
 //   bf16 weights widened in the kernel: sliver 256*32*2 = 16 KiB at KC=256.
 constexpr Tiles kTilesAvx512BF16  { 12, 32, 256, 480, 4096 };
@@ -55,10 +57,12 @@ constexpr Tiles kTilesAvx512DpBF16{ 12, 32, 512, 240, 4096 };
 //   floats (4 of the 8 tile registers), X as 2 tiles of 16 rows x 32 k, W as 2 tiles of 16
 //   k-pairs x 16 columns (the VNNI layout: a panel's packed k-pair row, 32 columns x 2 bf16 =
 //   128 B, is what the two B tiles read). One step is 32 deep, so KC, MC and K's padding are
-//   multiples of 32. KC 512: the W sliver 512*32*2 = 32 KiB stays in SPR's 48 KiB L1d while the
-//   MC/32 row blocks use it; MC 256: X block 256*512*2 = 256 KiB in the 2 MiB L2. Chosen from
-//   the cache sizes, not yet tuned on the hardware (no AMX machine in the session that wrote it).
-constexpr Tiles kTilesAmxBF16     { 32, 32, 512, 256, 4096 };
+//   multiples of 32. KC 1024, MC 256, NC 1024 (X block 256*1024*2 = 512 KiB and W block
+//   1024*1024*2 = 2 MiB, one 64 KiB sliver per panel streamed from L2 while the next one is
+//   prefetched): best of a 9-point sweep on the 16-core SPR Xeon (one thread; 128x4096x4096,
+//   512x4096x11008, 2048^3), 0.75x the time of the earlier 512/256/4096 at the geometric mean;
+//   KC 256 was 1.18x, KC 2048 lost 2.6x at M = 128 (SHARDCORE_TILES_AMX, gemm_driver.h).
+constexpr Tiles kTilesAmxBF16     { 32, 32, 1024, 256, 1024 };
 //   The AMX family's single-row bf16 path (see kAmxMinRows): the vdpbf16ps kernel on the same
 //   panels (K padded to 32); only its small-M loop runs, so only NR matters.
 constexpr Tiles kTilesAmxRowBF16  { 12, 32, 512, 240, 4096 };
