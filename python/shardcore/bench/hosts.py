@@ -206,6 +206,8 @@ def _worker(out: str, sizes: list[int], iters: int) -> None:
     if comm.rank == 0:
         with open(out, "w") as f:
             json.dump({"ranks": comm.size, "topology": comm.topology.describe(), "rows": rows}, f)
+    comm.barrier()
+    comm.close()
 
 
 def _run_generate(args) -> int:

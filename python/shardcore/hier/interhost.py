@@ -208,14 +208,20 @@ class Link:
 
     def abort(self) -> None:
         """Break the group's connections so that peers blocked on this rank fail at once."""
+        if self._pg is None:
+            return
         try:
             self._pg.abort()
         except (RuntimeError, AttributeError):
             pass
 
     def close(self) -> None:
-        """Release the group."""
+        """Release the group: its threads and connections go now, not at interpreter exit."""
+        pg, self._pg = self._pg, None
+        if pg is None:
+            return
         try:
-            self._pg.shutdown()
+            pg.shutdown()
         except (RuntimeError, AttributeError):
             pass
+        del pg
