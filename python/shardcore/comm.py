@@ -94,6 +94,16 @@ def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: out must not overlap the input")
 
 
+def check_peer(r: int, rank: int, size: int, what: str) -> int:
+    """``r`` as an int when it is another rank of a communicator of ``size`` (this one ``rank``)."""
+    r = int(r)
+    if not 0 <= r < size or r == rank:
+        raise ValueError(
+            f"{what} {r} is not another rank of this communicator (rank {rank} of {size})"
+        )
+    return r
+
+
 def check_all_to_allv(x: np.ndarray, send_counts: Any, out: np.ndarray | None, size: int) -> list:
     """The checks of an all_to_allv call that need no other rank; returns the send counts."""
     if x.ndim == 0:
@@ -475,13 +485,7 @@ class Communicator:
         return out
 
     def _peer(self, r: int, what: str) -> int:
-        r = int(r)
-        if not 0 <= r < self.size or r == self.rank:
-            raise ValueError(
-                f"{what} {r} is not another rank of this communicator "
-                f"(rank {self.rank} of {self.size})"
-            )
-        return r
+        return check_peer(r, self.rank, self.size, what)
 
     # --- groups -----------------------------------------------------------------------------
     def split(self, color: int | None, key: int = 0) -> Communicator | None:

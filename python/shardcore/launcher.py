@@ -356,6 +356,21 @@ def init(
     return comm
 
 
+def interrupt_all(procs: Sequence[subprocess.Popen]) -> None:
+    """Pass a Ctrl-C on to every rank still running."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+
+
+def kill_and_reap(procs: Sequence[subprocess.Popen]) -> None:
+    """Kill every rank still running and wait for all of them."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
 def run_script(
     nproc: int,
     target: Sequence[str],
@@ -424,15 +439,10 @@ def run_script(
                 print(f"shardcore run: rank {rank} failed: {_describe_exit(code)}", file=sys.stderr)
                 kill_at = time.monotonic() + GRACE_SECONDS
     except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+        interrupt_all(procs)
         raise
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        kill_and_reap(procs)
         cleanup_segments(name)
     if first_failure is None:
         return 0

@@ -36,24 +36,12 @@ from ..comm import (
     _require_array,
     _require_writeable,
     check_all_to_allv,
+    check_peer,
 )
 from ..errors import PeerFailureError
 from .interhost import Link
 from .model import PIPELINE_CHUNK_BYTES
 from .topology import Topology
-
-_KINDS = (
-    "barrier",
-    "all_reduce",
-    "reduce_scatter",
-    "all_gather",
-    "all_to_all",
-    "all_to_allv",
-    "broadcast",
-    "send",
-    "recv",
-    "internal",
-)
 
 
 def _check_algorithm(algorithm: str | None, what: str, intra: tuple) -> None:
@@ -107,8 +95,10 @@ class HierCommunicator:
         # all-reduce pipeline chunk (bytes); the byte rules in .model take the same value
         self.chunk_bytes = PIPELINE_CHUNK_BYTES
         self._last: str | None = None
-        self._counters = {k: [0, 0, 0, 0, 0] for k in _KINDS}
-        self._algorithms: dict[str, dict[str, int]] = {k: {} for k in _KINDS}
+        # the same kinds as the shared-memory communicator's counters
+        self._kinds = tuple(local.traffic())
+        self._counters = {k: [0, 0, 0, 0, 0] for k in self._kinds}
+        self._algorithms: dict[str, dict[str, int]] = {k: {} for k in self._kinds}
 
     # --- properties ---------------------------------------------------------------------------
     @property
@@ -205,7 +195,7 @@ class HierCommunicator:
 
     def reset_traffic(self) -> None:
         """Zero the traffic counters."""
-        for k in _KINDS:
+        for k in self._kinds:
             self._counters[k] = [0, 0, 0, 0, 0]
             self._algorithms[k] = {}
 
@@ -586,13 +576,7 @@ class HierCommunicator:
         return out
 
     def _peer(self, r: int, what: str) -> int:
-        r = int(r)
-        if not 0 <= r < self.size or r == self.rank:
-            raise ValueError(
-                f"{what} {r} is not another rank of this communicator "
-                f"(rank {self.rank} of {self.size})"
-            )
-        return r
+        return check_peer(r, self.rank, self.size, what)
 
     # --- groups and buffers -------------------------------------------------------------------
     def split(self, color: int | None, key: int = 0):

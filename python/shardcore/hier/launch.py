@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
-from ..launcher import GRACE_SECONDS, _describe_exit
+from ..launcher import GRACE_SECONDS, _describe_exit, interrupt_all, kill_and_reap
 
 # A launcher looks at the store this often for a failure published by another host.
 _WATCH_SECONDS = 0.25
@@ -137,15 +136,10 @@ def run_nodes(
                 )
         stop_watching.set()
     except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+        interrupt_all(procs)
         raise
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        kill_and_reap(procs)
     if status == 0:
         _bounded(_finish, store, node_rank, nnodes, rendezvous_timeout, limit=rendezvous_timeout)
     return status
